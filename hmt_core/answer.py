@@ -1,0 +1,239 @@
+"""Answering from a memory state, streaming tokens (design notes section 4), and writing chat turns into memory.
+
+Two modes: 'faithful' is HMT as published (the question is the final segment: summary, recall over the whole cache,
+generate from [P, sensory, question], rolling over into new segments); 'reread' ranks past segments by the same
+recall weights and puts the top ones' text, widened to sentence boundaries, in the prompt, so the answer can cite
+pages. Neither re-reads the document through the model's memory path: only the recalled passages' text is re-read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .backbone import final_hidden_states, lm_logits
+from .reader import Reader
+from .state import MemoryState
+
+MODES = ("reread", "faithful")
+SYSTEM_PROMPT = "You answer questions about the user's documents. Use the passages. Answer in one or two sentences."
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
+
+
+@dataclass
+class Passage:
+    """A recalled stretch of a source: the segment(s) it covers, widened to sentence boundaries."""
+
+    segments: list[int]
+    source: str
+    page_start: int | None
+    page_end: int | None
+    char_start: int
+    char_end: int
+    text: str
+    weight: float
+
+    @property
+    def pages(self) -> str:
+        """'p. 4' or 'pp. 4-5' (empty when the source has no pages)."""
+        if self.page_start is None:
+            return ""
+        if self.page_end is None or self.page_end == self.page_start:
+            return f"p. {self.page_start}"
+        return f"pp. {self.page_start}-{self.page_end}"
+
+
+@dataclass
+class AnswerEvent:
+    """One step of a streamed answer: 'recall' (weights over every segment, plus passages in reread mode), 'token'
+    (text is the new text), or 'done' (text is the whole answer)."""
+
+    kind: str
+    text: str = ""
+    weights: torch.Tensor | None = None
+    passages: list[Passage] = field(default_factory=list)
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat in the backbone's template, ending with the assistant's turn; a plain
+    'Question/Answer' layout for tokenizers without a template."""
+    if getattr(tokenizer, "chat_template", None):
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    """Token ids that end an answer: eos, the chat template's end-of-turn token and the generation config's eos."""
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(getattr(model.backbone, "generation_config", None), "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    end_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id:
+        ids.add(end_turn)
+    return {i for i in ids if i is not None}
+
+
+def widen_to_sentences(text: str, start: int, end: int, reach: int = 300) -> tuple[int, int]:
+    """Move [start, end) outward to the sentence boundaries around it, at most `reach` characters each way, so
+    that a fixed-length cut does not split the sentence that holds the answer."""
+    lo = max(0, start - reach)
+    ends_before = list(_SENTENCE_END.finditer(text, lo, start))
+    if ends_before:
+        start = ends_before[-1].end()
+    elif lo == 0:
+        start = 0
+    after = _SENTENCE_END.search(text, max(end - 1, start), min(len(text), end + reach))
+    if after:
+        end = after.start() + 1 if text[after.start()] in ".!?" else after.start()
+        end = max(end, after.start() + len(after.group().rstrip()))
+    elif end + reach >= len(text):
+        end = len(text)
+    return start, end
+
+
+def recall_passages(state: MemoryState, weights: torch.Tensor, top: int = 3) -> list[Passage]:
+    """The `top` segments by recall weight (text sources only), widened to sentences, overlapping ones merged;
+    in document order."""
+    candidates = [i for i in torch.argsort(weights, descending=True).tolist()
+                  if state.sources[state.segments[i].source].text and weights[i] > 0][:top]
+    spans = []
+    for i in candidates:
+        seg = state.segments[i]
+        start, end = widen_to_sentences(state.sources[seg.source].text, seg.char_start, seg.char_end)
+        spans.append([seg.source, start, end, [i], float(weights[i])])
+    spans.sort(key=lambda s: (s[0], s[1]))
+    merged: list[list] = []
+    for span in spans:
+        if merged and merged[-1][0] == span[0] and span[1] <= merged[-1][2]:
+            last = merged[-1]
+            last[2], last[3], last[4] = max(last[2], span[2]), last[3] + span[3], max(last[4], span[4])
+        else:
+            merged.append(span)
+    passages = []
+    for source, start, end, segs, weight in merged:
+        src = state.sources[source]
+        text = src.text[start:end].strip()
+        passages.append(Passage(sorted(segs), source, src.page_at(start), src.page_at(max(end - 1, start)), start,
+                                end, text, weight))
+    return passages
+
+
+def reread_messages(question: str, passages: list[Passage]) -> list[dict]:
+    """The recall-and-re-read prompt: numbered passages with their source and pages, then the question."""
+    blocks = []
+    for n, p in enumerate(passages, 1):
+        where = f"{p.source}, {p.pages}" if p.pages else p.source
+        blocks.append(f"[{n}] ({where})\n{p.text}")
+    user = "Passages:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    """Greedy at temperature 0, else nucleus sampling; logits [V]."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, -1)
+    sorted_probs, order = probs.sort(descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+    sorted_probs = sorted_probs * keep
+    choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+    return int(order[choice])
+
+
+class _Decoder:
+    """Turns a growing list of token ids into text deltas without splitting multi-byte characters."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.text = tokenizer, [], ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self.text = text[len(self.text):], text
+        return delta
+
+
+def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str = "reread",
+                  max_new_tokens: int = 200, temperature: float = 0.0, top_p: float = 0.9, top_segments: int = 3,
+                  seed: int | None = None) -> Iterator[AnswerEvent]:
+    """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
+
+    The state is not changed (a copy takes any segments written while answering); write the turn into memory with
+    remember_turn(). RMT has no recall weights, so it answers in faithful mode only.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    if not question.strip():
+        raise ValueError("the question is empty")
+    if mode == "reread" and (state.num_segments == 0 or state.kind != "hmt"):
+        raise ValueError("recall-and-re-read needs an HMT memory with at least one segment read")
+    work = state.copy()
+    question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    L = model.segment_length
+    if mode == "reread":
+        _, weights = model.begin_segment(work, [], query_ids=question_ids)
+        passages = recall_passages(work, weights, top_segments)
+        yield AnswerEvent("recall", weights=weights, passages=passages)
+        prompt = chat_ids(tokenizer, reread_messages(question, passages))
+        work.sensory_ids = []
+        embeds, _ = model.begin_segment(work, prompt, query_ids=question_ids)
+        segment = None  # no rollover: the prompt is longer than a segment, so generation stays in one backbone call
+    else:
+        prompt = chat_ids(tokenizer, [{"role": "user", "content": question}])
+        reader = Reader(model, tokenizer, work)
+        while len(prompt) > L:  # a question longer than one segment: its leading segments go into the working copy
+            reader.feed_ids(prompt[:L], source="question")
+            prompt = prompt[L:]
+        reader.finish()
+        embeds, weights = model.begin_segment(work, prompt)
+        yield AnswerEvent("recall", weights=weights)
+        segment = list(prompt)
+    backbone = model.backbone
+    limit = getattr(backbone.config, "max_position_embeddings", None) or 10**9
+    stops = stop_ids(model, tokenizer)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    decoder = _Decoder(tokenizer)
+    hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
+    length = embeds.shape[1]
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = _sample(lm_logits(backbone, hidden[0, -1]).float(), temperature, top_p, generator)
+            if token in stops:
+                break
+            delta = decoder.add(token)
+            if delta:
+                yield AnswerEvent("token", text=delta)
+            if segment is not None:
+                segment.append(token)
+            if segment is not None and len(segment) == L:
+                Reader(model, tokenizer, work).feed_ids(segment, source="answer")
+                query = segment[-model.config.summary_length:] if hasattr(model.config, "summary_length") else segment
+                embeds, weights = model.begin_segment(work, [], query_ids=query)
+                yield AnswerEvent("recall", weights=weights)
+                segment = []
+                hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
+                length = embeds.shape[1]
+            elif length + 1 >= limit:
+                break
+            else:
+                step = model.embed(torch.tensor([[token]]))
+                hidden, kv = final_hidden_states(backbone, step, past_key_values=kv, use_cache=True)
+                length += 1
+    yield AnswerEvent("done", text=decoder.text)
+
+
+def remember_turn(model, tokenizer, state: MemoryState, question: str, answer: str) -> None:
+    """Write one chat turn into the memory state as its own segment(s) of the source 'chat', page = turn number,
+    so that later questions can recall what was said."""
+    chat = state.sources.get("chat")
+    turn = (chat.page_numbers[-1] + 1) if chat and chat.page_numbers else 1
+    reader = Reader(model, tokenizer, state)
+    reader.feed(f"User: {question}\nAssistant: {answer}\n", source="chat", page=turn)
+    reader.finish()

