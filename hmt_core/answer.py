@@ -49,12 +49,13 @@ class Passage:
 @dataclass
 class AnswerEvent:
     """One step of a streamed answer: 'recall' (weights over every segment, plus passages in reread mode), 'token'
-    (text is the new text), or 'done' (text is the whole answer)."""
+    (text is the new text), or 'done' (text is the whole answer, ids its token ids)."""
 
     kind: str
     text: str = ""
     weights: torch.Tensor | None = None
     passages: list[Passage] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -226,7 +227,7 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
                 step = model.embed(torch.tensor([[token]]))
                 hidden, kv = final_hidden_states(backbone, step, past_key_values=kv, use_cache=True)
                 length += 1
-    yield AnswerEvent("done", text=decoder.text)
+    yield AnswerEvent("done", text=decoder.text, ids=decoder.ids)
 
 
 def remember_turn(model, tokenizer, state: MemoryState, question: str, answer: str) -> None:

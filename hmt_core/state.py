@@ -80,7 +80,8 @@ class MemoryState:
     def weights_over_segments(self, cache_weights: torch.Tensor) -> torch.Tensor:
         """Spread recall weights over cache rows [n] onto every segment read so far [num_segments]; segments that
         left the cache get 0."""
-        full = torch.zeros(self.num_segments, dtype=torch.float32)
+        size = max(self.num_segments, self.cache_segments[-1] + 1 if self.cache_segments else 0)
+        full = torch.zeros(size, dtype=torch.float32)
         if self.cache_segments:
             full[torch.tensor(self.cache_segments)] = cache_weights.detach().float().cpu()
         return full

@@ -173,6 +173,12 @@ def test_scanned_pdf_without_text_layer(tmp_path):
     assert "OCR" in error.message
 
 
+def test_pdf_without_pages_is_empty(tmp_path):
+    path = tmp_path / "none.pdf"
+    PdfWriter().write(path)
+    expect_error("empty", path)
+
+
 def test_truncated_pdf_is_corrupt(tmp_path):
     data = make_pdf(tmp_path / "whole.pdf", THREE_PAGES).read_bytes()
     expect_error("corrupt", write(tmp_path / "half.pdf", data[: len(data) // 2]))

@@ -1,0 +1,124 @@
+import pytest
+import torch
+
+from hmt_core import HMT, RMT, HMTConfig, RMTConfig, read_text, remember_turn, stream_answer
+from hmt_core.answer import chat_ids, recall_passages, widen_to_sentences
+
+from conftest import CORPUS
+
+
+def _events(model, tokenizer, state, question="what is the passkey?", **kwargs):
+    return list(stream_answer(model, tokenizer, state, question, **kwargs))
+
+
+@pytest.fixture
+def read(backbone, tokenizer):
+    torch.manual_seed(0)
+    model = HMT(backbone, HMTConfig(segment_length=32, sensory_size=4))
+    text = "".join(f"Page {n}. " + CORPUS[n % 4] + "\n" for n in range(12))
+    state = read_text(model, tokenizer, text, source="book")
+    return model, state
+
+
+@pytest.mark.parametrize("mode", ["faithful", "reread"])
+def test_answer_streams_with_recall_weights_summing_to_one(read, tokenizer, mode):
+    model, state = read
+    before = state.cache.clone()
+    events = _events(model, tokenizer, state, mode=mode, max_new_tokens=12)
+    assert events[0].kind == "recall" and events[-1].kind == "done"
+    weights = events[0].weights
+    assert weights.shape == (state.num_segments,) and torch.allclose(weights.sum(), torch.tensor(1.0), atol=1e-5)
+    tokens = [e.text for e in events if e.kind == "token"]
+    assert len(tokens) >= 2 and "".join(tokens) == events[-1].text
+    assert torch.equal(state.cache, before)  # answering leaves the memory as it was
+    if mode == "reread":
+        assert events[0].passages and all(p.text for p in events[0].passages)
+
+
+def test_generation_rolls_over_past_one_segment(read, tokenizer):
+    model, state = read
+    events = _events(model, tokenizer, state, mode="faithful", max_new_tokens=80)
+    recalls = [e for e in events if e.kind == "recall"]
+    prompt = len(chat_ids(tokenizer, [{"role": "user", "content": "what is the passkey?"}]))
+    generated = len(events[-1].ids)
+    assert prompt < model.segment_length < 2 * model.segment_length < prompt + generated  # two boundaries crossed
+    assert len(recalls) == 1 + (prompt + generated) // model.segment_length
+    assert recalls[1].weights.shape == (state.num_segments + 1,)  # the finished segment joined the recall
+    for r in recalls:
+        assert torch.allclose(r.weights.sum(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_rollover_continues_exactly_like_reading_the_same_tokens(read, tokenizer):
+    """Greedy generation across a boundary must give the tokens the model predicts when it reads them."""
+    model, state = read
+    generated = _events(model, tokenizer, state, mode="faithful", max_new_tokens=80)[-1].ids
+    prompt = chat_ids(tokenizer, [{"role": "user", "content": "what is the passkey?"}])
+    ids = prompt + generated
+    assert len(ids) > 2 * model.segment_length
+    work = state.copy()
+    L = model.segment_length
+    first = len(prompt)
+    for start in range(0, len(ids) - 1, L):
+        seg = ids[start:start + L]
+        result = model.read_segment(work, seg, work.num_segments + start // L, return_logits=True)
+        for i in range(len(seg) - 1):
+            if start + i + 1 >= first:  # inside the generated part
+                assert int(result.logits[i].argmax()) == ids[start + i + 1]
+
+
+def test_temperature_sampling_is_reproducible_with_a_seed(read, tokenizer):
+    model, state = read
+    a = _events(model, tokenizer, state, mode="faithful", temperature=0.8, seed=1, max_new_tokens=8)[-1].text
+    b = _events(model, tokenizer, state, mode="faithful", temperature=0.8, seed=1, max_new_tokens=8)[-1].text
+    assert a == b
+
+
+def test_a_question_longer_than_a_segment_is_read_first(read, tokenizer):
+    model, state = read
+    events = _events(model, tokenizer, state, question="tell me " * 40 + "the passkey", mode="faithful",
+                     max_new_tokens=4)
+    assert events[0].weights.shape[0] > state.num_segments
+
+
+def test_bad_questions_are_refused(read, tokenizer):
+    model, state = read
+    with pytest.raises(ValueError, match="empty"):
+        _events(model, tokenizer, state, question="  ")
+    with pytest.raises(ValueError, match="mode"):
+        _events(model, tokenizer, state, mode="telepathy")
+    with pytest.raises(ValueError, match="at least one segment"):
+        _events(model, tokenizer, model.new_state(), mode="reread")
+
+
+def test_chat_turns_are_written_into_memory(read, tokenizer):
+    model, state = read
+    n = state.num_segments
+    remember_turn(model, tokenizer, state, "what is the passkey?", "The passkey is 12345.")
+    remember_turn(model, tokenizer, state, "and the fox?", "It jumps.")
+    chat = [s for s in state.segments if s.source == "chat"]
+    assert state.num_segments > n and chat[0].page_start == 1 and chat[-1].page_end == 2
+    assert "12345" in state.sources["chat"].text
+    weights = _events(model, tokenizer, state, mode="faithful", max_new_tokens=2)[0].weights
+    assert weights.shape == (state.num_segments,) and weights[n:].sum() > 0
+
+
+def test_passages_widen_to_sentences_and_merge(read):
+    _, state = read
+    text = "First sentence here. The answer is forty two. Last one."
+    start, end = widen_to_sentences(text, text.index("answer"), text.index("forty") + 3)
+    assert text[start:end] == "The answer is forty two."
+    weights = torch.zeros(state.num_segments)
+    weights[[2, 3, 7]] = torch.tensor([0.5, 0.3, 0.2])
+    passages = recall_passages(state, weights, top=3)
+    assert [p.segments for p in passages] == [[2, 3], [7]]
+    assert passages[0].weight == 0.5
+    assert passages[0].text.endswith((".", "?", "!"))
+
+
+def test_rmt_answers_in_faithful_mode(backbone, tokenizer):
+    model = RMT(backbone, RMTConfig(segment_length=16, num_memory_tokens=2))
+    state = read_text(model, tokenizer, " ".join(CORPUS * 2))
+    events = _events(model, tokenizer, state, mode="faithful", max_new_tokens=40, temperature=1.0, seed=0)
+    assert events[0].weights is None and events[-1].kind == "done"
+    with pytest.raises(ValueError):
+        _events(model, tokenizer, state, mode="reread")

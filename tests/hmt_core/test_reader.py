@@ -1,0 +1,113 @@
+import random
+
+import pytest
+import torch
+
+from hmt_core import HMT, HMTConfig, Reader, read_text
+from hmt_core.reader import HARD_CHUNK, SOFT_CHUNK, TextChunker
+
+from conftest import CORPUS
+
+TEXT = "\n".join(CORPUS * 12) + " " + "word " * 900 + "x" * (HARD_CHUNK + 50) + " tail."
+
+
+def _pieces(text: str, rng: random.Random) -> list[str]:
+    pieces, i = [], 0
+    while i < len(text):
+        n = rng.choice([1, 2, 7, 50, 333, 4000])
+        pieces.append(text[i:i + n])
+        i += n
+    return pieces
+
+
+def test_chunker_cuts_depend_on_the_text_only():
+    whole = TextChunker().push(TEXT, final=True)
+    chunker, pieced = TextChunker(), []
+    for piece in _pieces(TEXT, random.Random(1)):
+        pieced += chunker.push(piece)
+    pieced += chunker.push("", final=True)
+    assert pieced == whole
+    assert "".join(c for _, c in whole) == TEXT
+    assert all(len(c) <= HARD_CHUNK for _, c in whole)
+    assert any(len(c) > SOFT_CHUNK for _, c in whole)
+
+
+def _model(backbone, **kwargs) -> HMT:
+    torch.manual_seed(0)
+    return HMT(backbone, HMTConfig(segment_length=32, sensory_size=4, cache_size=400, **kwargs))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reading_in_pieces_equals_reading_at_once(backbone, tokenizer, seed):
+    model = _model(backbone)
+    once = read_text(model, tokenizer, TEXT)
+    reader = Reader(model, tokenizer)
+    memories = []
+    for piece in _pieces(TEXT, random.Random(seed)):
+        memories += [r.memory for r in reader.feed(piece)]
+    memories += [r.memory for r in reader.finish()]
+    pieced = reader.state
+    assert pieced.num_segments == once.num_segments > 10
+    assert torch.equal(pieced.cache, once.cache)
+    assert torch.equal(torch.stack(memories[-once.cache.shape[0]:]), once.cache)
+    assert pieced.segments == once.segments and pieced.sensory_ids == once.sensory_ids
+
+
+def test_ids_in_pieces_equal_ids_at_once_with_the_same_logits(backbone):
+    model = _model(backbone)
+    ids = torch.randint(0, 400, (100,)).tolist()
+    one = Reader(model, None)
+    whole = one.feed_ids(ids) + one.finish()
+    two = Reader(model, None)
+    parts = []
+    for i in range(0, 100, 7):
+        parts += two.feed_ids(ids[i:i + 7])
+    parts += two.finish()
+    assert [r.info for r in parts] == [r.info for r in whole]
+    assert torch.equal(one.state.cache, two.state.cache)
+    # the same segments re-read one by one give the same logits, and match the training forward
+    state = model.new_state()
+    logits = [model.read_segment(state, ids[i:i + 32], i // 32, return_logits=True).logits for i in range(0, 100, 32)]
+    forward = model(torch.tensor([ids]), mode="recall", return_logits=True)
+    for a, b in zip(logits, forward.logits):
+        assert torch.allclose(a, b[0], atol=1e-5)
+    assert torch.allclose(state.cache, one.state.cache, atol=1e-5)
+
+
+def test_recall_weights_cover_every_earlier_segment_and_sum_to_one(backbone, tokenizer):
+    reader = Reader(_model(backbone), tokenizer)
+    results = reader.feed(TEXT[:3000]) + reader.finish()
+    assert results[0].recall_weights is None
+    for r in results[1:]:
+        assert r.recall_weights.shape == (r.info.index,)
+        assert torch.allclose(r.recall_weights.sum(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_cache_keeps_the_newest_n_and_old_segments_get_zero_weight(backbone):
+    model = HMT(backbone, HMTConfig(segment_length=8, sensory_size=2, cache_size=3))
+    reader = Reader(model, None)
+    results = reader.feed_ids(list(range(80))) + reader.finish()
+    assert reader.state.cache.shape[0] == 3 and reader.state.cache_segments == [7, 8, 9]
+    last = results[-1].recall_weights
+    assert last.shape == (9,) and torch.all(last[:6] == 0) and torch.allclose(last[6:].sum(), torch.tensor(1.0))
+
+
+def test_pages_and_character_spans_are_kept(backbone, tokenizer):
+    reader = Reader(_model(backbone), tokenizer)
+    pages = [f"Page {n} says something about topic {n}. " * 6 for n in range(1, 5)]
+    for n, text in enumerate(pages, 1):
+        reader.feed(text, source="book.pdf", page=n)
+    reader.feed("Another file entirely. " * 5, source="notes.txt")
+    reader.finish()
+    state = reader.state
+    book = [s for s in state.segments if s.source == "book.pdf"]
+    assert book[0].page_start == 1 and book[-1].page_end == 4
+    assert all(s.page_start <= s.page_end for s in book)
+    src = state.sources["book.pdf"].text
+    assert "".join(state.segment_text(s.index) for s in book) == src.rstrip() or src.startswith(state.segment_text(0))
+    assert state.segments[-1].source == "notes.txt"  # a new source starts a new segment
+    assert state.segment_text(state.segments[-1].index).strip().endswith("entirely.")
+    for s in book:
+        page = int(state.segment_text(s.index).split("Page ")[1].split()[0]) if "Page " in state.segment_text(s.index) else None
+        if page is not None:
+            assert s.page_start <= page <= s.page_end
