@@ -134,8 +134,15 @@ def reread_messages(question: str, passages: list[Passage]) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """Greedy at temperature 0, else nucleus sampling; logits [V]."""
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+            previous: list[int], repetition_penalty: float) -> int:
+    """Greedy at temperature 0, else nucleus sampling; logits [V]. Tokens already generated are penalised as in
+    transformers' repetition_penalty, since small backbones easily loop."""
+    if previous and repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(previous)))
+        logits = logits.clone()
+        logits[seen] = torch.where(logits[seen] > 0, logits[seen] / repetition_penalty,
+                                   logits[seen] * repetition_penalty)
     if temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, -1)
@@ -163,7 +170,7 @@ class _Decoder:
 
 def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str = "reread",
                   max_new_tokens: int = 200, temperature: float = 0.0, top_p: float = 0.9, top_segments: int = 3,
-                  seed: int | None = None) -> Iterator[AnswerEvent]:
+                  repetition_penalty: float = 1.1, seed: int | None = None) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The state is not changed (a copy takes any segments written while answering); write the turn into memory with
@@ -205,7 +212,8 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     length = embeds.shape[1]
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            token = _sample(lm_logits(backbone, hidden[0, -1]).float(), temperature, top_p, generator)
+            logits = lm_logits(backbone, hidden[0, -1]).float()
+            token = _sample(logits, temperature, top_p, generator, decoder.ids, repetition_penalty)
             if token in stops:
                 break
             delta = decoder.add(token)

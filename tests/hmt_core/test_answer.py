@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hmt_core import HMT, RMT, HMTConfig, RMTConfig, read_text, remember_turn, stream_answer
-from hmt_core.answer import chat_ids, recall_passages, widen_to_sentences
+from hmt_core.answer import _sample, chat_ids, recall_passages, widen_to_sentences
 
 from conftest import CORPUS
 
@@ -51,7 +51,7 @@ def test_generation_rolls_over_past_one_segment(read, tokenizer):
 def test_rollover_continues_exactly_like_reading_the_same_tokens(read, tokenizer):
     """Greedy generation across a boundary must give the tokens the model predicts when it reads them."""
     model, state = read
-    generated = _events(model, tokenizer, state, mode="faithful", max_new_tokens=80)[-1].ids
+    generated = _events(model, tokenizer, state, mode="faithful", max_new_tokens=80, repetition_penalty=1.0)[-1].ids
     prompt = chat_ids(tokenizer, [{"role": "user", "content": "what is the passkey?"}])
     ids = prompt + generated
     assert len(ids) > 2 * model.segment_length
@@ -122,3 +122,10 @@ def test_rmt_answers_in_faithful_mode(backbone, tokenizer):
     assert events[0].weights is None and events[-1].kind == "done"
     with pytest.raises(ValueError):
         _events(model, tokenizer, state, mode="reread")
+
+
+def test_repetition_penalty_demotes_generated_tokens():
+    logits = torch.tensor([2.0, 1.9, -1.0])
+    assert _sample(logits, 0.0, 1.0, None, [], 1.1) == 0
+    assert _sample(logits, 0.0, 1.0, None, [0], 1.1) == 1
+    assert _sample(logits, 0.0, 1.0, None, [0], 1.0) == 0

@@ -1,0 +1,49 @@
+"""What the benchmarks share: the machine description, long real text, and writing JSON plus a markdown table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DATA = ROOT / "data"
+
+
+def machine() -> dict:
+    """Enough about the machine to read absolute numbers with care."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": sys.version.split()[0], "torch": torch.__version__}
+
+
+def long_text(min_chars: int) -> str:
+    """Real public-domain prose of at least min_chars characters: Moby-Dick and Austen, fetched offline once."""
+    from hmt_core.corpora import fetch, load_texts
+
+    fetch(DATA, ["mobydick", "austen"])
+    texts = load_texts(DATA)
+    text = texts["mobydick"] + "\n\n" + "\n\n".join(v for k, v in sorted(texts.items()) if k.startswith("austen"))
+    if len(text) < min_chars:
+        raise ValueError(f"only {len(text)} characters of text available, {min_chars} needed")
+    return text
+
+
+def write_results(name: str, data: dict, table: str) -> None:
+    """bench/results/<name>.json and <name>.md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+    (RESULTS / f"{name}.md").write_text(table, encoding="utf-8")
+    print(table)

@@ -1,0 +1,197 @@
+"""Ingest benchmark (issue 2): HMT reading throughput as a ratio to the plain backbone over the same text, peak RSS
+while reading a short vs a long document, and first-token latency of an answer after each.
+
+    python -m bench.ingest                       # SmolLM2-135M-Instruct, 10k vs 200k tokens, CPU
+    python -m bench.ingest --short 2000 --long 8000 --rounds 1   # a quick look
+
+Writes bench/results/ingest.json and ingest.md. Ratios compare runs made in the same process, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import ROOT, long_text, machine, write_results
+from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, Reader, load_backbone, load_checkpoint, stream_answer
+
+PAGE_CHARS = 3000
+QUESTION = "What did the captain say about the white whale?"
+
+
+def load_model(args: argparse.Namespace):
+    """(memory model, tokenizer) for the benchmark: the given HMT weights, else fresh parameters of the default
+    config (speed and memory do not depend on the parameter values)."""
+    backbone, tokenizer = load_backbone(args.model, device=args.device)
+    if args.hmt_weights:
+        return load_checkpoint(args.hmt_weights, backbone), tokenizer
+    torch.manual_seed(0)
+    return HMT(backbone, HMTConfig()), tokenizer
+
+
+def text_of_tokens(tokenizer, text: str, n_tokens: int) -> str:
+    """The prefix of `text` that tokenizes to n_tokens tokens (fewer when the text is shorter)."""
+    enc = tokenizer(text[:n_tokens * 8], add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    return text[:offsets[min(n_tokens, len(offsets)) - 1][1]]
+
+
+def read(model, tokenizer, text: str):
+    """Read text page by page, as the app does; returns the memory state."""
+    reader = Reader(model, tokenizer)
+    for i in range(0, len(text), PAGE_CHARS):
+        reader.feed(text[i:i + PAGE_CHARS], source="book", page=i // PAGE_CHARS + 1)
+    reader.finish()
+    return reader.state
+
+
+@torch.no_grad()
+def plain_forward(backbone, ids: list[int], window: int, logits: bool) -> None:
+    """The plain backbone over the same tokens in windows of one HMT segment: with the LM head (what a plain
+    forward computes) or hidden states only (what reading needs)."""
+    for i in range(0, len(ids), window):
+        x = torch.tensor([ids[i:i + window]], device=backbone.device)
+        backbone(x) if logits else backbone.base_model(input_ids=x)
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    """tokens/s of HMT reading and of the plain backbone, interleaved over several rounds; ratios per round."""
+    model, tokenizer = load_model(args)
+    text = text_of_tokens(tokenizer, long_text(200_000), args.throughput_tokens)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    read(model, tokenizer, text[:20_000])  # warm-up
+    rounds = []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        state = read(model, tokenizer, text)
+        t1 = time.perf_counter()
+        plain_forward(model.backbone, ids, model.segment_length, logits=True)
+        t2 = time.perf_counter()
+        plain_forward(model.backbone, ids, model.segment_length, logits=False)
+        t3 = time.perf_counter()
+        hmt_tps = sum(s.num_tokens for s in state.segments) / (t1 - t0)
+        rounds.append({"hmt_tokens_per_s": hmt_tps, "plain_tokens_per_s": len(ids) / (t2 - t1),
+                       "plain_hidden_tokens_per_s": len(ids) / (t3 - t2)})
+    for r in rounds:
+        r["ratio_vs_plain"] = r["hmt_tokens_per_s"] / r["plain_tokens_per_s"]
+        r["ratio_vs_plain_hidden"] = r["hmt_tokens_per_s"] / r["plain_hidden_tokens_per_s"]
+    return {"tokens": len(ids), "rounds": rounds,
+            "ratio_vs_plain": statistics.median(r["ratio_vs_plain"] for r in rounds),
+            "ratio_vs_plain_hidden": statistics.median(r["ratio_vs_plain_hidden"] for r in rounds)}
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * 4096 / 2**20
+
+
+def child(args: argparse.Namespace) -> dict:
+    """In a fresh process: read n tokens while sampling RSS, then time the first token of answers."""
+    import resource
+
+    model, tokenizer = load_model(args)
+    text = text_of_tokens(tokenizer, long_text(int(args.child * 5)), args.child)
+    read(model, tokenizer, text[:20_000])  # warm-up, so both lengths start from the same allocator state
+    before = rss_mb()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], rss_mb())
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    state = read(model, tokenizer, text)
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    latency = {}
+    for mode in ("faithful", "reread"):
+        times = []
+        for _ in range(args.latency_repeats):
+            start = time.perf_counter()
+            for event in stream_answer(model, tokenizer, state, QUESTION, mode=mode, max_new_tokens=1):
+                if event.kind in ("token", "done"):
+                    times.append(time.perf_counter() - start)
+                    break
+        latency[mode] = statistics.median(times)
+    return {"tokens": sum(s.num_tokens for s in state.segments), "segments": state.num_segments,
+            "cache_rows": int(state.cache.shape[0]), "read_seconds": seconds, "rss_before_read_mb": before,
+            "peak_rss_during_read_mb": max(peak[0], rss_mb()),
+            "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "first_token_s": latency}
+
+
+def run_child(args: argparse.Namespace, n_tokens: int) -> dict:
+    cmd = [sys.executable, "-m", "bench.ingest", "--child", str(n_tokens), "--model", args.model,
+           "--device", args.device, "--latency-repeats", str(args.latency_repeats)]
+    if args.hmt_weights:
+        cmd += ["--hmt-weights", args.hmt_weights]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def table(result: dict) -> str:
+    t, s, l = result["throughput"], result["short"], result["long"]
+    rss = l["peak_rss_during_read_mb"] / s["peak_rss_during_read_mb"]
+    lines = [
+        f"Backbone {result['model']}, HMT segment {result['config']['segment_length']}, "
+        f"k {result['config']['sensory_size']}, N {result['config']['cache_size']}; {result['machine']['cpu']}, "
+        f"{result['machine']['torch_threads']} threads, fp32.",
+        "",
+        "| measure | value | goal |",
+        "|---|---|---|",
+        f"| HMT ingest / plain forward (with LM head), same tokens, same run | {t['ratio_vs_plain']:.2f} | >= 0.6 |",
+        f"| HMT ingest / plain forward (hidden states only) | {t['ratio_vs_plain_hidden']:.2f} | (bound ~0.61 at k=32) |",
+        f"| HMT ingest tokens/s (median round) | {statistics.median(r['hmt_tokens_per_s'] for r in t['rounds']):.0f} | |",
+        f"| peak RSS reading {s['tokens']:,} tokens | {s['peak_rss_during_read_mb']:.0f} MB | |",
+        f"| peak RSS reading {l['tokens']:,} tokens | {l['peak_rss_during_read_mb']:.0f} MB | |",
+        f"| RSS growth, long vs short | {100 * (rss - 1):+.1f}% | < 5% |",
+        f"| first token, faithful, {l['tokens']:,} / {s['tokens']:,} tokens read | "
+        f"{l['first_token_s']['faithful']:.3f} s / {s['first_token_s']['faithful']:.3f} s = "
+        f"{l['first_token_s']['faithful'] / s['first_token_s']['faithful']:.2f} | < 1.2 |",
+        f"| first token, re-read, {l['tokens']:,} / {s['tokens']:,} tokens read | "
+        f"{l['first_token_s']['reread']:.3f} s / {s['first_token_s']['reread']:.3f} s = "
+        f"{l['first_token_s']['reread'] / s['first_token_s']['reread']:.2f} | < 1.2 |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_BACKBONE)
+    parser.add_argument("--hmt-weights", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--short", type=int, default=10_000)
+    parser.add_argument("--long", type=int, default=200_000)
+    parser.add_argument("--throughput-tokens", type=int, default=8192)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    started = time.time()
+    result = {"model": args.model, "machine": machine(), "throughput": throughput(args)}
+    result["short"] = run_child(args, args.short)
+    result["long"] = run_child(args, args.long)
+    model, _ = load_model(args)
+    result["config"] = {k: v for k, v in vars(model.config).items()}
+    result["wall_seconds"] = time.time() - started
+    write_results("ingest", result, table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Training examples: language-modelling windows from text files, and document QA built from SQuAD articles."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .answer import chat_ids
+
+
+def read_text_files(paths: list[str | Path]) -> list[str]:
+    """Texts from .txt files (whole file) and .jsonl files (the 'text' field of every line); folders are searched."""
+    texts = []
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
+        for f in files:
+            if f.suffix == ".jsonl":
+                texts += [json.loads(line)["text"] for line in f.read_text(encoding="utf-8").splitlines() if line]
+            else:
+                texts.append(f.read_text(encoding="utf-8"))
+    if not texts:
+        raise ValueError(f"no .txt or .jsonl text found in {paths}")
+    return texts
+
+
+@dataclass
+class Example:
+    """One training row: token ids, labels (-100 = no loss) and, for QA, the segment that holds the answer."""
+
+    input_ids: list[int]
+    labels: list[int]
+    answer_segment: int | None = None
+
+
+class LMWindows:
+    """Random windows of a fixed number of tokens from a set of texts (each text tokenized once)."""
+
+    def __init__(self, tokenizer, texts: list[str], window: int):
+        self.window = window
+        self.ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        self.ids = [ids for ids in self.ids if len(ids) > window]
+        if not self.ids:
+            raise ValueError(f"every text is shorter than a training window of {window} tokens")
+
+    def sample(self, rng: random.Random) -> Example:
+        ids = rng.choice(self.ids)
+        start = rng.randrange(len(ids) - self.window)
+        window = ids[start:start + self.window]
+        return Example(window, list(window))
+
+
+class SquadQA:
+    """Questions about a document read earlier: a window of whole segments of an article that contains the answer
+    at a random place, then the question and answer in the chat template as the final segment, the loss on the
+    answer tokens only; answer_segment says which earlier segment holds the answer (for a recall loss)."""
+
+    def __init__(self, tokenizer, articles: list[dict], doc_segments: int, segment_length: int):
+        self.tokenizer = tokenizer
+        self.window = doc_segments * segment_length
+        self.segment_length = segment_length
+        self.items = []
+        end_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.end = [end_turn] if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id else \
+            [tokenizer.eos_token_id]
+        for article in articles:
+            enc = tokenizer(article["context"], add_special_tokens=False, return_offsets_mapping=True)
+            ends = [b for _, b in enc["offset_mapping"]]
+            for q in article["questions"]:
+                token = next(i for i, e in enumerate(ends) if e > q["answer_starts"][0])
+                self.items.append((enc["input_ids"], token, q["question"], q["answers"][0]))
+
+    def sample(self, rng: random.Random) -> Example:
+        doc, token, question, answer = rng.choice(self.items)
+        start = max(0, min(token - rng.randrange(self.window), len(doc) - self.window))
+        window = doc[start:start + self.window]
+        prompt = chat_ids(self.tokenizer, [{"role": "user", "content": question}])
+        reply = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + self.end
+        ids = window + prompt + reply
+        labels = [-100] * (len(window) + len(prompt)) + reply
+        return Example(ids, labels, (token - start) // self.segment_length)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids, attention_mask, labels [B, T] and answer_segment [B] (-1 where none)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n], mask[row, :n], labels[row, :n] = torch.tensor(e.input_ids), 1, torch.tensor(e.labels)
+    answer = torch.tensor([-1 if e.answer_segment is None else e.answer_segment for e in examples])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "answer_segment": answer}

@@ -1,0 +1,190 @@
+"""Multi-stage BPTT training of HMT (design notes section 3) on one CPU, one GPU or several GPUs (accelerate).
+
+    python -m hmt_core.train --stage 1 --texts data/text --out runs/stage1 --steps 200
+    python -m hmt_core.train --stage 2 --init runs/stage1/final --texts data/text --squad data/squad \\
+        --out runs/stage2 --steps 300 --segments 6 --recall-loss 1.0
+    accelerate launch -m hmt_core.train ...      # several GPUs; --mixed-precision bf16 on GPU
+
+Stage 1 passes each memory embedding straight to the next segment (no recall) over 2 segments; stage 2 starts from
+stage 1's initial memory with fresh T, Wq, Wk and recall, unrolled over --segments. The loss is the LM cross-entropy
+on every segment's tokens (--loss-on last: only the final segment's), or on the answer tokens for QA rows, plus an
+optional recall loss (cross-entropy of the final segment's recall weights toward the segment holding the answer).
+The run resumes from out/last when it exists; metrics go to out/log.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .backbone import DEFAULT_BACKBONE, load_backbone
+from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .config import HMTConfig, RMTConfig
+from .data import LMWindows, SquadQA, collate, read_text_files
+from .hmt import HMT
+from .rmt import RMT
+
+
+def build_model(args: argparse.Namespace, backbone) -> HMT | RMT:
+    """A fresh HMT or RMT, or stage 2 from a stage-1 checkpoint (keeping its initial memory, fresh T, Wq, Wk)."""
+    if args.kind == "rmt":
+        return RMT(backbone, RMTConfig(segment_length=args.segment_length, num_memory_tokens=args.memory_tokens))
+    config = HMTConfig(segment_length=args.segment_length, sensory_size=args.sensory_size, cache_size=args.cache_size)
+    model = HMT(backbone, config)
+    if args.init:
+        stage1 = load_checkpoint(args.init, backbone)
+        with torch.no_grad():
+            model.initial_memory.copy_(stage1.initial_memory)
+            if args.keep_recall:
+                model.summary_prompt.copy_(stage1.summary_prompt)
+                model.wq.weight.copy_(stage1.wq.weight)
+                model.wk.weight.copy_(stage1.wk.weight)
+    return model
+
+
+def trainable_parameters(model: HMT | RMT, tune: str) -> list[torch.nn.Parameter]:
+    """The memory parameters (frozen backbone), or everything (full fine-tuning)."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(tune == "full")
+    return list(model.memory_parameters().values()) + (list(model.backbone.parameters()) if tune == "full" else [])
+
+
+def recall_loss(weights: torch.Tensor, answer_segment: torch.Tensor) -> torch.Tensor:
+    """Mean -log of the recall weight on the segment that holds the answer, over rows that have one."""
+    rows = answer_segment >= 0
+    if not rows.any() or weights.shape[1] == 0:
+        return weights.new_zeros(())
+    picked = weights[rows].gather(1, answer_segment[rows, None].clamp(max=weights.shape[1] - 1))
+    return -(picked + 1e-9).log().mean()
+
+
+def save_run(model: HMT | RMT, optimizer, scheduler, step: int, folder: Path, args: argparse.Namespace, tune: str) -> None:
+    """A checkpoint of the memory parameters plus what resuming needs (optimizer, step, RNG states)."""
+    save_checkpoint(model, folder, extra={"step": step, "stage": args.stage, "tune": tune, "command": args.command})
+    if tune == "full":
+        model.backbone.save_pretrained(folder / "backbone")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "python_rng": args.rng.getstate(),
+                "torch_rng": torch.get_rng_state()}, folder / "train_state.pt")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_BACKBONE)
+    p.add_argument("--kind", choices=["hmt", "rmt"], default="hmt")
+    p.add_argument("--stage", type=int, choices=[1, 2], default=2)
+    p.add_argument("--init", default=None, help="stage-1 checkpoint to start stage 2 from")
+    p.add_argument("--keep-recall", action="store_true", help="also keep T, Wq, Wk from --init")
+    p.add_argument("--texts", nargs="*", default=[], help=".txt/.jsonl files or folders for the LM objective")
+    p.add_argument("--squad", default=None, help="folder holding articles.jsonl and split.json (QA objective)")
+    p.add_argument("--qa-fraction", type=float, default=0.5, help="share of steps that are QA when both exist")
+    p.add_argument("--recall-loss", type=float, default=0.0, help="weight of the recall loss on QA rows")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--segments", type=int, default=None, help="segments unrolled (stage 1: 2, stage 2: 6)")
+    p.add_argument("--bptt-depth", type=int, default=None)
+    p.add_argument("--loss-on", choices=["all", "last"], default="all")
+    p.add_argument("--segment-length", type=int, default=256)
+    p.add_argument("--sensory-size", type=int, default=32)
+    p.add_argument("--cache-size", type=int, default=300)
+    p.add_argument("--memory-tokens", type=int, default=16, help="RMT only")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-decay-every", type=int, default=100)
+    p.add_argument("--lr-decay", type=float, default=0.7)
+    p.add_argument("--tune", choices=["frozen", "full"], default="frozen")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--save-every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.segments = args.segments or (2 if args.stage == 1 else 6)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    from accelerate import Accelerator
+
+    args = parse_args(argv)
+    args.command = "python -m hmt_core.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    args.rng = random.Random(args.seed)
+    backbone, tokenizer = load_backbone(args.model, device=str(accelerator.device), dtype="fp32")
+    model = build_model(args, backbone)
+    params = trainable_parameters(model, args.tune)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_decay_every, args.lr_decay)
+    out, last = Path(args.out), Path(args.out) / "last"
+    step = 0
+    if (last / "train_state.pt").exists():
+        resumed = load_checkpoint(last, backbone)
+        with torch.no_grad():
+            for name, p in model.memory_parameters().items():
+                p.copy_(resumed.memory_parameters()[name])
+        saved = torch.load(last / "train_state.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        step = saved["step"]
+        args.rng.setstate(saved["python_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        scheduler.load_state_dict(saved["scheduler"])
+        accelerator.print(f"resumed from {last} at step {step} ({read_checkpoint_meta(last)['extra']})")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+    L = args.segment_length
+    lm = LMWindows(tokenizer, read_text_files(args.texts), args.segments * L) if args.texts else None
+    qa = None
+    if args.squad:
+        articles = [json.loads(x) for x in (Path(args.squad) / "articles.jsonl").read_text().splitlines() if x]
+        train_titles = set(json.loads((Path(args.squad) / "split.json").read_text())["train"])
+        qa = SquadQA(tokenizer, [a for a in articles if a["title"] in train_titles], args.segments - 1, L)
+    if lm is None and qa is None:
+        raise SystemExit("give --texts and/or --squad")
+    mode = "direct" if args.stage == 1 or args.kind == "rmt" else "recall"
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "log.jsonl").open("a", encoding="utf-8")
+    model.train()
+    bar = tqdm(total=args.steps, initial=step, disable=not accelerator.is_local_main_process)
+    started = time.time()
+    while step < args.steps:
+        use_qa = qa is not None and (lm is None or args.rng.random() < args.qa_fraction)
+        source = qa if use_qa else lm
+        batch = collate([source.sample(args.rng) for _ in range(args.batch_size)], tokenizer.pad_token_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        t0 = time.time()
+        with accelerator.autocast():
+            output = model(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=mode,
+                           bptt_depth=args.bptt_depth, loss_on="last" if use_qa else args.loss_on)
+            r_loss = recall_loss(output.recall_weights[-1], batch["answer_segment"]) \
+                if use_qa and output.recall_weights else output.loss.new_zeros(())
+            loss = output.loss + args.recall_loss * r_loss
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        step += 1
+        tokens = int(batch["attention_mask"].sum())
+        record = {"step": step, "kind": "qa" if use_qa else "lm", "loss": output.loss.item(),
+                  "recall_loss": r_loss.item(), "lr": scheduler.get_last_lr()[0], "tokens": tokens,
+                  "tokens_per_s": tokens / (time.time() - t0), "elapsed_s": time.time() - started}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{record['loss']:.3f}", recall=f"{record['recall_loss']:.3f}",
+                        tok_s=f"{record['tokens_per_s']:.0f}")
+        bar.update(1)
+        if accelerator.is_main_process and (step % args.save_every == 0 or step == args.steps):
+            save_run(core, optimizer, scheduler, step, last, args, args.tune)
+    if accelerator.is_main_process:
+        save_checkpoint(core, out / "final", extra={"steps": step, "stage": args.stage, "tune": args.tune,
+                                                    "command": args.command})
+    bar.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+import json
+import random
+
+import pytest
+import torch
+
+from hmt_core import load_checkpoint
+from hmt_core.data import LMWindows, SquadQA, collate
+from hmt_core.train import main, recall_loss
+
+from conftest import CORPUS, make_backbone
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tokenizer):
+    folder = tmp_path / "tiny"
+    make_backbone("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def data(tmp_path):
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(" ".join(CORPUS * 40))
+    context = " ".join(CORPUS * 10) + " The passkey is 4711. " + " ".join(CORPUS * 10)
+    article = {"title": "A", "context": context,
+               "questions": [{"id": "1", "question": "What is the passkey?", "answers": ["4711"],
+                              "answer_starts": [context.index("4711")]}]}
+    (tmp_path / "squad").mkdir()
+    (tmp_path / "squad" / "articles.jsonl").write_text(json.dumps(article) + "\n")
+    (tmp_path / "squad" / "split.json").write_text(json.dumps({"train": ["A"], "eval": []}))
+    return tmp_path
+
+
+def _run(folder, data, out, *extra):
+    main(["--model", str(folder), "--texts", str(data / "texts"), "--squad", str(data / "squad"), "--out", str(out),
+          "--segment-length", "16", "--sensory-size", "4", "--segments", "3", "--save-every", "2",
+          "--recall-loss", "1.0", *extra])
+
+
+def test_training_runs_logs_saves_and_resumes(tiny_folder, data, tmp_path):
+    out = tmp_path / "run"
+    _run(tiny_folder, data, out, "--steps", "2")
+    _run(tiny_folder, data, out, "--steps", "4")  # resumes at step 2
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert {r["kind"] for r in log} <= {"qa", "lm"} and all(r["loss"] > 0 for r in log)
+    model = load_checkpoint(out / "final", make_backbone("llama"))
+    assert model.config.segment_length == 16
+    # the same seed from scratch reaches the same weights as the resumed run
+    _run(tiny_folder, data, tmp_path / "again", "--steps", "4")
+    again = load_checkpoint(tmp_path / "again" / "final", make_backbone("llama"))
+    assert torch.allclose(again.wq.weight, model.wq.weight, atol=1e-6)
+
+
+def test_training_moves_the_memory_parameters(tiny_folder, data, tmp_path):
+    _run(tiny_folder, data, tmp_path / "run", "--steps", "2", "--lr", "1e-2")
+    trained = load_checkpoint(tmp_path / "run" / "final", make_backbone("llama"))
+    torch.manual_seed(0)
+    from hmt_core import HMT, HMTConfig
+    fresh = HMT(make_backbone("llama"), HMTConfig(segment_length=16, sensory_size=4))
+    assert not torch.allclose(trained.wq.weight, fresh.wq.weight)
+
+
+def test_qa_examples_point_at_the_segment_holding_the_answer(tokenizer, data):
+    article = json.loads((data / "squad" / "articles.jsonl").read_text())
+    qa = SquadQA(tokenizer, [article], doc_segments=3, segment_length=16)
+    rng = random.Random(0)
+    for _ in range(20):
+        ex = qa.sample(rng)
+        segment = ex.input_ids[ex.answer_segment * 16:(ex.answer_segment + 1) * 16]
+        assert "4711"[:2] in tokenizer.decode(segment + ex.input_ids[(ex.answer_segment + 1) * 16:][:4])
+        answer = [t for t, label in zip(ex.input_ids, ex.labels) if label != -100]
+        assert tokenizer.decode(answer).startswith("4711")
+
+
+def test_lm_windows_and_collate(tokenizer):
+    windows = LMWindows(tokenizer, [" ".join(CORPUS * 5)], 32)
+    batch = collate([windows.sample(random.Random(1)), windows.sample(random.Random(2))], 0)
+    assert batch["input_ids"].shape == (2, 32) and bool(batch["attention_mask"].all())
+    assert torch.equal(batch["answer_segment"], torch.tensor([-1, -1]))
+
+
+def test_recall_loss_targets_the_answer_segment():
+    weights = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    assert torch.allclose(recall_loss(weights, torch.tensor([0, -1])), -torch.log(torch.tensor(0.7)))
+    assert recall_loss(weights, torch.tensor([-1, -1])) == 0
