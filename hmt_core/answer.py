@@ -208,9 +208,9 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     stops = stop_ids(model, tokenizer)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     decoder = _Decoder(tokenizer)
-    hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
-    length = embeds.shape[1]
     with torch.no_grad():
+        hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
+        length = embeds.shape[1]
         for _ in range(max_new_tokens):
             logits = lm_logits(backbone, hidden[0, -1]).float()
             token = _sample(logits, temperature, top_p, generator, decoder.ids, repetition_penalty)

@@ -243,19 +243,28 @@ class HMT(nn.Module):
         loss, total = reduce_loss(sums, counts, loss_on)
         return MemoryOutput(loss, total, weights_out, logits_out)
 
-    def new_state(self) -> MemoryState:
-        """An empty memory state on this model's device."""
-        d = self.initial_memory.shape[1]
-        return MemoryState("hmt", self.initial_memory.new_zeros(0, d).detach(), meta={"cache_size": self.config.cache_size})
+    def new_state(self, keep: int | None = None) -> MemoryState:
+        """An empty memory state on this model's device that keeps the newest `keep` memories (default N).
 
-    def _recall_state(self, state: MemoryState, query_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Summary of query_ids, then recall over the state's cache -> (P [1, d], weights over segments or None)."""
-        query = torch.tensor([query_ids[:self.config.summary_length]], device=self.device)
-        summary = self.summarize(query)
-        cache = state.cache[None].to(self.device, self.initial_memory.dtype) if state.cache_segments else None
+        Reading recalls over the newest N, as in training; answering recalls over all kept memories, so a state
+        can keep a whole book recallable while reading stays faithful to the trained cache size.
+        """
+        d = self.initial_memory.shape[1]
+        return MemoryState("hmt", self.initial_memory.new_zeros(0, d).detach(),
+                           meta={"cache_size": max(keep or 0, self.config.cache_size)})
+
+    def _recall_state(self, state: MemoryState, query_ids: list[int], window: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Summary of query_ids, then recall over the newest `window` cached memories (None: all of them)
+        -> (P [1, d], weights over every segment read so far, or None with an empty cache)."""
+        rows = len(state.cache_segments) if window is None else min(window, len(state.cache_segments))
+        query = torch.tensor([query_ids[:self.config.summary_length]], dtype=torch.long, device=self.device)
+        summary = self.summarize(query.reshape(1, -1))
+        if rows == 0:
+            return self.recall(summary, None)[0], None
+        cache = state.cache[-rows:][None].to(self.device, self.initial_memory.dtype)  # [1, rows, d]
         memory, weights = self.recall(summary, cache)
-        full = state.weights_over_segments(weights[0]) if state.cache_segments else None
-        return memory, full
+        return memory, state.weights_over_segments(weights[0], state.cache_segments[-rows:])
 
     def _sensory(self, state: MemoryState) -> torch.Tensor:
         return torch.tensor([state.sensory_ids], dtype=torch.long, device=self.device).reshape(1, -1)
@@ -272,8 +281,9 @@ class HMT(nn.Module):
     @torch.no_grad()
     def read_segment(self, state: MemoryState, ids: list[int], segment_index: int,
                      return_logits: bool = False) -> SegmentResult:
-        """Read one segment of at most L token ids into the state: summary, recall, main pass, write the memory."""
-        memory, weights = self._recall_state(state, ids)
+        """Read one segment of at most L token ids into the state: summary, recall over the newest N memories,
+        main pass, write the memory."""
+        memory, weights = self._recall_state(state, ids, window=self.config.cache_size)
         x = torch.tensor([ids], device=self.device)
         embeds, _, x_start = self.main_embeds(memory, self._sensory(state), x)
         if return_logits:

@@ -83,8 +83,8 @@ class RMT(nn.Module):
         loss, total = reduce_loss(sums, counts, loss_on)
         return MemoryOutput(loss, total, [], logits_out)
 
-    def new_state(self) -> MemoryState:
-        """An empty memory state: the learned initial memory tokens."""
+    def new_state(self, keep: int | None = None) -> MemoryState:
+        """An empty memory state: the learned initial memory tokens (RMT keeps no cache, so `keep` is unused)."""
         return MemoryState("rmt", self.memory.detach().clone())
 
     @torch.no_grad()

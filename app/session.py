@@ -1,0 +1,121 @@
+"""One browser session's documents, memory and chat; sessions share nothing but the model.
+
+A session's memory is the concatenation of its documents' memories (each document is read from an empty memory,
+which is what makes a document cacheable on its own) followed by the chat turns written into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from hmt_core import MemoryState
+from hmt_core.state import SourceText
+
+
+@dataclass
+class DocumentRecord:
+    """A document in a session's memory: where its segments are and how it got there."""
+
+    name: str
+    digest: str
+    kind: str
+    pages: int
+    first_segment: int
+    segments: int
+    tokens: int
+    from_cache: bool = False
+    complete: bool = True
+    last_page: int | None = None
+
+
+@dataclass
+class Session:
+    """Per-browser-session data, kept in a gr.State (Gradio gives each session its own copy)."""
+
+    memory: MemoryState | None = None
+    fingerprint: str = ""
+    documents: list[DocumentRecord] = field(default_factory=list)
+    chat: list[dict] = field(default_factory=list)
+    busy: bool = False
+    cancel_requested: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """True when there is at least one document's memory to answer from."""
+        return self.memory is not None and any(doc.segments for doc in self.documents)
+
+    def has_digest(self, digest: str) -> DocumentRecord | None:
+        """The document with these bytes, if it is already in memory."""
+        return next((doc for doc in self.documents if doc.digest == digest), None)
+
+    def unique_name(self, name: str) -> str:
+        """name, or 'name (2)' when another document in memory already has that name."""
+        taken = {doc.name for doc in self.documents} | {"chat"}
+        if name not in taken:
+            return name
+        stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
+        n = 2
+        while (candidate := f"{stem} ({n}){dot}{ext}") in taken:
+            n += 1
+        return candidate
+
+    def add(self, state: MemoryState, record: DocumentRecord, keep: int) -> None:
+        """Append a document's memory (read on its own) to the session memory, under record.name."""
+        source = next(iter(state.sources), record.name)
+        state = rename_source(state, source, record.name)
+        record.first_segment = self.memory.num_segments if self.memory is not None else 0
+        record.segments = state.num_segments
+        self.memory = append_memory(self.memory, state, keep)
+        self.documents.append(record)
+
+    def check_model(self, fingerprint: str) -> str | None:
+        """Clear a memory built by another model; returns the message to show when that happened."""
+        if self.fingerprint == fingerprint:
+            return None
+        had = bool(self.documents)
+        self.clear()
+        self.fingerprint = fingerprint
+        if had:
+            return ("The model was changed, so the memory built with the previous model was cleared. "
+                    "Add your documents again to read them with the new model.")
+        return None
+
+    def clear(self) -> None:
+        """Forget every document and the chat."""
+        self.memory = None
+        self.documents = []
+        self.chat = []
+
+
+def rename_source(state: MemoryState, old: str, new: str) -> MemoryState:
+    """A copy of state whose source `old` is called `new` (a cached document uploaded under another name)."""
+    if old == new or old not in state.sources:
+        return state
+    out = state.copy()
+    src = out.sources.pop(old)
+    out.sources[new] = SourceText(new, src.text, list(src.page_starts), list(src.page_numbers))
+    out.segments = [replace(s, source=new) if s.source == old else s for s in out.segments]
+    return out
+
+
+def append_memory(base: MemoryState | None, extra: MemoryState, keep: int) -> MemoryState:
+    """base's memory followed by extra's: segments renumbered, the newest `keep` cached memories kept, and the
+    sensory memory taken from extra (the last text read)."""
+    if base is None:
+        out = extra.copy().to("cpu")
+        out.meta["cache_size"] = keep
+        return out
+    if set(base.sources) & set(extra.sources):
+        raise ValueError(f"source names overlap: {sorted(set(base.sources) & set(extra.sources))}")
+    offset = base.num_segments
+    if base.kind == "hmt":
+        cache = torch.cat([base.cache.cpu(), extra.cache.cpu().to(base.cache.dtype)], 0)[-keep:]
+    else:  # RMT's memory is the last document's memory tokens
+        cache = extra.cache.cpu()
+    cache_segments = (base.cache_segments + [i + offset for i in extra.cache_segments])[-keep:]
+    segments = base.segments + [replace(s, index=s.index + offset) for s in extra.segments]
+    sources = {**base.sources, **extra.sources}
+    meta = {**base.meta, "cache_size": keep}
+    return MemoryState(base.kind, cache, cache_segments, list(extra.sensory_ids), segments, sources, meta)

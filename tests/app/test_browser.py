@@ -1,0 +1,169 @@
+"""The real app (SmolLM2-135M-Instruct backbone) in a subprocess: driven in Debian chromium with Playwright, and
+through its named API endpoints with gradio_client. Screenshots go to docs/screenshots/ for the README."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from pdf_factory import make_pdf
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+LIGHTHOUSE = [
+    "The Gull Island Light\n\nThe lighthouse on Gull Island was built in 1887 by the engineer Margaret Ellory. "
+    "Its lamp could be seen twenty miles out to sea on a clear night.",
+    "The Keepers\n\nEvery evening the keeper, Tobias Wren, climbed the ninety-two steps, lit the great lamp and "
+    "wrote the names of passing ships in his logbook.",
+    "The Guild\n\nThe keepers of the northern lights formed a guild in 1902. The secret password of the keepers' "
+    "guild was 'blue heron', and it was written only inside the cover of each logbook.",
+    "The Storm\n\nIn the winter of 1911 a storm cut the island off for nineteen days. Wren kept the lamp burning "
+    "every night with oil carried up from the cellar.",
+]
+
+
+SEA = ("The wind came from the north and the gulls turned above the rocks. Boats from the harbour went out at dawn "
+       "and came back before dark with herring, cod and news from the mainland. ")
+PAGES = [page + "\n\n" + SEA * 6 for page in LIGHTHOUSE]  # about 300 tokens a page: a few segments in all
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`python app.py` on a free port with its own cache folder; yields the base URL."""
+    port = free_port()
+    cache = tmp_path_factory.mktemp("memories")
+    log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--cache-dir", str(cache)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"the app exited early:\n{log.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("the app did not start within 180 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def lighthouse_pdf(tmp_path_factory) -> Path:
+    return make_pdf(tmp_path_factory.mktemp("docs") / "gull_island.pdf", PAGES, page_numbers=True)
+
+
+@pytest.fixture
+def page(server):
+    """A chromium page at the app; every request it makes to another host is recorded in page.outside."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.outside = []
+        tab.on("request", lambda r: tab.outside.append(r.url)
+               if not r.url.startswith((server, "data:", "blob:")) else None)
+        tab.goto(server, wait_until="load")
+        tab.wait_for_selector("#upload")
+        yield tab
+        browser.close()
+
+
+@pytest.mark.browser
+def test_upload_read_ask_and_see_the_recall(page, lighthouse_pdf):
+    assert page.is_disabled("#question textarea")  # chat stays closed until memory is ready
+    page.set_input_files("#upload input[type=file]", str(lighthouse_pdf))
+    page.wait_for_selector("#progress [data-state=done]", timeout=120_000)
+    assert "Memory ready: 1 document" in page.inner_text("#progress")
+    assert "gull_island.pdf" in page.inner_text("#documents")
+    page.wait_for_selector("#question textarea:not([disabled])", timeout=10_000)
+
+    page.fill("#question textarea", "What was the secret password of the keepers' guild?")
+    page.click("#ask")
+    lengths = []
+    deadline = time.time() + 120
+    while time.time() < deadline and "Recalled from" not in page.inner_text("#chat"):
+        bubbles = page.locator("#chat .message.bot")
+        if bubbles.count():
+            lengths.append(len(bubbles.last.inner_text()))
+        time.sleep(0.15)
+    chat = page.inner_text("#chat")
+    assert "Recalled from: gull_island.pdf" in chat
+    growing = [n for n in lengths if n > 0]
+    assert len(set(growing)) >= 3 and growing == sorted(growing), lengths  # streamed: the answer grew
+    assert "blue heron" in chat.lower()
+
+    page.wait_for_selector("#recall-chart svg, #recall-chart canvas", timeout=20_000)
+    passages = page.inner_text("#passages")
+    assert "gull_island.pdf, p" in passages and "through gull_island.pdf" in passages
+    assert page.locator("#passages mark").count() >= 2  # question words highlighted
+    memory = page.inner_text("#memory")
+    assert "Sensory memory" in memory and "Long-term cache" in memory
+    page.wait_for_selector("#question textarea:not([disabled])", timeout=20_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "app.png"), full_page=True)
+    assert page.outside == []  # no telemetry, fonts or scripts from other hosts
+
+
+@pytest.mark.slow
+def test_named_api_endpoints_with_gradio_client(server, lighthouse_pdf, tmp_path):
+    from gradio_client import Client, handle_file
+
+    alice = Client(server, verbose=False)
+    summary = alice.predict(files=[handle_file(str(lighthouse_pdf))], text="", password="", api_name="/ingest")
+    assert "gull_island.pdf" in summary and "4 pages" in summary
+    answer, citations = alice.predict(question="Who built the lighthouse on Gull Island?", api_name="/ask")
+    assert answer.strip()
+    assert citations and citations[0]["source"] == "gull_island.pdf" and citations[0]["pages"].startswith("p")
+    assert "Ellory" in " ".join(c["text"] for c in citations)
+
+    bob = Client(server, verbose=False)  # another session: sees nothing of alice's
+    with pytest.raises(Exception, match="Add a document first"):
+        bob.predict(question="Who built the lighthouse?", api_name="/ask")
+    bad = tmp_path / "notes.docx"
+    bad.write_bytes(b"PK\x03\x04 not a document")
+    summary = bob.predict(files=[handle_file(str(bad))], text="", password="", api_name="/ingest")
+    assert "notes.docx" in summary and "No documents in memory" in summary
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_example_document_screenshot(page):
+    """The bundled Pride and Prejudice chapters (about 12k tokens, a minute of reading here), for the README."""
+    page.click("#example")
+    page.wait_for_selector("#progress [data-state=done]", timeout=300_000)
+    page.wait_for_selector("#question textarea:not([disabled])", timeout=10_000)
+    page.fill("#question textarea", "Who is Mr. Bingley?")
+    page.click("#ask")
+    page.wait_for_selector("#chat :text('Recalled from')", timeout=180_000)
+    page.wait_for_selector("#question textarea:not([disabled])", timeout=30_000)
+    assert "pride_and_prejudice_ch1-7.pdf, p" in page.inner_text("#passages")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "example.png"), full_page=True)

@@ -1,0 +1,136 @@
+"""Reading and answering through the app's engine and ingest pipeline, on a tiny random model."""
+
+from __future__ import annotations
+
+import torch
+from apptools import cache, engine, handlers, pdf, ready, run, tiny_engine  # noqa: F401 (fixtures)
+from conftest import make_backbone
+from pdf_factory import make_pdf
+
+from app.engine import UNTRAINED_NOTE, Engine, untrained_hmt
+from app.extract import extract
+from app.ingest import Upload, ingest, pieces_of
+from app.session import Session
+from hmt_core import save_checkpoint
+
+
+def test_ingest_reports_progress_then_a_ready_memory(engine, cache, pdf):
+    session = Session()
+    reports = list(ingest(session, engine, cache, [Upload("keeper.pdf", path=pdf)], batch_segments=1))
+    phases = [r.phase for r in reports]
+    assert phases[-1] == "done" and "read" in phases
+    reading = [r.fraction for r in reports if r.phase == "read"]
+    assert reading == sorted(reading) and all(0 < f < 1 for f in reading)
+    assert any("tokens/s" in r.message for r in reports if r.phase == "read")
+    assert session.ready and session.documents[0].pages == 3
+    state = session.memory
+    assert state.num_segments == session.documents[0].segments == state.cache.shape[0]
+    assert {s.page_start for s in state.segments} <= {1, 2, 3}
+    assert state.cache.device.type == "cpu"
+    assert "Memory ready: 1 document" in reports[-1].message
+
+
+def test_reading_in_pieces_matches_reading_at_once(engine, pdf):
+    document = extract(pdf)
+    reader = engine.new_reader()
+    for piece in pieces_of(document):
+        reader.feed(piece.text, source="keeper.pdf", page=piece.page)
+    reader.finish()
+    session = Session()
+    reports = list(ingest(session, engine, None, [Upload("keeper.pdf", path=pdf)], batch_segments=1))
+    assert reports[-1].phase == "done"
+    assert torch.allclose(session.memory.cache, reader.state.cache, atol=1e-5)
+
+
+def test_cached_document_loads_without_reading(engine, cache, pdf, monkeypatch):
+    first = Session()
+    list(ingest(first, engine, cache, [Upload("keeper.pdf", path=pdf)]))
+    monkeypatch.setattr(Engine, "read", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read again")))
+    second = Session()
+    reports = list(ingest(second, engine, cache, [Upload("renamed.pdf", path=pdf)]))
+    assert any("loaded its memory from the cache" in n for n in reports[-1].notes)
+    assert second.documents[0].from_cache and second.documents[0].name == "renamed.pdf"
+    assert torch.equal(second.memory.cache, first.memory.cache)
+    assert set(second.memory.sources) == {"renamed.pdf"}
+
+
+def test_untrained_memory_is_the_same_after_a_restart(tokenizer):
+    """Seeded initialisation: two processes (engines) get the same fingerprint, so the disk cache stays valid."""
+    assert tiny_engine(tokenizer).fingerprint == tiny_engine(tokenizer).fingerprint
+    assert tiny_engine(tokenizer).fingerprint != tiny_engine(tokenizer, seed=1).fingerprint
+    a, b = untrained_hmt(make_backbone("llama")), untrained_hmt(make_backbone("llama"))
+    assert torch.equal(a.summary_prompt, b.summary_prompt)
+
+
+def test_missing_weights_are_said_plainly(engine, tmp_path):
+    assert not engine.trained and engine.weights_note.startswith(UNTRAINED_NOTE)
+    other = Engine()
+    other.attach(make_backbone("llama"), engine.tokenizer, str(tmp_path / "nowhere"), "tiny")
+    assert UNTRAINED_NOTE in other.weights_note and "nowhere" in other.weights_note
+
+
+def test_trained_weights_are_loaded_and_change_the_fingerprint(engine, tmp_path):
+    trained = untrained_hmt(make_backbone("llama"))
+    with torch.no_grad():
+        trained.wq.weight.mul_(2)
+    save_checkpoint(trained, tmp_path / "ckpt")
+    other = Engine()
+    other.attach(make_backbone("llama"), engine.tokenizer, str(tmp_path / "ckpt"), "tiny")
+    assert other.trained and "Trained HMT weights" in other.weights_note
+    assert other.fingerprint != engine.fingerprint
+
+
+def test_weights_for_another_backbone_fall_back_to_untrained(engine, tmp_path):
+    save_checkpoint(untrained_hmt(make_backbone("qwen2")), tmp_path / "qwen")
+    other = Engine()
+    other.attach(make_backbone("llama"), engine.tokenizer, str(tmp_path / "qwen"), "tiny")
+    assert not other.trained and other.weights_note.startswith(UNTRAINED_NOTE)
+
+
+def test_answer_streams_tokens_cites_pages_and_remembers_the_turn(handlers, ready):
+    updates = list(handlers.ask("What is the passkey?", ready, "reread", 12, 0.0))
+    chats = [u["chat"] for u in updates if "chat" in u]
+    lengths = [len(c[-1]["content"]) for c in chats[1:-1]]
+    assert len(lengths) >= 2 and lengths == sorted(lengths)  # the answer grows token by token
+    final = run(iter(updates))
+    assert final["result"]["citations"] and final["result"]["citations"][0]["source"] == "keeper.pdf"
+    assert "Recalled from: keeper.pdf" in final["chat"][-1]["content"]
+    assert "<mark>" in final["passages"] and "passkey" in final["passages"].lower()
+    assert "Sensory memory" in final["memory"]
+    assert ready.memory.sources["chat"].page_numbers == [1]
+    run(handlers.ask("And the storm?", ready, "faithful", 8, 0.0))
+    assert ready.memory.sources["chat"].page_numbers == [1, 2]
+    assert len(ready.chat) == 4
+
+
+def test_cancel_keeps_what_was_read_and_the_earlier_memory(handlers, ready, tmp_path):
+    before = ready.memory.num_segments
+    long_pdf = make_pdf(tmp_path / "long.pdf", [f"Page {n}. " + "The tide rose and fell again. " * 40
+                                                 for n in range(1, 9)])
+    steps = handlers.ingest([str(long_pdf)], "", "", ready)
+    for update in steps:
+        if "Reading" in update.get("progress", ""):
+            handlers.cancel(ready)
+            break
+    final = run(steps)
+    assert "Cancelled" in final["status"] and "up to p." in final["status"]
+    assert ready.documents[0].name == "keeper.pdf" and ready.memory.num_segments > before
+    assert not ready.documents[1].complete
+    assert not ready.busy and not ready.cancel_requested
+    assert len(handlers.cache) == 1  # a partly read document is not cached
+
+
+def test_changing_the_model_clears_memories_with_a_message(handlers, ready, tokenizer):
+    handlers.engine.attach(make_backbone("llama", seed=3), tokenizer, None, "another tiny")
+    final = run(handlers.ask("What is the passkey?", ready))
+    assert "model was changed" in final["ask_status"]
+    assert not ready.ready and ready.memory is None
+
+
+def test_a_looping_answer_is_cut_after_its_first_round():
+    from app.ui import cut_repetition
+
+    loop = "but to be considered the proper morary of his character is not to be considered, "
+    assert cut_repetition("Mr. Bingley is a rich young man who has taken Netherfield Park.") is None
+    cut = cut_repetition("The answer is that " + loop * 4)
+    assert cut is not None and cut.startswith("The answer is that") and cut.count("morary") == 1

@@ -1,0 +1,57 @@
+"""Sessions are isolated, and a session's memory is its documents' memories one after another."""
+
+from __future__ import annotations
+
+import torch
+from apptools import FACTS, cache, engine, handlers, run  # noqa: F401 (fixtures)
+
+from app.session import Session, append_memory
+from hmt_core import read_text
+
+
+def test_two_sessions_never_see_each_other(handlers, tmp_path):
+    (tmp_path / "alpha.txt").write_text("The alpha report says the bridge is red. " * 30)
+    (tmp_path / "beta.txt").write_text("The beta report says the tower is green. " * 30)
+    alice, bob = Session(), Session()
+    run(handlers.ingest([str(tmp_path / "alpha.txt")], "", "", alice))
+    run(handlers.ingest([str(tmp_path / "beta.txt")], "", "", bob))
+    assert set(alice.memory.sources) == {"alpha.txt"} and set(bob.memory.sources) == {"beta.txt"}
+    answer = run(handlers.ask("What colour is it?", alice, "reread", 4, 0.0))
+    assert {c["source"] for c in answer["result"]["citations"]} <= {"alpha.txt"}
+    assert bob.chat == [] and "chat" not in bob.memory.sources
+    assert alice.memory.cache.data_ptr() != bob.memory.cache.data_ptr()
+
+
+def test_new_sessions_start_empty():
+    from app.ui import new_session
+
+    a, b = new_session(), new_session()
+    a.documents.append("x")
+    assert b.documents == [] and not b.ready
+
+
+def test_append_memory_renumbers_segments_and_keeps_sources(engine):
+    one = read_text(engine.model, engine.tokenizer, FACTS[0] * 3, source="one.txt")
+    two = read_text(engine.model, engine.tokenizer, FACTS[1] * 3, source="two.txt")
+    both = append_memory(append_memory(None, one, 100), two, 100)
+    assert both.num_segments == one.num_segments + two.num_segments
+    assert [s.index for s in both.segments] == list(range(both.num_segments))
+    assert both.cache_segments == list(range(both.num_segments))
+    assert both.segment_text(one.num_segments) == two.segment_text(0)
+    assert torch.equal(both.cache[one.num_segments:], two.cache)
+    assert both.sensory_ids == two.sensory_ids
+    kept = append_memory(append_memory(None, one, 3), two, 3)
+    assert kept.cache.shape[0] == 3 and kept.cache_segments[-1] == kept.num_segments - 1
+
+
+def test_same_name_different_bytes_gets_a_new_name(handlers, tmp_path):
+    session = Session()
+    first, second = tmp_path / "a" / "notes.txt", tmp_path / "b" / "notes.txt"
+    for path, text in ((first, "First notes about apples. " * 20), (second, "Second notes about pears. " * 20)):
+        path.parent.mkdir()
+        path.write_text(text)
+    run(handlers.ingest([str(first)], "", "", session))
+    final = run(handlers.ingest([str(second), str(first)], "", "", session))
+    assert [d.name for d in session.documents] == ["notes.txt", "notes (2).txt"]
+    assert "already in memory" in final["status"]
+    assert set(session.memory.sources) == {"notes.txt", "notes (2).txt"}
