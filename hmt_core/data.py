@@ -54,34 +54,40 @@ class LMWindows:
 
 
 class SquadQA:
-    """Questions about a document read earlier: a window of whole segments of an article that contains the answer
-    at a random place, then the question and answer in the chat template as the final segment, the loss on the
-    answer tokens only; answer_segment says which earlier segment holds the answer (for a recall loss)."""
+    """Questions about a document read earlier: a window of whole segments of an article, then questions whose
+    answers lie in it, each as a final segment in the chat template with the loss on the answer tokens only;
+    answer_segment says which window segment holds the answer (for a recall loss)."""
 
     def __init__(self, tokenizer, articles: list[dict], doc_segments: int, segment_length: int):
         self.tokenizer = tokenizer
         self.window = doc_segments * segment_length
         self.segment_length = segment_length
-        self.items = []
         end_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.end = [end_turn] if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id else \
             [tokenizer.eos_token_id]
+        self.articles = []  # (ids, [(answer token, question, answer)])
         for article in articles:
             enc = tokenizer(article["context"], add_special_tokens=False, return_offsets_mapping=True)
             ends = [b for _, b in enc["offset_mapping"]]
-            for q in article["questions"]:
-                token = next(i for i, e in enumerate(ends) if e > q["answer_starts"][0])
-                self.items.append((enc["input_ids"], token, q["question"], q["answers"][0]))
+            questions = [(next(i for i, e in enumerate(ends) if e > q["answer_starts"][0]), q["question"],
+                          q["answers"][0]) for q in article["questions"]]
+            self.articles.append((enc["input_ids"], questions))
 
-    def sample(self, rng: random.Random) -> Example:
-        doc, token, question, answer = rng.choice(self.items)
-        start = max(0, min(token - rng.randrange(self.window), len(doc) - self.window))
-        window = doc[start:start + self.window]
-        prompt = chat_ids(self.tokenizer, [{"role": "user", "content": question}])
-        reply = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + self.end
-        ids = window + prompt + reply
-        labels = [-100] * (len(window) + len(prompt)) + reply
-        return Example(ids, labels, (token - start) // self.segment_length)
+    def sample_window(self, rng: random.Random, max_questions: int) -> tuple[list[int], list[Example]]:
+        """A window of the document (as token ids) and up to max_questions examples about it."""
+        while True:
+            ids, questions = rng.choice(self.articles)
+            start = rng.randrange(max(1, len(ids) - self.window + 1))
+            inside = [q for q in questions if start <= q[0] < start + self.window]
+            if inside:
+                break
+        examples = []
+        for token, question, answer in rng.sample(inside, min(max_questions, len(inside))):
+            prompt = chat_ids(self.tokenizer, [{"role": "user", "content": question}])
+            reply = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + self.end
+            examples.append(Example(prompt + reply, [-100] * len(prompt) + reply,
+                                    (token - start) // self.segment_length))
+        return ids[start:start + self.window], examples
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

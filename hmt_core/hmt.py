@@ -102,6 +102,14 @@ def split_segments(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
     return cut(input_ids), cut(attention_mask.bool()), cut(labels)
 
 
+def segments_needing_grad(seg_labels: list[torch.Tensor], bptt_depth: int | None) -> list[bool]:
+    """A segment needs an autograd graph only when it, or a later segment of its truncation chunk, has labels; the
+    rest (most of a QA window whose loss sits on the answer) runs under no_grad, at inference speed and memory."""
+    has = [bool((labels != -100).any()) for labels in seg_labels]
+    depth = bptt_depth or len(has)
+    return [any(has[s:(s // depth + 1) * depth]) for s in range(len(has))]
+
+
 class HMT(nn.Module):
     """HMT: summary prompt T [1, d], initial memory [1, d], Wq and Wk [d -> h], around a frozen or trainable backbone."""
 
@@ -195,51 +203,60 @@ class HMT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, mode: str = "recall", bptt_depth: int | None = None,
-                loss_on: str = "all", return_logits: bool = False) -> MemoryOutput:
+                loss_on: str = "all", return_logits: bool = False, memory_cache: torch.Tensor | None = None,
+                sensory_ids: torch.Tensor | None = None) -> MemoryOutput:
         """Training forward over long inputs [B, T] cut into segments of L, unrolled for BPTT.
 
         mode 'recall' is HMT (stage 2); 'direct' passes each memory embedding straight to the next segment with no
         search (stage 1); 'segment' uses no memory at all (sensory tokens only when k > 0; the segment-only baseline).
         bptt_depth D cuts the graph every D segments, so no gradient travels more than D segments back.
+        memory_cache [B, n, d] and sensory_ids [B, k] continue from memory already read (e.g. a document read once
+        under no_grad and questioned by every row), instead of an empty cache.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         cfg = self.config
         seg_ids, seg_masks, seg_labels = split_segments(input_ids, attention_mask, labels, cfg.segment_length)
         batch = input_ids.shape[0]
-        memories: list[torch.Tensor] = []  # [B, d] each
-        valid: list[torch.Tensor] = []  # [B] each
-        previous = self.initial_memory.expand(batch, -1)
-        sensory = input_ids.new_zeros(batch, 0)
+        memories: list[torch.Tensor] = [] if memory_cache is None else list(memory_cache.unbind(1))  # [B, d] each
+        valid = [torch.ones(batch, dtype=torch.bool, device=self.device) for _ in memories]  # [B] each
+        previous = memories[-1] if memories else self.initial_memory.expand(batch, -1)
+        sensory = input_ids.new_zeros(batch, 0) if sensory_ids is None else sensory_ids
         sums, counts, weights_out, logits_out = [], [], [], []
-        for s, (ids, mask, labels_s) in enumerate(zip(seg_ids, seg_masks, seg_labels)):
-            if bptt_depth and s and s % bptt_depth == 0:
-                memories = [m.detach() for m in memories]
-                previous = previous.detach()
-            memory = None
-            if mode == "recall":
-                summary = self.summarize(ids[:, :cfg.summary_length], mask[:, :cfg.summary_length])
-                cache = torch.stack(memories[-cfg.cache_size:], 1) if memories else None
-                cache_mask = torch.stack(valid[-cfg.cache_size:], 1) if valid else None
-                memory, weights = self.recall(summary, cache, cache_mask)
-                weights_out.append(weights)
-            elif mode == "direct":
-                memory = previous
-            embeds, full_mask, x_start = self.main_embeds(memory, sensory, ids, mask)
-            hidden = run_backbone(self.backbone, embeds, full_mask)
-            loss_sum, count = segment_loss(self.backbone, hidden, x_start, labels_s.to(hidden.device))
-            sums.append(loss_sum)
-            counts.append(count)
-            if return_logits:
-                logits_out.append(lm_logits(self.backbone, hidden[:, x_start:x_start + ids.shape[1]]))
-            if memory is not None:
-                new_memory = hidden[:, -1].to(self.device)  # [B, d]
-                row_valid = mask.any(-1).to(self.device)  # [B]
-                memories.append(new_memory)
-                valid.append(row_valid)
-                previous = torch.where(row_valid[:, None], new_memory, previous)
-            if cfg.sensory_size:
-                sensory = ids[:, -cfg.sensory_size:]
+        need_grad = segments_needing_grad(seg_labels, bptt_depth)
+        grad_on = torch.is_grad_enabled()
+        try:
+            for s, (ids, mask, labels_s) in enumerate(zip(seg_ids, seg_masks, seg_labels)):
+                if bptt_depth and s and s % bptt_depth == 0:
+                    memories = [m.detach() for m in memories]
+                    previous = previous.detach()
+                torch.set_grad_enabled(grad_on and need_grad[s])
+                memory = None
+                if mode == "recall":
+                    summary = self.summarize(ids[:, :cfg.summary_length], mask[:, :cfg.summary_length])
+                    cache = torch.stack(memories[-cfg.cache_size:], 1) if memories else None
+                    cache_mask = torch.stack(valid[-cfg.cache_size:], 1) if valid else None
+                    memory, weights = self.recall(summary, cache, cache_mask)
+                    weights_out.append(weights)
+                elif mode == "direct":
+                    memory = previous
+                embeds, full_mask, x_start = self.main_embeds(memory, sensory, ids, mask)
+                hidden = run_backbone(self.backbone, embeds, full_mask)
+                loss_sum, count = segment_loss(self.backbone, hidden, x_start, labels_s.to(hidden.device))
+                sums.append(loss_sum)
+                counts.append(count)
+                if return_logits:
+                    logits_out.append(lm_logits(self.backbone, hidden[:, x_start:x_start + ids.shape[1]]))
+                if memory is not None:
+                    new_memory = hidden[:, -1].to(self.device)  # [B, d]
+                    row_valid = mask.any(-1).to(self.device)  # [B]
+                    memories.append(new_memory)
+                    valid.append(row_valid)
+                    previous = torch.where(row_valid[:, None], new_memory, previous)
+                if cfg.sensory_size:
+                    sensory = ids[:, -cfg.sensory_size:]
+        finally:
+            torch.set_grad_enabled(grad_on)
         loss, total = reduce_loss(sums, counts, loss_on)
         return MemoryOutput(loss, total, weights_out, logits_out)
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from .backbone import lm_logits
 from .config import RMTConfig
-from .hmt import MemoryOutput, SegmentResult, reduce_loss, run_backbone, segment_loss, split_segments
+from .hmt import (MemoryOutput, SegmentResult, reduce_loss, run_backbone, segment_loss, segments_needing_grad,
+                  split_segments)
 from .state import MemoryState
 
 
@@ -56,30 +57,37 @@ class RMT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, mode: str = "direct", bptt_depth: int | None = None,
-                loss_on: str = "all", return_logits: bool = False) -> MemoryOutput:
+                loss_on: str = "all", return_logits: bool = False, memory_cache: torch.Tensor | None = None,
+                sensory_ids: torch.Tensor | None = None) -> MemoryOutput:
         """Training forward over [B, T] cut into segments; the write block's outputs become the next read memory.
         mode is accepted for API symmetry ('direct'; 'segment' disables memory); bptt_depth cuts the graph every
-        D segments."""
+        D segments; memory_cache [B, m, d] continues from memory already read (sensory_ids: unused by RMT)."""
         seg_ids, seg_masks, seg_labels = split_segments(input_ids, attention_mask, labels, self.config.segment_length)
         m = self.config.num_memory_tokens
-        memory = self.memory[None].expand(input_ids.shape[0], -1, -1)  # [B, m, d]
+        memory = self.memory[None].expand(input_ids.shape[0], -1, -1) if memory_cache is None else memory_cache
         sums, counts, logits_out = [], [], []
-        for s, (ids, mask, labels_s) in enumerate(zip(seg_ids, seg_masks, seg_labels)):
-            if bptt_depth and s and s % bptt_depth == 0:
-                memory = memory.detach()
-            if mode == "segment":
-                embeds, full_mask, x_start = self.embed(ids), mask, 0
-            else:
-                embeds, full_mask, x_start = self.main_embeds(memory, ids, mask)
-            hidden = run_backbone(self.backbone, embeds, full_mask)
-            loss_sum, count = segment_loss(self.backbone, hidden, x_start, labels_s.to(hidden.device))
-            sums.append(loss_sum)
-            counts.append(count)
-            if return_logits:
-                logits_out.append(lm_logits(self.backbone, hidden[:, x_start:x_start + ids.shape[1]]))
-            if mode != "segment":
-                row_valid = mask.any(-1).to(self.device)[:, None, None]  # [B, 1, 1]
-                memory = torch.where(row_valid, hidden[:, -m:].to(self.device), memory)
+        need_grad = segments_needing_grad(seg_labels, bptt_depth)
+        grad_on = torch.is_grad_enabled()
+        try:
+            for s, (ids, mask, labels_s) in enumerate(zip(seg_ids, seg_masks, seg_labels)):
+                if bptt_depth and s and s % bptt_depth == 0:
+                    memory = memory.detach()
+                torch.set_grad_enabled(grad_on and need_grad[s])
+                if mode == "segment":
+                    embeds, full_mask, x_start = self.embed(ids), mask, 0
+                else:
+                    embeds, full_mask, x_start = self.main_embeds(memory, ids, mask)
+                hidden = run_backbone(self.backbone, embeds, full_mask)
+                loss_sum, count = segment_loss(self.backbone, hidden, x_start, labels_s.to(hidden.device))
+                sums.append(loss_sum)
+                counts.append(count)
+                if return_logits:
+                    logits_out.append(lm_logits(self.backbone, hidden[:, x_start:x_start + ids.shape[1]]))
+                if mode != "segment":
+                    row_valid = mask.any(-1).to(self.device)[:, None, None]  # [B, 1, 1]
+                    memory = torch.where(row_valid, hidden[:, -m:].to(self.device), memory)
+        finally:
+            torch.set_grad_enabled(grad_on)
         loss, total = reduce_loss(sums, counts, loss_on)
         return MemoryOutput(loss, total, [], logits_out)
 

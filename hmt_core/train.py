@@ -64,6 +64,19 @@ def recall_loss(weights: torch.Tensor, answer_segment: torch.Tensor) -> torch.Te
     return -(picked + 1e-9).log().mean()
 
 
+@torch.no_grad()
+def read_window(model: HMT | RMT, window: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a document window once, without a graph, for all the questions asked about it: the cache [1, n, d]
+    and sensory ids [1, k] that the question segments continue from (BPTT stops at the question, as with
+    --bptt-depth equal to the window's segment count)."""
+    state = model.new_state()
+    L = model.segment_length
+    for s in range(0, len(window), L):
+        model.read_segment(state, window[s:s + L], s // L)
+    sensory = torch.tensor([state.sensory_ids], dtype=torch.long, device=model.device).reshape(1, -1)
+    return state.cache[None], sensory
+
+
 def save_run(model: HMT | RMT, optimizer, scheduler, step: int, folder: Path, args: argparse.Namespace, tune: str) -> None:
     """A checkpoint of the memory parameters plus what resuming needs (optimizer, step, RNG states)."""
     save_checkpoint(model, folder, extra={"step": step, "stage": args.stage, "tune": tune, "command": args.command})
@@ -83,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--texts", nargs="*", default=[], help=".txt/.jsonl files or folders for the LM objective")
     p.add_argument("--squad", default=None, help="folder holding articles.jsonl and split.json (QA objective)")
     p.add_argument("--qa-fraction", type=float, default=0.5, help="share of steps that are QA when both exist")
+    p.add_argument("--questions-per-window", type=int, default=8,
+                   help="QA: questions asked about each document window read (the batch of a QA step)")
     p.add_argument("--recall-loss", type=float, default=0.0, help="weight of the recall loss on QA rows")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=300)
@@ -153,13 +168,20 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     while step < args.steps:
         use_qa = qa is not None and (lm is None or args.rng.random() < args.qa_fraction)
-        source = qa if use_qa else lm
-        batch = collate([source.sample(args.rng) for _ in range(args.batch_size)], tokenizer.pad_token_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         t0 = time.time()
+        extra = {}
+        if use_qa:
+            window, examples = qa.sample_window(args.rng, args.questions_per_window)
+            memory_cache, sensory = read_window(core, window)
+            extra = {"memory_cache": memory_cache.expand(len(examples), -1, -1),
+                     "sensory_ids": sensory.expand(len(examples), -1)}
+        else:
+            examples = [lm.sample(args.rng) for _ in range(args.batch_size)]
+        batch = collate(examples, tokenizer.pad_token_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             output = model(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=mode,
-                           bptt_depth=args.bptt_depth, loss_on="last" if use_qa else args.loss_on)
+                           bptt_depth=args.bptt_depth, loss_on=args.loss_on, **extra)
             r_loss = recall_loss(output.recall_weights[-1], batch["answer_segment"]) \
                 if use_qa and output.recall_weights else output.loss.new_zeros(())
             loss = output.loss + args.recall_loss * r_loss
@@ -169,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         scheduler.step()
         optimizer.zero_grad()
         step += 1
-        tokens = int(batch["attention_mask"].sum())
+        tokens = int(batch["attention_mask"].sum()) + (len(window) if use_qa else 0)
         record = {"step": step, "kind": "qa" if use_qa else "lm", "loss": output.loss.item(),
                   "recall_loss": r_loss.item(), "lr": scheduler.get_last_lr()[0], "tokens": tokens,
                   "tokens_per_s": tokens / (time.time() - t0), "elapsed_s": time.time() - started}

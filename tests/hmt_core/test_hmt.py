@@ -120,3 +120,16 @@ def test_parameters_follow_the_backbone_dtype(dtype):
     assert model.summary_prompt.dtype == dtype and model.wq.weight.dtype == dtype
     out = model(torch.randint(0, 400, (1, 24)))
     assert torch.isfinite(out.loss)
+
+
+def test_segments_without_labels_after_the_last_cut_build_no_graph(backbone):
+    model = HMT(backbone, HMTConfig(segment_length=8, sensory_size=2))
+    ids = torch.randint(0, 400, (1, 40))
+    labels = torch.full_like(ids, -100)
+    labels[0, -3:] = ids[0, -3:]  # the loss sits on the final segment only, like a QA answer
+    out = model(ids, labels=labels, mode="recall", bptt_depth=4)
+    assert [w.requires_grad for w in out.recall_weights] == [False, False, False, False, True]
+    out.loss.backward()
+    assert model.wk.weight.grad.abs().sum() > 0 and torch.is_grad_enabled()
+    full = model(ids, labels=labels, mode="recall")  # without truncation every segment feeds the loss
+    assert all(w.requires_grad for w in full.recall_weights[1:])

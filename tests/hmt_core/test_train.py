@@ -68,11 +68,25 @@ def test_qa_examples_point_at_the_segment_holding_the_answer(tokenizer, data):
     qa = SquadQA(tokenizer, [article], doc_segments=3, segment_length=16)
     rng = random.Random(0)
     for _ in range(20):
-        ex = qa.sample(rng)
-        segment = ex.input_ids[ex.answer_segment * 16:(ex.answer_segment + 1) * 16]
-        assert "4711"[:2] in tokenizer.decode(segment + ex.input_ids[(ex.answer_segment + 1) * 16:][:4])
+        window, examples = qa.sample_window(rng, max_questions=4)
+        assert len(window) == 48 and len(examples) == 1
+        ex = examples[0]
+        segment = window[ex.answer_segment * 16:(ex.answer_segment + 1) * 16]
+        assert " 4" in tokenizer.decode(segment)  # the first token of the answer "4711"
         answer = [t for t, label in zip(ex.input_ids, ex.labels) if label != -100]
         assert tokenizer.decode(answer).startswith("4711")
+
+
+def test_continuing_from_a_read_memory_equals_reading_in_one_forward(backbone):
+    from hmt_core import HMT, HMTConfig
+    from hmt_core.train import read_window
+    model = HMT(backbone, HMTConfig(segment_length=8, sensory_size=2))
+    ids = torch.randint(0, 400, (1, 30))
+    whole = model(ids, return_logits=True)
+    cache, sensory = read_window(model, ids[0, :24].tolist())
+    tail = model(ids[:, 24:], memory_cache=cache, sensory_ids=sensory, return_logits=True)
+    assert torch.allclose(tail.logits[0], whole.logits[-1], atol=1e-5)
+    assert torch.allclose(tail.recall_weights[0], whole.recall_weights[-1], atol=1e-6)
 
 
 def test_lm_windows_and_collate(tokenizer):
