@@ -24,6 +24,7 @@ import torch
 
 from bench.common import DATA, machine, write_results
 from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, Reader, load_backbone, load_checkpoint
+from hmt_core.answer import chat_ids
 
 WORD = re.compile(r"\w+")
 
@@ -111,7 +112,7 @@ def main() -> None:
                     if s.char_start <= st and st + len(a) <= s.char_end}
             if not gold:  # the answer straddles two segments: both count
                 gold = {s.index for s in state.segments for st in q["answer_starts"] if s.char_start <= st < s.char_end}
-            ids = tokenizer(q["question"], add_special_tokens=False)["input_ids"]
+            ids = chat_ids(tokenizer, [{"role": "user", "content": q["question"]}])  # the query stream_answer uses
             _, weights = model.begin_segment(state, [], query_ids=ids)
             rankings = {
                 "hmt": torch.argsort(weights, descending=True).tolist(),

@@ -183,7 +183,7 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     if mode == "reread" and (state.num_segments == 0 or state.kind != "hmt"):
         raise ValueError("recall-and-re-read needs an HMT memory with at least one segment read")
     work = state.copy()
-    question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length
     if mode == "reread":
         _, weights = model.begin_segment(work, [], query_ids=question_ids)
@@ -194,7 +194,7 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
         embeds, _ = model.begin_segment(work, prompt, query_ids=question_ids)
         segment = None  # no rollover: the prompt is longer than a segment, so generation stays in one backbone call
     else:
-        prompt = chat_ids(tokenizer, [{"role": "user", "content": question}])
+        prompt = question_ids
         reader = Reader(model, tokenizer, work)
         while len(prompt) > L:  # a question longer than one segment: its leading segments go into the working copy
             reader.feed_ids(prompt[:L], source="question")

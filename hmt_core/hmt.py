@@ -204,19 +204,23 @@ class HMT(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, mode: str = "recall", bptt_depth: int | None = None,
                 loss_on: str = "all", return_logits: bool = False, memory_cache: torch.Tensor | None = None,
-                sensory_ids: torch.Tensor | None = None) -> MemoryOutput:
+                sensory_ids: torch.Tensor | None = None, query_mask: torch.Tensor | None = None) -> MemoryOutput:
         """Training forward over long inputs [B, T] cut into segments of L, unrolled for BPTT.
 
         mode 'recall' is HMT (stage 2); 'direct' passes each memory embedding straight to the next segment with no
         search (stage 1); 'segment' uses no memory at all (sensory tokens only when k > 0; the segment-only baseline).
         bptt_depth D cuts the graph every D segments, so no gradient travels more than D segments back.
         memory_cache [B, n, d] and sensory_ids [B, k] continue from memory already read (e.g. a document read once
-        under no_grad and questioned by every row), instead of an empty cache.
+        under no_grad and questioned by every row), instead of an empty cache. query_mask [B, T] limits what the
+        summary pass sees (for QA: the question, never the answer it is trained to produce).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         cfg = self.config
         seg_ids, seg_masks, seg_labels = split_segments(input_ids, attention_mask, labels, cfg.segment_length)
+        seg_queries = seg_masks if query_mask is None else [q & m for q, m in
+                                                            zip(query_mask.bool().split(cfg.segment_length, 1),
+                                                                seg_masks)]
         batch = input_ids.shape[0]
         memories: list[torch.Tensor] = [] if memory_cache is None else list(memory_cache.unbind(1))  # [B, d] each
         valid = [torch.ones(batch, dtype=torch.bool, device=self.device) for _ in memories]  # [B] each
@@ -233,7 +237,8 @@ class HMT(nn.Module):
                 torch.set_grad_enabled(grad_on and need_grad[s])
                 memory = None
                 if mode == "recall":
-                    summary = self.summarize(ids[:, :cfg.summary_length], mask[:, :cfg.summary_length])
+                    query = seg_queries[s][:, :cfg.summary_length]
+                    summary = self.summarize(ids[:, :cfg.summary_length], query)
                     cache = torch.stack(memories[-cfg.cache_size:], 1) if memories else None
                     cache_mask = torch.stack(valid[-cfg.cache_size:], 1) if valid else None
                     memory, weights = self.recall(summary, cache, cache_mask)

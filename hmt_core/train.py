@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
             examples = [lm.sample(args.rng) for _ in range(args.batch_size)]
         batch = collate(examples, tokenizer.pad_token_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        if use_qa:  # recall is queried by the question alone, as when answering
+            extra["query_mask"] = batch["labels"] == -100
         with accelerator.autocast():
             output = model(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=mode,
                            bptt_depth=args.bptt_depth, loss_on=args.loss_on, **extra)

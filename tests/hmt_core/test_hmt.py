@@ -133,3 +133,15 @@ def test_segments_without_labels_after_the_last_cut_build_no_graph(backbone):
     assert model.wk.weight.grad.abs().sum() > 0 and torch.is_grad_enabled()
     full = model(ids, labels=labels, mode="recall")  # without truncation every segment feeds the loss
     assert all(w.requires_grad for w in full.recall_weights[1:])
+
+
+def test_query_mask_hides_the_answer_from_the_summary_pass(backbone):
+    model = HMT(backbone, HMTConfig(segment_length=16, sensory_size=2))
+    doc, question, answer = torch.randint(0, 400, (1, 32)), torch.randint(0, 400, (1, 5)), torch.randint(0, 400, (1, 3))
+    ids = torch.cat([doc, question, answer], 1)
+    query = torch.ones_like(ids, dtype=torch.bool)
+    query[0, -3:] = False
+    masked = model(ids, query_mask=query).recall_weights[-1]
+    alone = model(torch.cat([doc, question], 1)).recall_weights[-1]
+    seen = model(ids).recall_weights[-1]
+    assert torch.allclose(masked, alone, atol=1e-5) and not torch.allclose(seen, alone, atol=1e-5)
