@@ -194,10 +194,7 @@ class Engine:
 
     def new_reader(self) -> Reader:
         """A reader into a fresh memory that keeps up to memory_segments cached memories."""
-        state = self.model.new_state().to("cpu")
-        if self.is_hmt:
-            state.meta["cache_size"] = max(self.memory_segments, self.model.config.cache_size)
-        return Reader(self.model, self.tokenizer, state)
+        return Reader(self.model, self.tokenizer, self.model.new_state(keep=self.memory_segments).to("cpu"))
 
     def _check(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:

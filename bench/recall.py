@@ -71,6 +71,42 @@ class MiniLM:
         return torch.cat(out)
 
 
+def eval_articles() -> list[dict]:
+    """The held-out SQuAD articles (never used in training), fetched offline once."""
+    from hmt_core.corpora import fetch, load_squad
+
+    fetch(DATA, ["squad"])
+    split = json.loads((DATA / "squad" / "split.json").read_text())
+    return [a for a in load_squad(DATA) if a["title"] in set(split["eval"])]
+
+
+def load_model(args: argparse.Namespace):
+    """(HMT, tokenizer): the given weights, else fresh parameters with a fixed seed."""
+    backbone, tokenizer = load_backbone(args.model, device="cpu")
+    if args.hmt_weights:
+        return load_checkpoint(args.hmt_weights, backbone), tokenizer
+    torch.manual_seed(0)
+    return HMT(backbone, HMTConfig(segment_length=args.segment_length)), tokenizer
+
+
+def read_article(model, tokenizer, article: dict):
+    """Read a whole article paragraph by paragraph into a memory that keeps every segment recallable."""
+    reader = Reader(model, tokenizer, model.new_state(keep=100_000))
+    for start, end in article["paragraph_spans"]:
+        reader.feed(article["context"][start:end] + "\n\n", source=article["title"])
+    reader.finish()
+    return reader.state
+
+
+def gold_segments(state, question: dict) -> set[int]:
+    """Segments whose span covers an annotated answer; when every answer straddles a cut, the segments where
+    one starts."""
+    gold = {s.index for s in state.segments for a, st in zip(question["answers"], question["answer_starts"])
+            if s.char_start <= st and st + len(a) <= s.char_end}
+    return gold or {s.index for s in state.segments for st in question["answer_starts"]
+                    if s.char_start <= st < s.char_end}
+
+
 def hits(ranking: list[int], gold: set[int]) -> tuple[bool, bool]:
     return bool(set(ranking[:1]) & gold), bool(set(ranking[:3]) & gold)
 
@@ -82,36 +118,20 @@ def main() -> None:
     parser.add_argument("--max-questions", type=int, default=40, help="per article (the first ones)")
     parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
     args = parser.parse_args()
-    from hmt_core.corpora import fetch, load_squad
-
-    fetch(DATA, ["squad"])
-    split = json.loads((DATA / "squad" / "split.json").read_text())
-    articles = [a for a in load_squad(DATA) if a["title"] in set(split["eval"])]
-    backbone, tokenizer = load_backbone(args.model, device="cpu")
-    if args.hmt_weights:
-        model = load_checkpoint(args.hmt_weights, backbone)
-    else:
-        torch.manual_seed(0)
-        model = HMT(backbone, HMTConfig(segment_length=args.segment_length))
+    articles = eval_articles()
+    model, tokenizer = load_model(args)
     minilm = MiniLM()
     counts = {m: [0, 0] for m in ("hmt", "bm25", "minilm", "random")}
     total, started, per_article = 0, time.time(), []
     for article in articles:
-        reader = Reader(model, tokenizer, model.new_state(keep=100_000))  # answers recall over the whole article
-        for start, end in article["paragraph_spans"]:
-            reader.feed(article["context"][start:end] + "\n\n", source=article["title"])
-        reader.finish()
-        state = reader.state
+        state = read_article(model, tokenizer, article)
         texts = [state.segment_text(i) for i in range(state.num_segments)]
         seg_emb = minilm.embed(texts)
         questions = article["questions"][:args.max_questions]
         q_emb = minilm.embed([q["question"] for q in questions])
         generator = torch.Generator().manual_seed(0)
         for qi, q in enumerate(questions):
-            gold = {s.index for s in state.segments for a, st in zip(q["answers"], q["answer_starts"])
-                    if s.char_start <= st and st + len(a) <= s.char_end}
-            if not gold:  # the answer straddles two segments: both count
-                gold = {s.index for s in state.segments for st in q["answer_starts"] if s.char_start <= st < s.char_end}
+            gold = gold_segments(state, q)
             ids = chat_ids(tokenizer, [{"role": "user", "content": q["question"]}])  # the query stream_answer uses
             _, weights = model.begin_segment(state, [], query_ids=ids)
             rankings = {

@@ -170,11 +170,14 @@ class _Decoder:
 
 def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str = "reread",
                   max_new_tokens: int = 200, temperature: float = 0.0, top_p: float = 0.9, top_segments: int = 3,
-                  repetition_penalty: float = 1.1, seed: int | None = None) -> Iterator[AnswerEvent]:
+                  repetition_penalty: float = 1.1, seed: int | None = None, ranking: torch.Tensor | None = None
+                  ) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The state is not changed (a copy takes any segments written while answering); write the turn into memory with
-    remember_turn(). RMT has no recall weights, so it answers in faithful mode only.
+    remember_turn(). RMT has no recall weights, so it answers in faithful mode only. `ranking` (non-negative scores
+    over every segment) picks the re-read passages instead of the recall weights, to compare retrievers under the
+    same prompt and decoding.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
@@ -187,7 +190,7 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     L = model.segment_length
     if mode == "reread":
         _, weights = model.begin_segment(work, [], query_ids=question_ids)
-        passages = recall_passages(work, weights, top_segments)
+        passages = recall_passages(work, weights if ranking is None else ranking, top_segments)
         yield AnswerEvent("recall", weights=weights, passages=passages)
         prompt = chat_ids(tokenizer, reread_messages(question, passages))
         work.sensory_ids = []

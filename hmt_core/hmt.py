@@ -143,6 +143,30 @@ class HMT(nn.Module):
         return {"summary_prompt": self.summary_prompt, "initial_memory": self.initial_memory,
                 "wq.weight": self.wq.weight, "wk.weight": self.wk.weight}
 
+    @torch.no_grad()
+    def init_recall(self, summaries: torch.Tensor, memories: torch.Tensor, score_std: float = 2.0) -> None:
+        """Start recall as similarity of centred representations: Wq and Wk project out the common direction of
+        typical summaries [n, d] and memory embeddings [m, d] (final hidden states share one dominant direction,
+        which would otherwise decide every ranking), scaled so that recall scores have about score_std spread.
+
+        Wq and Wk have no bias, so centring is done by projection; the softmax ignores what is common to all keys.
+        """
+        d, h = summaries.shape[1], self.config.recall_size
+        if h < d:
+            raise ValueError("init_recall needs h >= d")
+
+        def projection(x: torch.Tensor) -> torch.Tensor:  # [h, d]: [I - u u^T ; 0]
+            u = torch.nn.functional.normalize(x.float().mean(0), dim=0)
+            weight = torch.zeros(h, d)
+            weight[:d] = torch.eye(d) - torch.outer(u, u)
+            return weight
+
+        wq, wk = projection(summaries), projection(memories)
+        scores = (summaries.float() @ wq.T) @ (memories.float() @ wk.T).T / math.sqrt(h)  # [n, m]
+        scale = math.sqrt(score_std / float(scores.std(dim=1).mean().clamp(min=1e-6)))
+        self.wq.weight.copy_((wq * scale).to(self.wq.weight))
+        self.wk.weight.copy_((wk * scale).to(self.wk.weight))
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [B, n] -> the backbone's own input embeddings [B, n, d], on the HMT device."""
         return self.backbone.get_input_embeddings()(ids.to(self.device))

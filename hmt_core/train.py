@@ -65,6 +65,20 @@ def recall_loss(weights: torch.Tensor, answer_segment: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
+def init_recall_from_windows(model: HMT, qa: SquadQA, windows: int, rng: random.Random) -> None:
+    """HMT.init_recall on the memories of `windows` document windows and the summaries of their questions."""
+    summaries, memories = [], []
+    for _ in range(windows):
+        window, examples = qa.sample_window(rng, 8)
+        memories.append(read_window(model, window)[0][0])
+        for e in examples:
+            question = [t for t, label in zip(e.input_ids, e.labels) if label == -100]
+            summaries.append(model.summarize(torch.tensor([question[:model.config.summary_length]],
+                                                          device=model.device))[0])
+    model.init_recall(torch.stack(summaries), torch.cat(memories))
+
+
+@torch.no_grad()
 def read_window(model: HMT | RMT, window: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a document window once, without a graph, for all the questions asked about it: the cache [1, n, d]
     and sensory ids [1, k] that the question segments continue from (BPTT stops at the question, as with
@@ -96,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--texts", nargs="*", default=[], help=".txt/.jsonl files or folders for the LM objective")
     p.add_argument("--squad", default=None, help="folder holding articles.jsonl and split.json (QA objective)")
     p.add_argument("--qa-fraction", type=float, default=0.5, help="share of steps that are QA when both exist")
+    p.add_argument("--init-recall", type=int, default=0, metavar="WINDOWS",
+                   help="before training, start Wq, Wk as centred similarity estimated on this many QA windows")
     p.add_argument("--questions-per-window", type=int, default=8,
                    help="QA: questions asked about each document window read (the batch of a QA step)")
     p.add_argument("--recall-loss", type=float, default=0.0, help="weight of the recall loss on QA rows")
@@ -161,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     if lm is None and qa is None:
         raise SystemExit("give --texts and/or --squad")
     mode = "direct" if args.stage == 1 or args.kind == "rmt" else "recall"
+    if args.init_recall and step == 0 and qa is not None and isinstance(core, HMT):
+        init_recall_from_windows(core, qa, args.init_recall, random.Random(args.seed + 1))
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "log.jsonl").open("a", encoding="utf-8")
     model.train()

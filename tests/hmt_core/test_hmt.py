@@ -145,3 +145,16 @@ def test_query_mask_hides_the_answer_from_the_summary_pass(backbone):
     alone = model(torch.cat([doc, question], 1)).recall_weights[-1]
     seen = model(ids).recall_weights[-1]
     assert torch.allclose(masked, alone, atol=1e-5) and not torch.allclose(seen, alone, atol=1e-5)
+
+
+def test_init_recall_ranks_by_centred_similarity(backbone):
+    model = HMT(backbone, HMTConfig())
+    common = torch.randn(32) * 10
+    memories = common + torch.randn(6, 32)
+    summaries = common + torch.randn(4, 32)
+    summaries[0] = common + memories[3] - common  # the first query points at memory 3
+    model.init_recall(summaries, memories)
+    _, weights = model.recall(summaries[:1], memories[None])
+    assert int(weights.argmax()) == 3
+    scores = model.wq(summaries) @ model.wk(memories).T / model.config.recall_size ** 0.5
+    assert 1.0 < float(scores.std(dim=1).mean()) < 4.0

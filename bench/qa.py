@@ -1,0 +1,130 @@
+"""Long-document QA (issue 3, table 2) on the held-out SQuAD articles, the whole article as the document.
+
+Methods, all on the same backbone with the same greedy decoding: full context (the article in the prompt, cut to the
+backbone's 8k window), segment-only (the question alone: no document, no memory), faithful HMT, HMT
+recall-and-re-read, and the same re-read prompt with passages ranked by MiniLM and by BM25 instead of HMT's recall.
+
+    python -m bench.qa --hmt-weights assets/hmt-smollm2-135m --questions-per-article 3
+
+Writes bench/results/qa.json and qa.md (qa_untrained.* without weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import string
+import time
+from collections import Counter
+
+import torch
+
+from bench.common import machine, write_results
+from bench.recall import MiniLM, bm25_scores, eval_articles, load_model, read_article
+from hmt_core import DEFAULT_BACKBONE, stream_answer
+from hmt_core.answer import SYSTEM_PROMPT, chat_ids
+
+METHODS = ("full_context", "segment_only", "hmt_faithful", "hmt_reread", "minilm_reread", "bm25_reread")
+
+
+def normalize(text: str) -> str:
+    """SQuAD answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize(prediction).split(), normalize(gold).split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score(prediction: str, answers: list[str]) -> tuple[float, float]:
+    """(contains-match, best token F1) of a prediction against the gold answers."""
+    contains = any(normalize(a) and normalize(a) in normalize(prediction) for a in answers)
+    return float(contains), max(token_f1(prediction, a) for a in answers)
+
+
+@torch.no_grad()
+def plain_answer(backbone, tokenizer, messages: list[dict], max_new_tokens: int) -> str:
+    """The plain backbone answering a chat, greedy with the same repetition penalty as stream_answer."""
+    ids = torch.tensor([chat_ids(tokenizer, messages)])
+    out = backbone.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                            do_sample=False, repetition_penalty=1.1, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def full_context_messages(tokenizer, context: str, question: str, window: int, reserve: int) -> list[dict]:
+    """The article in the prompt, cut so that the prompt and the answer fit the backbone's window."""
+    enc = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    budget = window - reserve
+    if len(enc["input_ids"]) > budget:
+        context = context[:enc["offset_mapping"][budget - 1][1]]
+    user = f"Document:\n{context}\n\nQuestion: {question}"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_BACKBONE)
+    parser.add_argument("--hmt-weights", default=None)
+    parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
+    parser.add_argument("--questions-per-article", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    args = parser.parse_args()
+    model, tokenizer = load_model(args)
+    backbone = model.backbone
+    window = backbone.config.max_position_embeddings
+    minilm = MiniLM()
+    totals = {m: [0.0, 0.0] for m in args.methods}
+    rows, started, truncated = [], time.time(), 0
+    for article in eval_articles():
+        state = read_article(model, tokenizer, article)
+        texts = [state.segment_text(i) for i in range(state.num_segments)]
+        seg_emb = minilm.embed(texts)
+        if len(tokenizer(article["context"], add_special_tokens=False)["input_ids"]) > window - 300:
+            truncated += 1
+        for q in article["questions"][:args.questions_per_article]:
+            question = q["question"]
+            rankings = {"minilm_reread": (seg_emb @ minilm.embed([question])[0]).clamp(min=0),
+                        "bm25_reread": torch.tensor(bm25_scores(question, texts))}
+            row = {"article": article["title"], "question": question, "answers": q["answers"]}
+            for method in args.methods:
+                if method == "full_context":
+                    messages = full_context_messages(tokenizer, article["context"], question, window, 300)
+                    answer = plain_answer(backbone, tokenizer, messages, args.max_new_tokens)
+                elif method == "segment_only":
+                    answer = plain_answer(backbone, tokenizer, [{"role": "user", "content": question}],
+                                          args.max_new_tokens)
+                else:
+                    mode = "faithful" if method == "hmt_faithful" else "reread"
+                    events = stream_answer(model, tokenizer, state, question, mode=mode,
+                                           max_new_tokens=args.max_new_tokens, ranking=rankings.get(method))
+                    answer = [e for e in events if e.kind == "done"][0].text
+                contains, f1 = score(answer, q["answers"])
+                totals[method][0] += contains
+                totals[method][1] += f1
+                row[method] = {"answer": answer, "contains": contains, "f1": f1}
+            rows.append(row)
+            print(len(rows), {m: round(row[m]["f1"], 2) for m in args.methods}, flush=True)
+    n = len(rows)
+    result = {"model": args.model, "hmt_weights": args.hmt_weights, "config": vars(model.config),
+              "machine": machine(), "questions": n, "articles_over_window": truncated,
+              "wall_seconds": time.time() - started,
+              "scores": {m: {"contains": c / n, "f1": f / n} for m, (c, f) in totals.items()}, "rows": rows}
+    lines = [f"QA on {n} questions ({args.questions_per_article} per held-out SQuAD article, the whole article as "
+             f"the document; {truncated} articles longer than the {window}-token window were cut for full context); "
+             f"backbone {args.model}, segment {model.config.segment_length}, k {model.config.sensory_size}, "
+             f"HMT weights {args.hmt_weights or 'untrained'}, greedy, {args.max_new_tokens} new tokens.", "",
+             "| method | contains | token F1 |", "|---|---|---|"]
+    for m in args.methods:
+        lines.append(f"| {m} | {result['scores'][m]['contains']:.3f} | {result['scores'][m]['f1']:.3f} |")
+    write_results("qa" if args.hmt_weights else "qa_untrained", result, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
