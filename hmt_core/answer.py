@@ -168,6 +168,7 @@ class _Decoder:
         return delta
 
 
+@torch.no_grad()  # as a decorator it switches grad off around each step only, never in the caller between yields
 def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str = "reread",
                   max_new_tokens: int = 200, temperature: float = 0.0, top_p: float = 0.9, top_segments: int = 3,
                   repetition_penalty: float = 1.1, seed: int | None = None, ranking: torch.Tensor | None = None
@@ -211,33 +212,32 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     stops = stop_ids(model, tokenizer)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     decoder = _Decoder(tokenizer)
-    with torch.no_grad():
-        hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
-        length = embeds.shape[1]
-        for _ in range(max_new_tokens):
-            logits = lm_logits(backbone, hidden[0, -1]).float()
-            token = _sample(logits, temperature, top_p, generator, decoder.ids, repetition_penalty)
-            if token in stops:
-                break
-            delta = decoder.add(token)
-            if delta:
-                yield AnswerEvent("token", text=delta)
-            if segment is not None:
-                segment.append(token)
-            if segment is not None and len(segment) == L:
-                Reader(model, tokenizer, work).feed_ids(segment, source="answer")
-                query = segment[-model.config.summary_length:] if hasattr(model.config, "summary_length") else segment
-                embeds, weights = model.begin_segment(work, [], query_ids=query)
-                yield AnswerEvent("recall", weights=weights)
-                segment = []
-                hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
-                length = embeds.shape[1]
-            elif length + 1 >= limit:
-                break
-            else:
-                step = model.embed(torch.tensor([[token]]))
-                hidden, kv = final_hidden_states(backbone, step, past_key_values=kv, use_cache=True)
-                length += 1
+    hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
+    length = embeds.shape[1]
+    for _ in range(max_new_tokens):
+        logits = lm_logits(backbone, hidden[0, -1]).float()
+        token = _sample(logits, temperature, top_p, generator, decoder.ids, repetition_penalty)
+        if token in stops:
+            break
+        delta = decoder.add(token)
+        if delta:
+            yield AnswerEvent("token", text=delta)
+        if segment is not None:
+            segment.append(token)
+        if segment is not None and len(segment) == L:
+            Reader(model, tokenizer, work).feed_ids(segment, source="answer")
+            query = segment[-getattr(model.config, "summary_length", L):]
+            embeds, weights = model.begin_segment(work, [], query_ids=query)
+            yield AnswerEvent("recall", weights=weights)
+            segment = []
+            hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
+            length = embeds.shape[1]
+        elif length + 1 >= limit:
+            break
+        else:
+            step = model.embed(torch.tensor([[token]]))
+            hidden, kv = final_hidden_states(backbone, step, past_key_values=kv, use_cache=True)
+            length += 1
     yield AnswerEvent("done", text=decoder.text, ids=decoder.ids)
 
 

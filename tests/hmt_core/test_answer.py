@@ -129,3 +129,12 @@ def test_repetition_penalty_demotes_generated_tokens():
     assert _sample(logits, 0.0, 1.0, None, [], 1.1) == 0
     assert _sample(logits, 0.0, 1.0, None, [0], 1.1) == 1
     assert _sample(logits, 0.0, 1.0, None, [0], 1.0) == 0
+
+
+def test_a_paused_answer_leaves_grad_mode_alone_for_the_caller(read, tokenizer):
+    model, state = read
+    events = stream_answer(model, tokenizer, state, "what is the passkey?", mode="faithful", max_new_tokens=4)
+    next(events)
+    assert torch.is_grad_enabled()
+    list(events)
+    assert torch.is_grad_enabled()
