@@ -24,6 +24,7 @@ from bench.common import ROOT, long_text, machine, write_results
 from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, Reader, load_backbone, load_checkpoint, stream_answer
 
 PAGE_CHARS = 3000
+WARMUP_CHARS = 100_000  # read once before measuring; RSS settles after about this much (see README)
 QUESTION = "What did the captain say about the white whale?"
 
 
@@ -37,11 +38,15 @@ def load_model(args: argparse.Namespace):
     return HMT(backbone, HMTConfig()), tokenizer
 
 
-def text_of_tokens(tokenizer, text: str, n_tokens: int) -> str:
-    """The prefix of `text` that tokenizes to n_tokens tokens (fewer when the text is shorter)."""
-    enc = tokenizer(text[:n_tokens * 8], add_special_tokens=False, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    return text[:offsets[min(n_tokens, len(offsets)) - 1][1]]
+def text_of_tokens(tokenizer, text: str, n_tokens: int, step: int = 20_000) -> str:
+    """The prefix of `text` that tokenizes to about n_tokens tokens, counted a few thousand characters at a time so
+    that the count itself leaves no large allocation behind in the measured process."""
+    end, count = 0, 0
+    while count < n_tokens and end < len(text):
+        piece = text[end:end + step]
+        count += len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+        end += len(piece)
+    return text[:end]
 
 
 def read(model, tokenizer, text: str):
@@ -99,8 +104,9 @@ def child(args: argparse.Namespace) -> dict:
     import resource
 
     model, tokenizer = load_model(args)
-    text = text_of_tokens(tokenizer, long_text(int(args.child * 5)), args.child)
-    read(model, tokenizer, text[:20_000])  # warm-up, so both lengths start from the same allocator state
+    source = long_text(int(args.child * 5) + WARMUP_CHARS)
+    read(model, tokenizer, source[-WARMUP_CHARS:])  # the same warm-up for both lengths: the allocator's first growth
+    text = text_of_tokens(tokenizer, source, args.child)
     before = rss_mb()
     peak = [before]
     done = threading.Event()
