@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import backbone_identity, identity_mismatch
-from .config import HMTConfig, RMTConfig, config_from_dict, config_to_dict
+from .config import HMTConfig, config_from_dict, config_to_dict
 from .hmt import HMT
 from .rmt import RMT
 

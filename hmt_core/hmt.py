@@ -75,6 +75,17 @@ def segment_loss(backbone: nn.Module, hidden: torch.Tensor, x_start: int, labels
     return (loss * valid).sum(-1), valid.sum(-1)
 
 
+def run_segment(backbone: nn.Module, embeds: torch.Tensor, mask: torch.Tensor | None, x_start: int,
+                labels: torch.Tensor, return_logits: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One main pass in training: (hidden [B, n, d], summed loss [B], token count [B], logits at the segment's
+    token positions [B, L, V] when asked)."""
+    hidden = run_backbone(backbone, embeds, mask)
+    loss_sum, count = segment_loss(backbone, hidden, x_start, labels.to(hidden.device))
+    logits = lm_logits(backbone, hidden[:, x_start:x_start + labels.shape[1]]) if return_logits else None
+    return hidden, loss_sum, count, logits
+
+
 def reduce_loss(sums: list[torch.Tensor], counts: list[torch.Tensor], loss_on: str) -> tuple[torch.Tensor | None, int]:
     """Mean loss over every segment's tokens ('all') or over each row's last segment that has labels ('last')."""
     if not sums:
@@ -270,12 +281,12 @@ class HMT(nn.Module):
                 elif mode == "direct":
                     memory = previous
                 embeds, full_mask, x_start = self.main_embeds(memory, sensory, ids, mask)
-                hidden = run_backbone(self.backbone, embeds, full_mask)
-                loss_sum, count = segment_loss(self.backbone, hidden, x_start, labels_s.to(hidden.device))
+                hidden, loss_sum, count, logits = run_segment(self.backbone, embeds, full_mask, x_start, labels_s,
+                                                              return_logits)
                 sums.append(loss_sum)
                 counts.append(count)
-                if return_logits:
-                    logits_out.append(lm_logits(self.backbone, hidden[:, x_start:x_start + ids.shape[1]]))
+                if logits is not None:
+                    logits_out.append(logits)
                 if memory is not None:
                     new_memory = hidden[:, -1].to(self.device)  # [B, d]
                     row_valid = mask.any(-1).to(self.device)  # [B]

@@ -10,7 +10,7 @@ from torch import nn
 
 from .backbone import lm_logits
 from .config import RMTConfig
-from .hmt import (MemoryOutput, SegmentResult, reduce_loss, run_backbone, segment_loss, segments_needing_grad,
+from .hmt import (MemoryOutput, SegmentResult, reduce_loss, run_backbone, run_segment, segments_needing_grad,
                   split_segments)
 from .state import MemoryState
 
@@ -77,12 +77,12 @@ class RMT(nn.Module):
                     embeds, full_mask, x_start = self.embed(ids), mask, 0
                 else:
                     embeds, full_mask, x_start = self.main_embeds(memory, ids, mask)
-                hidden = run_backbone(self.backbone, embeds, full_mask)
-                loss_sum, count = segment_loss(self.backbone, hidden, x_start, labels_s.to(hidden.device))
+                hidden, loss_sum, count, logits = run_segment(self.backbone, embeds, full_mask, x_start, labels_s,
+                                                              return_logits)
                 sums.append(loss_sum)
                 counts.append(count)
-                if return_logits:
-                    logits_out.append(lm_logits(self.backbone, hidden[:, x_start:x_start + ids.shape[1]]))
+                if logits is not None:
+                    logits_out.append(logits)
                 if mode != "segment":
                     row_valid = mask.any(-1).to(self.device)[:, None, None]  # [B, 1, 1]
                     memory = torch.where(row_valid, hidden[:, -m:].to(self.device), memory)
