@@ -190,12 +190,12 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length
     if mode == "reread":
-        _, weights = model.begin_segment(work, [], query_ids=question_ids)
+        work.sensory_ids = []
+        recalled, weights = model.begin_segment(work, [], query_ids=question_ids)  # [1, 1, d]: P alone
         passages = recall_passages(work, weights if ranking is None else ranking, top_segments)
         yield AnswerEvent("recall", weights=weights, passages=passages)
         prompt = chat_ids(tokenizer, reread_messages(question, passages))
-        work.sensory_ids = []
-        embeds, _ = model.begin_segment(work, prompt, query_ids=question_ids)
+        embeds = torch.cat([recalled, model.embed(torch.tensor([prompt]))], 1)  # [P, emb(prompt)], one recall
         segment = None  # no rollover: the prompt is longer than a segment, so generation stays in one backbone call
     else:
         prompt = question_ids

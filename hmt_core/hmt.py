@@ -343,11 +343,8 @@ class HMT(nn.Module):
         memory, weights = self._recall_state(state, ids, window=self.config.cache_size)
         x = torch.tensor([ids], device=self.device)
         embeds, _, x_start = self.main_embeds(memory, self._sensory(state), x)
-        if return_logits:
-            hidden = run_backbone(self.backbone, embeds, None)
-            logits = lm_logits(self.backbone, hidden[0, x_start:x_start + len(ids)])
-        else:
-            hidden, logits = run_backbone(self.backbone, embeds, None), None
+        hidden = run_backbone(self.backbone, embeds, None)
+        logits = lm_logits(self.backbone, hidden[0, x_start:x_start + len(ids)]) if return_logits else None
         new_memory = hidden[0, -1].to(self.device)
         self._write(state, new_memory, ids, segment_index)
         return SegmentResult(new_memory, weights, logits)
