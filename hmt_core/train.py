@@ -66,10 +66,11 @@ def recall_loss(weights: torch.Tensor, answer_segment: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def init_recall_from_windows(model: HMT, qa: SquadQA, windows: int, rng: random.Random) -> None:
-    """HMT.init_recall on the memories of `windows` document windows and the summaries of their questions."""
+    """HMT.init_recall on the memories of `windows` document windows and the summaries of up to 32 questions
+    about each (whitening needs many more samples than the width d)."""
     summaries, memories = [], []
     for _ in range(windows):
-        window, examples = qa.sample_window(rng, 8)
+        window, examples = qa.sample_window(rng, 32)
         memories.append(read_window(model, window)[0][0])
         for e in examples:
             question = [t for t, label in zip(e.input_ids, e.labels) if label == -100]
@@ -111,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--squad", default=None, help="folder holding articles.jsonl and split.json (QA objective)")
     p.add_argument("--qa-fraction", type=float, default=0.5, help="share of steps that are QA when both exist")
     p.add_argument("--init-recall", type=int, default=0, metavar="WINDOWS",
-                   help="before training, start Wq, Wk as centred similarity estimated on this many QA windows")
+                   help="before training, start Wq, Wk as whitened similarity estimated on this many QA windows")
     p.add_argument("--questions-per-window", type=int, default=8,
                    help="QA: questions asked about each document window read (the batch of a QA step)")
     p.add_argument("--recall-loss", type=float, default=0.0, help="weight of the recall loss on QA rows")
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             examples = [lm.sample(args.rng) for _ in range(args.batch_size)]
         batch = collate(examples, tokenizer.pad_token_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        if use_qa:  # recall is queried by the question alone, as when answering
+        if use_qa and isinstance(core, HMT):  # recall is queried by the question alone, as when answering
             extra["query_mask"] = batch["labels"] == -100
         with accelerator.autocast():
             output = model(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=mode,

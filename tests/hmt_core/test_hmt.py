@@ -147,14 +147,18 @@ def test_query_mask_hides_the_answer_from_the_summary_pass(backbone):
     assert torch.allclose(masked, alone, atol=1e-5) and not torch.allclose(seen, alone, atol=1e-5)
 
 
-def test_init_recall_ranks_by_centred_similarity(backbone):
+def test_init_recall_ranks_by_whitened_similarity(backbone):
+    """A shared direction and one loud direction decide the raw dot product; the whitened one finds the match."""
+    torch.manual_seed(0)
     model = HMT(backbone, HMTConfig())
-    common = torch.randn(32) * 10
-    memories = common + torch.randn(6, 32)
-    summaries = common + torch.randn(4, 32)
-    summaries[0] = common + memories[3] - common  # the first query points at memory 3
+    common, loud = torch.randn(32) * 10, torch.zeros(32)
+    loud[0] = 1.0
+    memories = common + torch.randn(200, 32) + 30 * torch.randn(200, 1) * loud
+    summaries = common + torch.randn(100, 32) + 30 * torch.randn(100, 1) * loud
     model.init_recall(summaries, memories)
-    _, weights = model.recall(summaries[:1], memories[None])
+    query = common + (memories[3] - common) * (1 - loud)  # memory 3's content, without its loud component
+    _, weights = model.recall(query[None], memories[None])
     assert int(weights.argmax()) == 3
+    assert int((query @ memories.T).argmax()) != 3
     scores = model.wq(summaries) @ model.wk(memories).T / model.config.recall_size ** 0.5
     assert 1.0 < float(scores.detach().std(dim=1).mean()) < 4.0
