@@ -1,4 +1,5 @@
-"""Checkpoints of the memory parameters only, with their config and the identity of the backbone they belong to."""
+"""Checkpoints of the memory parameters (plus LoRA adapters when the backbone carries them), with their config and the
+identity of the backbone they belong to."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from torch import nn
 from .backbone import backbone_identity, identity_mismatch
 from .config import HMTConfig, config_from_dict, config_to_dict
 from .hmt import HMT
+from .lora import load_lora, lora_settings, lora_state_dict
 from .rmt import RMT
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "memory_params.safetensors"
 CONFIG_FILE = "memory_config.json"
+LORA_FILE = "lora.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -26,7 +29,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(model: HMT | RMT, folder: str | Path, extra: dict | None = None) -> None:
-    """Write the memory parameters (safetensors) and config + backbone identity (JSON) into `folder`, atomically."""
+    """Write the memory parameters and the backbone's LoRA adapters if any (safetensors), and the config, LoRA settings
+    and backbone identity (JSON) into `folder`, atomically."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -35,6 +39,10 @@ def save_checkpoint(model: HMT | RMT, folder: str | Path, extra: dict | None = N
     save_file(tensors, str(tmp / WEIGHTS_FILE))
     meta = {"format": CHECKPOINT_FORMAT, "config": config_to_dict(model.config),
             "backbone": backbone_identity(model.backbone), "extra": extra or {}}
+    lora = lora_settings(model.backbone)
+    if lora is not None:
+        save_file(lora_state_dict(model.backbone), str(tmp / LORA_FILE))
+        meta["lora"] = lora
     (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     if folder.exists():
         shutil.rmtree(folder)
@@ -50,8 +58,12 @@ def read_checkpoint_meta(folder: str | Path) -> dict:
         raise CheckpointError(f"no readable HMT checkpoint at {folder}: {err}") from err
 
 
-def load_checkpoint(folder: str | Path, backbone: nn.Module) -> HMT | RMT:
-    """Build the HMT or RMT a checkpoint describes around `backbone`; refuse a checkpoint made for another one."""
+def load_checkpoint(folder: str | Path, backbone: nn.Module, merge_lora: bool = True) -> HMT | RMT:
+    """Build the HMT or RMT a checkpoint describes around `backbone`; refuse a checkpoint made for another one.
+
+    A checkpoint with LoRA adapters applies them to `backbone` in place: merged into its weights (inference), or kept
+    as adapters with merge_lora False (training goes on), as they are when the backbone already carries adapters.
+    """
     meta = read_checkpoint_meta(folder)
     mismatch = identity_mismatch(meta.get("backbone", {}), backbone)
     if mismatch:
@@ -65,6 +77,11 @@ def load_checkpoint(folder: str | Path, backbone: nn.Module) -> HMT | RMT:
     except (OSError, ValueError) as err:
         raise CheckpointError(f"the weights file in {folder} is missing or damaged: {err}") from err
     _assign(model, tensors)
+    if meta.get("lora"):
+        try:
+            load_lora(backbone, meta["lora"], load_file(str(Path(folder) / LORA_FILE)), merge_lora)
+        except (ImportError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"could not apply the LoRA adapters in {folder}: {err}") from err
     return model
 
 

@@ -3,12 +3,15 @@
     python -m hmt_core.train --stage 1 --texts data/text --out runs/stage1 --steps 200
     python -m hmt_core.train --stage 2 --init runs/stage1/final --texts data/text --squad data/squad \\
         --out runs/stage2 --steps 300 --segments 6 --recall-loss 1.0
+    python -m hmt_core.train ... --tune lora --lora-rank 8 --lora-alpha 16   # LoRA adapters on the backbone too
     accelerate launch -m hmt_core.train ...      # several GPUs; --mixed-precision bf16 on GPU
 
 Stage 1 passes each memory embedding straight to the next segment (no recall) over 2 segments; stage 2 starts from
 stage 1's initial memory with fresh T, Wq, Wk and recall, unrolled over --segments. The loss is the LM cross-entropy
 on every segment's tokens (--loss-on last: only the final segment's), or on the answer tokens for QA rows, plus an
 optional recall loss (cross-entropy of the final segment's recall weights toward the segment holding the answer).
+--tune frozen trains the memory parameters only; --tune lora also trains LoRA adapters on the backbone's linear layers
+(saved in the checkpoint and merged into the backbone by load_checkpoint); --tune full trains the whole backbone.
 The run resumes from out/last when it exists; metrics go to out/log.jsonl.
 """
 
@@ -28,17 +31,19 @@ from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .config import HMTConfig, RMTConfig
 from .data import LMWindows, SquadQA, collate, read_text_files
 from .hmt import HMT
+from .lora import add_lora, lora_parameters
 from .rmt import RMT
 
 
 def build_model(args: argparse.Namespace, backbone) -> HMT | RMT:
-    """A fresh HMT or RMT, or stage 2 from a stage-1 checkpoint (keeping its initial memory, fresh T, Wq, Wk)."""
+    """A fresh HMT or RMT, or stage 2 from a stage-1 checkpoint (keeping its initial memory and LoRA adapters, fresh
+    T, Wq, Wk)."""
     if args.kind == "rmt":
         return RMT(backbone, RMTConfig(segment_length=args.segment_length, num_memory_tokens=args.memory_tokens))
     config = HMTConfig(segment_length=args.segment_length, sensory_size=args.sensory_size, cache_size=args.cache_size)
     model = HMT(backbone, config)
     if args.init:
-        stage1 = load_checkpoint(args.init, backbone)
+        stage1 = load_checkpoint(args.init, backbone, merge_lora=args.tune == "full")
         with torch.no_grad():
             model.initial_memory.copy_(stage1.initial_memory)
             if args.keep_recall:
@@ -49,10 +54,12 @@ def build_model(args: argparse.Namespace, backbone) -> HMT | RMT:
 
 
 def trainable_parameters(model: HMT | RMT, tune: str) -> list[torch.nn.Parameter]:
-    """The memory parameters (frozen backbone), or everything (full fine-tuning)."""
-    for p in model.backbone.parameters():
-        p.requires_grad_(tune == "full")
-    return list(model.memory_parameters().values()) + (list(model.backbone.parameters()) if tune == "full" else [])
+    """The memory parameters, plus the backbone's LoRA matrices (lora) or all its weights (full); the rest is frozen."""
+    model.backbone.requires_grad_(False)
+    tuned = {"frozen": [], "lora": lora_parameters(model.backbone), "full": list(model.backbone.parameters())}[tune]
+    for p in tuned:
+        p.requires_grad_(True)
+    return list(model.memory_parameters().values()) + tuned
 
 
 def recall_loss(weights: torch.Tensor, answer_segment: torch.Tensor) -> torch.Tensor:
@@ -129,7 +136,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-decay-every", type=int, default=100)
     p.add_argument("--lr-decay", type=float, default=0.7)
-    p.add_argument("--tune", choices=["frozen", "full"], default="frozen")
+    p.add_argument("--tune", choices=["frozen", "lora", "full"], default="frozen")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-targets", type=lambda s: [t.strip() for t in s.split(",") if t.strip()], default=None,
+                   help="comma-separated layer names (default: every linear layer of the backbone but the LM head)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -148,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     args.rng = random.Random(args.seed)
     backbone, tokenizer = load_backbone(args.model, device=str(accelerator.device), dtype="fp32")
+    if args.tune == "lora":
+        add_lora(backbone, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets)
     model = build_model(args, backbone)
     params = trainable_parameters(model, args.tune)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     out, last = Path(args.out), Path(args.out) / "last"
     step = 0
     if (last / "train_state.pt").exists():
-        resumed = load_checkpoint(last, backbone)
+        resumed = load_checkpoint(last, backbone, merge_lora=False)
         with torch.no_grad():
             for name, p in model.memory_parameters().items():
                 p.copy_(resumed.memory_parameters()[name])

@@ -3,6 +3,7 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from hmt_core import load_checkpoint
 from hmt_core.data import LMWindows, SquadQA, collate
@@ -52,6 +53,20 @@ def test_training_runs_logs_saves_and_resumes(tiny_folder, data, tmp_path):
     _run(tiny_folder, data, tmp_path / "again", "--steps", "4")
     again = load_checkpoint(tmp_path / "again" / "final", make_backbone("llama"))
     assert torch.allclose(again.wq.weight, model.wq.weight, atol=1e-6)
+
+
+def test_lora_training_saves_adapters_and_resumes_like_an_uninterrupted_run(tiny_folder, data, tmp_path):
+    lora = ["--tune", "lora", "--lora-rank", "4", "--lr", "1e-2"]
+    _run(tiny_folder, data, tmp_path / "run", "--steps", "2", *lora)
+    _run(tiny_folder, data, tmp_path / "run", "--steps", "4", *lora)  # resumes at step 2, adapters included
+    _run(tiny_folder, data, tmp_path / "again", "--steps", "4", *lora)
+    resumed = load_file(str(tmp_path / "run" / "final" / "lora.safetensors"))
+    again = load_file(str(tmp_path / "again" / "final" / "lora.safetensors"))
+    assert resumed.keys() == again.keys() and any("lora_B" in name and v.abs().sum() > 0 for name, v in again.items())
+    assert all(torch.allclose(resumed[name], again[name], atol=1e-6) for name in again)
+    model = load_checkpoint(tmp_path / "run" / "final", make_backbone("llama"))
+    assert torch.allclose(model.wq.weight, load_checkpoint(tmp_path / "again" / "final", make_backbone("llama")).wq.weight,
+                          atol=1e-6)
 
 
 def test_training_moves_the_memory_parameters(tiny_folder, data, tmp_path):
