@@ -41,9 +41,9 @@ def long_text(min_chars: int) -> str:
     return text
 
 
-def write_results(name: str, data: dict, table: str) -> None:
-    """bench/results/<name>.json and <name>.md."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
-    (RESULTS / f"{name}.md").write_text(table, encoding="utf-8")
+def write_results(name: str, data: dict, table: str, folder: Path = RESULTS) -> None:
+    """<folder>/<name>.json and <name>.md (folder: bench/results unless a test or a trial run says otherwise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+    (folder / f"{name}.md").write_text(table, encoding="utf-8")
     print(table)

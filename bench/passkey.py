@@ -1,0 +1,251 @@
+"""Passkey retrieval (issue 3, table 4): a 5-digit key hidden once in a long run of filler sentences.
+
+Per length and trial a seeded haystack of the standard filler ("The grass is green. The sky is blue. ...") with one
+needle ("The pass key is 12345. Remember it. 12345 is the pass key.") at a random sentence boundary. HMT reads it once
+into a memory that keeps every segment recallable, then answers in each mode from that same state; the plain
+backbone answers with the whole haystack in its prompt where it fits the window. A trial passes when the key's five
+digits appear in the answer; the needle segment's rank under HMT's recall weights explains failures.
+
+    python -m bench.passkey --hmt-weights assets/hmt-smollm2-135m [--lengths 1000 4000 16000 64000 128000]
+
+Resumable: each finished (length, trial) is saved at once and skipped on a rerun. Writes bench/results/passkey.json
+and passkey.md (passkey_untrained.* without weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.common import RESULTS, machine, write_results
+from bench.qa import full_context_messages, plain_answer
+from bench.recall import load_model
+from hmt_core import DEFAULT_BACKBONE, HMT, MemoryState, Reader, stream_answer
+from hmt_core.answer import MODES, chat_ids
+from hmt_core.checkpoint import read_checkpoint_meta
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+FILLER = ("The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ", "There and back again. ")
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+QUESTION = "What is the pass key? Answer with the number only."
+KEEP = 100_000  # memories kept recallable when answering: every segment of the longest haystack
+
+
+@dataclass
+class Haystack:
+    """One trial's document: filler with the needle starting at character `needle_start`."""
+
+    text: str
+    key: int
+    needle_start: int
+    tokens: int
+
+
+def count_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    """Backbone tokens of a text, without special tokens."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def make_haystack(tokenizer: PreTrainedTokenizerBase, target_tokens: int, rng: random.Random) -> Haystack:
+    """Filler sentences totalling about target_tokens with the needle at a uniformly drawn sentence boundary."""
+    key = rng.randint(10000, 99999)
+    needle = NEEDLE.format(key=key)
+    per_sentence = count_tokens(tokenizer, "".join(FILLER) * 8) / (8 * len(FILLER))
+    n = max(1, round((target_tokens - count_tokens(tokenizer, needle)) / per_sentence))
+    sentences = [FILLER[i % len(FILLER)] for i in range(n)]
+    cut = rng.randint(0, n)
+    before = "".join(sentences[:cut])
+    text = before + needle + "".join(sentences[cut:])
+    return Haystack(text, key, len(before), count_tokens(tokenizer, text))
+
+
+def read_haystack(model: HMT, tokenizer: PreTrainedTokenizerBase, text: str) -> MemoryState:
+    """Read the whole haystack once into a memory that keeps every segment recallable."""
+    reader = Reader(model, tokenizer, model.new_state(keep=KEEP))
+    reader.feed(text, source="haystack")
+    reader.finish()
+    return reader.state
+
+
+def needle_segment(state: MemoryState, char: int) -> int:
+    """The segment whose character span covers `char` (the needle's start)."""
+    return max(s.index for s in state.segments if s.char_start <= char)
+
+
+def rank_of(weights: torch.Tensor, index: int) -> int:
+    """1-based rank of segment `index` under recall weights (ties counted in its favour)."""
+    return int((weights > weights[index]).sum()) + 1
+
+
+def hmt_answer(model: HMT, tokenizer: PreTrainedTokenizerBase, state: MemoryState, mode: str,
+               max_new_tokens: int) -> tuple[str, torch.Tensor]:
+    """(greedy answer, recall weights over every segment) of HMT in one mode; the state is left as it was."""
+    events = list(stream_answer(model, tokenizer, state, QUESTION, mode=mode, max_new_tokens=max_new_tokens))
+    return events[-1].text, events[0].weights
+
+
+def plain_result(backbone: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, haystack: Haystack,
+                 max_new_tokens: int) -> dict:
+    """The plain backbone with the whole haystack and the question in its prompt, or fits=False past its window."""
+    window = backbone.config.max_position_embeddings
+    if haystack.tokens + max_new_tokens > window:
+        return {"fits": False}
+    messages = full_context_messages(tokenizer, haystack.text, QUESTION, window, max_new_tokens)
+    if len(chat_ids(tokenizer, messages)) + max_new_tokens > window:
+        return {"fits": False}
+    answer = plain_answer(backbone, tokenizer, messages, max_new_tokens)
+    return {"fits": True, "answer": answer, "pass": str(haystack.key) in answer}
+
+
+def run_trial(model: HMT, tokenizer: PreTrainedTokenizerBase, length: int, trial: int, seed: int,
+              modes: list[str], max_new_tokens: int) -> dict:
+    """One haystack: HMT reads it once and answers in every mode from that state, then the plain backbone.
+
+    Both modes recall with the question as the query, so the needle's rank is the same in both unless the question
+    is longer than a segment (then faithful mode reads its head into memory first); the trial's rank is reread's.
+    """
+    started = time.time()
+    haystack = make_haystack(tokenizer, length, random.Random(f"passkey-{seed}-{length}-{trial}"))
+    state = read_haystack(model, tokenizer, haystack.text)
+    read_seconds = time.time() - started
+    segment = needle_segment(state, haystack.needle_start)
+    hmt = {}
+    for mode in modes:
+        answer, weights = hmt_answer(model, tokenizer, state, mode, max_new_tokens)
+        hmt[mode] = {"answer": answer, "pass": str(haystack.key) in answer, "needle_rank": rank_of(weights, segment)}
+    rank = hmt["reread" if "reread" in hmt else modes[0]]["needle_rank"]
+    return {"length": length, "trial": trial, "tokens": haystack.tokens, "key": haystack.key,
+            "needle_char": haystack.needle_start, "depth": haystack.needle_start / len(haystack.text),
+            "segments": state.num_segments, "needle_segment": segment, "needle_rank": rank, "hmt": hmt,
+            "plain": plain_result(model.backbone, tokenizer, haystack, max_new_tokens),
+            "read_seconds": read_seconds, "seconds": time.time() - started}
+
+
+def load_progress(path: Path, settings: dict) -> list[dict]:
+    """The trials already saved at `path` by a run with the same settings (none when there is no file)."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("settings") != settings:
+        raise SystemExit(f"{path} holds a run with other settings ({data.get('settings')}); "
+                         "delete it or pass another --results-dir")
+    return data["trials"]
+
+
+def save_progress(path: Path, data: dict) -> None:
+    """Write the JSON atomically, so that stopping the run never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def summarize(trials: list[dict]) -> list[dict]:
+    """Per length: trials, mean tokens and segments, accuracy of every method, mean needle rank."""
+    rows = []
+    for length in sorted({t["length"] for t in trials}):
+        group = [t for t in trials if t["length"] == length]
+        row = {"length": length, "trials": len(group), "tokens": sum(t["tokens"] for t in group) / len(group),
+               "segments": sum(t["segments"] for t in group) / len(group)}
+        for mode in MODES:
+            done = [t["hmt"][mode]["pass"] for t in group if mode in t["hmt"]]
+            row[f"hmt_{mode}"] = [sum(done), len(done)]
+        fits = [t["plain"]["pass"] for t in group if t["plain"]["fits"]]
+        row["plain"] = [sum(fits), len(fits)]
+        ranks = [t["needle_rank"] for t in group if t["needle_rank"] is not None]
+        row["mean_needle_rank"] = sum(ranks) / len(ranks) if ranks else None
+        rows.append(row)
+    return rows
+
+
+def accuracy_cell(passed: int, total: int, missing: str) -> str:
+    """'0.90 (9/10)', or `missing` when the method did not run."""
+    return f"{passed / total:.2f} ({passed}/{total})" if total else missing
+
+
+def markdown(data: dict) -> str:
+    """The header line and the per-length table."""
+    s, m = data["settings"], data["machine"]
+    weights = f"{s['hmt_weights']} ({s['hmt_steps']} training steps)" if s["hmt_weights"] else "untrained"
+    header = (f"Passkey retrieval: one needle (a random 5-digit key) at a random sentence boundary of the standard "
+              f"filler, question \"{s['question']}\"; backbone {s['model']} (window {s['window']}), HMT segment L "
+              f"{s['config']['segment_length']}, cache N {s['config']['cache_size']}, sensory k "
+              f"{s['config']['sensory_size']}, every segment recallable when answering; HMT weights {weights}; "
+              f"greedy, {s['max_new_tokens']} new tokens, seed {s['seed']}; wall time {data['wall_seconds']:.0f} s "
+              f"summed over trials; {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads.")
+    columns = ("tokens (target / mean)", "trials", "segments", "HMT reread", "HMT faithful", "plain backbone",
+               "mean needle rank")
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for r in data["summary"]:
+        rank = f"{r['mean_needle_rank']:.1f} of {r['segments']:.0f}" if r["mean_needle_rank"] is not None else "-"
+        lines.append(f"| {r['length']:,} / {r['tokens']:,.0f} | {r['trials']} | {r['segments']:.0f} | "
+                     f"{accuracy_cell(*r['hmt_reread'], '-')} | {accuracy_cell(*r['hmt_faithful'], '-')} | "
+                     f"{accuracy_cell(*r['plain'], 'does not fit')} | {rank} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(model: HMT, tokenizer: PreTrainedTokenizerBase, settings: dict, lengths: list[int], trials: int,
+                  modes: list[str], folder: Path, name: str) -> dict:
+    """Every (length, trial) not yet saved in folder/name.json, saving after each; then the JSON and table."""
+    path = folder / f"{name}.json"
+    done = load_progress(path, settings)
+    data = {"settings": settings, "machine": machine(), "trials": done}
+    for length in lengths:
+        for trial in range(trials):
+            old = next((t for t in done if t["length"] == length and t["trial"] == trial), None)
+            if old is not None and all(mode in old["hmt"] for mode in modes):
+                continue
+            result = run_trial(model, tokenizer, length, trial, settings["seed"], modes, settings["max_new_tokens"])
+            done = [t for t in done if t is not old] + [result]
+            data["trials"] = sorted(done, key=lambda t: (t["length"], t["trial"]))
+            save_progress(path, data)
+            verdicts = [f"{m} {'pass' if result['hmt'][m]['pass'] else 'FAIL'}" for m in modes]
+            plain = result["plain"]
+            verdicts.append(f"plain {'pass' if plain.get('pass') else 'FAIL'}" if plain["fits"] else "plain n/a")
+            print(f"{length} tokens, trial {trial + 1}/{trials}: {', '.join(verdicts)}, needle rank "
+                  f"{result['needle_rank']} of {result['segments']}, {result['seconds']:.1f} s", flush=True)
+    data["summary"] = summarize(data["trials"])
+    data["wall_seconds"] = sum(t["seconds"] for t in data["trials"])
+    write_results(name, data, markdown(data), folder)
+    return data
+
+
+def settings_for(args: argparse.Namespace, model: HMT) -> dict:
+    """What a resumed run must share with the saved trials: backbone, weights, config, seed, question, decoding."""
+    steps = None
+    if args.hmt_weights:
+        extra = read_checkpoint_meta(args.hmt_weights).get("extra", {})
+        steps = extra.get("steps", extra.get("step"))
+    return {"model": args.model, "hmt_weights": args.hmt_weights, "hmt_steps": steps, "config": vars(model.config),
+            "seed": args.seed, "question": QUESTION, "max_new_tokens": args.max_new_tokens,
+            "window": model.backbone.config.max_position_embeddings, "keep": KEEP}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_BACKBONE)
+    parser.add_argument("--hmt-weights", default=None)
+    parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 4000, 16000, 64000, 128000])
+    parser.add_argument("--trials", type=int, default=10, help="per length")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--seed", type=int, default=0, help="of the haystacks (keys and depths)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    model, tokenizer = load_model(args)
+    name = "passkey" if args.hmt_weights else "passkey_untrained"
+    run_benchmark(model, tokenizer, settings_for(args, model), args.lengths, args.trials, args.modes,
+                  args.results_dir, name)
+
+
+if __name__ == "__main__":
+    main()
