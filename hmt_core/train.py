@@ -99,13 +99,17 @@ def read_window(model: HMT | RMT, window: list[int]) -> tuple[torch.Tensor, torc
     return state.cache[None], sensory
 
 
-def save_run(model: HMT | RMT, optimizer, scheduler, step: int, folder: Path, args: argparse.Namespace, tune: str) -> None:
-    """A checkpoint of the memory parameters plus what resuming needs (optimizer, step, RNG states)."""
-    save_checkpoint(model, folder, extra={"step": step, "stage": args.stage, "tune": tune, "command": args.command})
+def save_run(model: HMT | RMT, tokenizer, folder: Path, extra: dict, tune: str, optimizer=None, scheduler=None,
+             args: argparse.Namespace | None = None) -> None:
+    """A checkpoint of the memory parameters (plus, with --tune full, the whole backbone and its tokenizer in
+    folder/backbone) and, with an optimizer, what resuming needs (optimizer, scheduler, step, RNG states)."""
+    save_checkpoint(model, folder, extra=extra)
     if tune == "full":
         model.backbone.save_pretrained(folder / "backbone")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "python_rng": args.rng.getstate(),
-                "torch_rng": torch.get_rng_state()}, folder / "train_state.pt")
+        tokenizer.save_pretrained(folder / "backbone")
+    if optimizer is not None:
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": extra["step"],
+                    "python_rng": args.rng.getstate(), "torch_rng": torch.get_rng_state()}, folder / "train_state.pt")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -159,14 +163,16 @@ def main(argv: list[str] | None = None) -> None:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     args.rng = random.Random(args.seed)
-    backbone, tokenizer = load_backbone(args.model, device=str(accelerator.device), dtype="fp32")
+    out, last = Path(args.out), Path(args.out) / "last"
+    tuned = last / "backbone"  # a full fine-tuning run resumes from its own backbone
+    source = str(tuned) if args.tune == "full" and (tuned / "config.json").exists() else args.model
+    backbone, tokenizer = load_backbone(source, device=str(accelerator.device), dtype="fp32")
     if args.tune == "lora":
         add_lora(backbone, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets)
     model = build_model(args, backbone)
     params = trainable_parameters(model, args.tune)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_decay_every, args.lr_decay)
-    out, last = Path(args.out), Path(args.out) / "last"
     step = 0
     if (last / "train_state.pt").exists():
         resumed = load_checkpoint(last, backbone, merge_lora=False)
@@ -236,10 +242,11 @@ def main(argv: list[str] | None = None) -> None:
                         tok_s=f"{record['tokens_per_s']:.0f}")
         bar.update(1)
         if accelerator.is_main_process and (step % args.save_every == 0 or step == args.steps):
-            save_run(core, optimizer, scheduler, step, last, args, args.tune)
+            save_run(core, tokenizer, last, {"step": step, "stage": args.stage, "tune": args.tune,
+                                             "command": args.command}, args.tune, optimizer, scheduler, args)
     if accelerator.is_main_process:
-        save_checkpoint(core, out / "final", extra={"steps": step, "stage": args.stage, "tune": args.tune,
-                                                    "command": args.command})
+        save_run(core, tokenizer, out / "final", {"steps": step, "stage": args.stage, "tune": args.tune,
+                                                  "command": args.command}, args.tune)
     bar.close()
 
 

@@ -69,6 +69,18 @@ def test_lora_training_saves_adapters_and_resumes_like_an_uninterrupted_run(tiny
                           atol=1e-6)
 
 
+def test_full_tuning_resumes_from_its_own_backbone_and_ships_it(tiny_folder, data, tmp_path):
+    full = ["--tune", "full", "--lr", "1e-3"]
+    _run(tiny_folder, data, tmp_path / "run", "--steps", "2", *full)
+    _run(tiny_folder, data, tmp_path / "run", "--steps", "4", *full)  # resumes at step 2 from run/last/backbone
+    _run(tiny_folder, data, tmp_path / "again", "--steps", "4", *full)
+    resumed = load_file(str(tmp_path / "run" / "final" / "backbone" / "model.safetensors"))
+    again = load_file(str(tmp_path / "again" / "final" / "backbone" / "model.safetensors"))
+    start = make_backbone("llama").state_dict()
+    assert any(not torch.allclose(again[name], start[name]) for name in again)
+    assert all(torch.allclose(resumed[name], again[name], atol=1e-5) for name in again)
+
+
 def test_training_moves_the_memory_parameters(tiny_folder, data, tmp_path):
     _run(tiny_folder, data, tmp_path / "run", "--steps", "2", "--lr", "1e-2")
     trained = load_checkpoint(tmp_path / "run" / "final", make_backbone("llama"))
