@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hmt_core import HMT, RMT, HMTConfig, RMTConfig, read_text, remember_turn, stream_answer
-from hmt_core.answer import _sample, chat_ids, recall_passages, widen_to_sentences
+from hmt_core.answer import _sample, chat_ids, recall_passages, reread_messages, widen_to_sentences
 
 from conftest import CORPUS
 
@@ -33,6 +33,20 @@ def test_answer_streams_with_recall_weights_summing_to_one(read, tokenizer, mode
     assert torch.equal(state.cache, before)  # answering leaves the memory as it was
     if mode == "reread":
         assert events[0].passages and all(p.text for p in events[0].passages)
+
+
+def test_reread_answers_from_the_passages_and_question_alone(read, tokenizer):
+    """The backbone's first input in reread mode is exactly the embedded re-read prompt: no memory vector in front."""
+    model, state = read
+    seen = []
+    hook = model.backbone.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].detach().clone()), with_kwargs=True)
+    try:
+        events = _events(model, tokenizer, state, mode="reread", max_new_tokens=3)
+    finally:
+        hook.remove()
+    prompt = torch.tensor([chat_ids(tokenizer, reread_messages("what is the passkey?", events[0].passages))])
+    assert torch.equal(seen[1], model.embed(prompt))  # seen[0]: the question's summary pass, for recall
 
 
 def test_generation_rolls_over_past_one_segment(read, tokenizer):
