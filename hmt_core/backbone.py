@@ -192,3 +192,13 @@ def identity_mismatch(saved: dict, model: nn.Module) -> str | None:
     if cosine < 0.95:
         return f"the embedding weights differ (probe cosine {cosine:.2f}): same architecture, different model"
     return None
+
+
+def embedding_norm(backbone: nn.Module) -> float:
+    """Mean L2 norm of the backbone's input token embeddings: the scale memory vectors are fed back at."""
+    return float(backbone.get_input_embeddings().weight.detach().float().norm(dim=-1).mean())
+
+
+def to_norm(vectors: torch.Tensor, norm: float) -> torch.Tensor:
+    """vectors [..., d] rescaled to L2 norm `norm` each (direction kept)."""
+    return vectors * (norm / vectors.float().norm(dim=-1, keepdim=True).clamp(min=1e-6)).to(vectors.dtype)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import embedding_size, final_hidden_states, lm_logits
+from .backbone import embedding_norm, embedding_size, final_hidden_states, lm_logits, to_norm
 from .config import HMTConfig
 from .state import MemoryState
 
@@ -140,6 +140,7 @@ class HMT(nn.Module):
         self.initial_memory = nn.Parameter(initial_memory.to(emb.device, emb.dtype))
         self.wq = nn.Linear(d, h, bias=False, device=emb.device, dtype=emb.dtype)
         self.wk = nn.Linear(d, h, bias=False, device=emb.device, dtype=emb.dtype)
+        self.input_norm = embedding_norm(backbone) if self.config.memory_input_norm == "embedding" else None
 
     @property
     def segment_length(self) -> int:
@@ -225,11 +226,14 @@ class HMT(nn.Module):
     def main_embeds(self, memory: torch.Tensor | None, sensory: torch.Tensor, ids: torch.Tensor,
                     mask: torch.Tensor | None = None, trailing: bool = True
                     ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """Inputs of the main pass [P, emb(sensory), emb(ids), P] (memory None: no P; trailing False: no final P).
+        """Inputs of the main pass [P, emb(sensory), emb(ids), P] (memory None: no P; trailing False: no final P);
+        P at the token embeddings' norm unless the config says 'none'.
 
         memory [B, d], sensory [B, k'], ids [B, L], mask [B, L] -> (embeds [B, n, d], mask [B, n], x_start)
         """
         batch = ids.shape[0]
+        if memory is not None and self.input_norm is not None:
+            memory = to_norm(memory, self.input_norm)
         parts = [] if memory is None else [memory[:, None]]
         if sensory.shape[1]:
             parts.append(self.embed(sensory))

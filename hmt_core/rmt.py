@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbone import lm_logits
+from .backbone import embedding_norm, lm_logits, to_norm
 from .config import RMTConfig
 from .hmt import (MemoryOutput, SegmentResult, reduce_loss, run_backbone, run_segment, segments_needing_grad,
                   split_segments)
@@ -27,6 +27,7 @@ class RMT(nn.Module):
             mean, std = emb.float().mean(0, keepdim=True), emb.float().std()
             memory = mean + std * torch.randn(self.config.num_memory_tokens, emb.shape[1])
         self.memory = nn.Parameter(memory.to(emb.device, emb.dtype))
+        self.input_norm = embedding_norm(backbone) if self.config.memory_input_norm == "embedding" else None
 
     @property
     def segment_length(self) -> int:
@@ -46,8 +47,11 @@ class RMT(nn.Module):
 
     def main_embeds(self, memory: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
                     trailing: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """[mem, emb(ids), mem] (trailing False: no write block); memory [B, m, d], ids [B, L]."""
+        """[mem, emb(ids), mem] (trailing False: no write block); memory [B, m, d], ids [B, L]; the memory at the
+        token embeddings' norm unless the config says 'none'."""
         m = memory.shape[1]
+        if self.input_norm is not None:
+            memory = to_norm(memory, self.input_norm)
         parts = [memory, self.embed(ids)] + ([memory] if trailing else [])
         embeds = torch.cat(parts, 1)
         if mask is not None:

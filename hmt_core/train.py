@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .backbone import DEFAULT_BACKBONE, load_backbone
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from .config import HMTConfig, RMTConfig
+from .config import MEMORY_INPUT_NORMS, HMTConfig, RMTConfig
 from .data import LMWindows, SquadQA, collate, read_text_files
 from .hmt import HMT
 from .lora import add_lora, lora_parameters
@@ -39,8 +39,10 @@ def build_model(args: argparse.Namespace, backbone) -> HMT | RMT:
     """A fresh HMT or RMT, or stage 2 from a stage-1 checkpoint (keeping its initial memory and LoRA adapters, fresh
     T, Wq, Wk)."""
     if args.kind == "rmt":
-        return RMT(backbone, RMTConfig(segment_length=args.segment_length, num_memory_tokens=args.memory_tokens))
-    config = HMTConfig(segment_length=args.segment_length, sensory_size=args.sensory_size, cache_size=args.cache_size)
+        return RMT(backbone, RMTConfig(segment_length=args.segment_length, num_memory_tokens=args.memory_tokens,
+                                       memory_input_norm=args.memory_input_norm))
+    config = HMTConfig(segment_length=args.segment_length, sensory_size=args.sensory_size, cache_size=args.cache_size,
+                       memory_input_norm=args.memory_input_norm)
     model = HMT(backbone, config)
     if args.init:
         stage1 = load_checkpoint(args.init, backbone, merge_lora=args.tune == "full")
@@ -137,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sensory-size", type=int, default=32)
     p.add_argument("--cache-size", type=int, default=300)
     p.add_argument("--memory-tokens", type=int, default=16, help="RMT only")
+    p.add_argument("--memory-input-norm", choices=MEMORY_INPUT_NORMS, default="embedding",
+                   help="feed memory vectors at the token embeddings' norm, or as they are ('none', the paper's code)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-decay-every", type=int, default=100)
     p.add_argument("--lr-decay", type=float, default=0.7)

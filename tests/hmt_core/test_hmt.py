@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hmt_core import HMT, HMTConfig
 from hmt_core.backbone import final_hidden_states, lm_logits
@@ -162,3 +163,32 @@ def test_init_recall_ranks_by_whitened_similarity(backbone):
     assert int((query @ memories.T).argmax()) != 3
     scores = model.wq(summaries) @ model.wk(memories).T / model.config.recall_size ** 0.5
     assert 1.0 < float(scores.detach().std(dim=1).mean()) < 4.0
+
+
+@pytest.mark.parametrize("norm", ["embedding", "none"])
+def test_memory_vectors_enter_the_backbone_at_the_token_embeddings_norm(backbone, norm):
+    from hmt_core.backbone import embedding_norm
+    model = HMT(backbone, HMTConfig(memory_input_norm=norm))
+    memory = torch.randn(2, 32) * 40  # final hidden states are far louder than token embeddings
+    embeds, _, x_start = model.main_embeds(memory, torch.zeros(2, 0, dtype=torch.long), torch.randint(0, 400, (2, 5)))
+    want = torch.full((2,), embedding_norm(backbone)) if norm == "embedding" else memory.norm(dim=-1)
+    for position in (0, -1):
+        assert torch.allclose(embeds[:, position].norm(dim=-1), want, rtol=1e-4)
+    if norm == "embedding":
+        assert torch.allclose(F.normalize(embeds[:, 0], dim=-1), F.normalize(memory, dim=-1), atol=1e-5)
+
+
+def test_rmt_memory_enters_at_the_token_embeddings_norm(backbone):
+    from hmt_core import RMT, RMTConfig
+    from hmt_core.backbone import embedding_norm
+    model = RMT(backbone, RMTConfig(num_memory_tokens=2))
+    embeds, _, m = model.main_embeds(torch.randn(1, 2, 32) * 40, torch.randint(0, 400, (1, 5)))
+    assert torch.allclose(embeds[0, :m].norm(dim=-1), torch.full((2,), embedding_norm(backbone)), rtol=1e-4)
+
+
+def test_checkpoints_from_before_the_norm_option_feed_memories_as_they_are():
+    from hmt_core.config import config_from_dict
+    assert config_from_dict({"segment_length": 8, "kind": "hmt"}).memory_input_norm == "none"
+    assert HMTConfig().memory_input_norm == "embedding"
+    with pytest.raises(ValueError):
+        HMTConfig(memory_input_norm="loud")
