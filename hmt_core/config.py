@@ -10,6 +10,7 @@ MEMORY_INPUT_NORMS = ("embedding", "none")
 
 
 def check_memory_input_norm(value: str) -> None:
+    """Refuse an unknown memory_input_norm, so that a typo in a config does not pass silently."""
     if value not in MEMORY_INPUT_NORMS:
         raise ValueError(f"memory_input_norm must be one of {MEMORY_INPUT_NORMS}, not {value!r}")
 
