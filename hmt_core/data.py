@@ -12,10 +12,32 @@ import torch
 from .answer import chat_ids
 
 
+HUB_PREFIX = "hf:"
+
+
+def read_hub_texts(spec: str) -> list[str]:
+    """The 'text' column of a dataset's train split, via the `datasets` library: spec 'hf:NAME' or 'hf:NAME:CONFIG'
+    (a hub dataset id, which needs internet, or a local dataset folder)."""
+    try:
+        from datasets import load_dataset
+    except ImportError as err:
+        raise ValueError(f"{spec} needs the datasets library: pip install 'datasets>=4,<6'") from err
+    name, _, config = spec[len(HUB_PREFIX):].partition(":")
+    data = load_dataset(name, config or None, split="train")
+    if "text" not in data.column_names:
+        raise ValueError(f"{spec} has no 'text' column (columns: {data.column_names})")
+    return [t for t in data["text"] if t and t.strip()]
+
+
 def read_text_files(paths: list[str | Path]) -> list[str]:
-    """Texts from .txt files (whole file) and .jsonl files (the 'text' field of every line); folders are searched."""
+    """Texts from .txt files (whole file) and .jsonl files (the 'text' field of every line), folders searched, and
+    datasets named 'hf:NAME[:CONFIG]' (see read_hub_texts)."""
     texts = []
-    for path in map(Path, paths):
+    for spec in map(str, paths):
+        if spec.startswith(HUB_PREFIX):
+            texts += read_hub_texts(spec)
+            continue
+        path = Path(spec)
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
         for f in files:
             if f.suffix == ".jsonl":

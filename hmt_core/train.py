@@ -121,7 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stage", type=int, choices=[1, 2], default=2)
     p.add_argument("--init", default=None, help="stage-1 checkpoint to start stage 2 from")
     p.add_argument("--keep-recall", action="store_true", help="also keep T, Wq, Wk from --init")
-    p.add_argument("--texts", nargs="*", default=[], help=".txt/.jsonl files or folders for the LM objective")
+    p.add_argument("--texts", nargs="*", default=[],
+                   help="LM objective: .txt/.jsonl files or folders, or hf:NAME[:CONFIG] datasets (needs `datasets`)")
     p.add_argument("--squad", default=None, help="folder holding articles.jsonl and split.json (QA objective)")
     p.add_argument("--qa-fraction", type=float, default=0.5, help="share of steps that are QA when both exist")
     p.add_argument("--init-recall", type=int, default=0, metavar="WINDOWS",

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from hmt_core import load_checkpoint
-from hmt_core.data import LMWindows, SquadQA, collate
+from hmt_core.data import LMWindows, SquadQA, collate, read_text_files
 from hmt_core.train import main, recall_loss
 
 from conftest import CORPUS, make_backbone
@@ -127,3 +127,16 @@ def test_recall_loss_targets_the_answer_segment():
     weights = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     assert torch.allclose(recall_loss(weights, torch.tensor([0, -1])), -torch.log(torch.tensor(0.7)))
     assert recall_loss(weights, torch.tensor([-1, -1])) == 0
+
+
+def test_texts_come_from_files_folders_and_datasets(tmp_path):
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text("A whole book.")
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "train.jsonl").write_text('{"text": "first row"}\n{"text": ""}\n{"text": "second row"}\n')
+    assert read_text_files([tmp_path / "books"]) == ["A whole book."]
+    assert read_text_files([f"hf:{tmp_path / 'dataset'}"]) == ["first row", "second row"]  # as a hub id would load
+    (tmp_path / "nocol").mkdir()
+    (tmp_path / "nocol" / "train.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(ValueError, match="no 'text' column"):
+        read_text_files([f"hf:{tmp_path / 'nocol'}"])
