@@ -121,10 +121,10 @@ def main() -> None:
     sliding = next(v["ppl"] for n, v in results.items() if n.startswith("sliding"))
     result = {"model": args.model, "text": HELD_OUT, "tokens": len(ids), "config": vars(cfg), "machine": machine(),
               "wall_seconds": time.time() - started, "results": results}
-    lines = [f"Perplexity on the first {len(ids)} tokens of {HELD_OUT} (held out of every training run); backbone "
-             f"{args.model}, segment L={L}, N={cfg.cache_size}, k={k}; {time.time() - started:.0f} s on "
-             f"{machine()['cpu']}.", "", "| method | PPL | ratio to segment-only | ratio to sliding window |",
-             "|---|---|---|---|"]
+    header = (f"Perplexity on the first {len(ids)} tokens of {HELD_OUT} (held out of every training run); backbone "
+              f"{args.model}, segment L={L}, N={cfg.cache_size}, k={k}; {time.time() - started:.0f} s on "
+              f"{machine()['cpu']}.")
+    lines = [header, "", "| method | PPL | ratio to segment-only | ratio to sliding window |", "|---|---|---|---|"]
     for name, v in results.items():
         lines.append(f"| {name} | {v['ppl']:.2f} | {v['ppl'] / base:.3f} | {v['ppl'] / sliding:.3f} |")
     write_results("ppl", result, "\n".join(lines) + "\n")

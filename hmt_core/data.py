@@ -11,7 +11,6 @@ import torch
 
 from .answer import chat_ids
 
-
 HUB_PREFIX = "hf:"
 
 

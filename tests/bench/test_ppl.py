@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.ppl import blocks_nll, memory_nll
-from hmt_core import HMT, HMTConfig, RMT, RMTConfig
+from hmt_core import HMT, RMT, HMTConfig, RMTConfig
 
 
 def hf_nll(backbone, ids: list[int]) -> float:
