@@ -41,6 +41,14 @@ def long_text(min_chars: int) -> str:
     return text
 
 
+def training_steps(folder: str | Path) -> int | None:
+    """The training steps a checkpoint's metadata records: 'steps' for a run's final/, 'step' for its last/."""
+    from hmt_core.checkpoint import read_checkpoint_meta
+
+    extra = read_checkpoint_meta(folder).get("extra", {})
+    return extra.get("steps", extra.get("step"))
+
+
 def write_results(name: str, data: dict, table: str, folder: Path = RESULTS) -> None:
     """<folder>/<name>.json and <name>.md (folder: bench/results unless a test or a trial run says otherwise)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.common import RESULTS, machine, write_results
+from bench.common import RESULTS, machine, training_steps, write_results
 from bench.qa import full_context_messages, plain_answer
 from bench.recall import load_model
-from hmt_core import DEFAULT_BACKBONE, HMT, MemoryState, Reader, stream_answer
+from hmt_core import DEFAULT_BACKBONE, HMT, MemoryState, read_text, stream_answer
 from hmt_core.answer import MODES, chat_ids
-from hmt_core.checkpoint import read_checkpoint_meta
 
 if TYPE_CHECKING:
     import torch
@@ -69,10 +68,7 @@ def make_haystack(tokenizer: PreTrainedTokenizerBase, target_tokens: int, rng: r
 
 def read_haystack(model: HMT, tokenizer: PreTrainedTokenizerBase, text: str) -> MemoryState:
     """Read the whole haystack once into a memory that keeps every segment recallable."""
-    reader = Reader(model, tokenizer, model.new_state(keep=KEEP))
-    reader.feed(text, source="haystack")
-    reader.finish()
-    return reader.state
+    return read_text(model, tokenizer, text, "haystack", model.new_state(keep=KEEP))
 
 
 def needle_segment(state: MemoryState, char: int) -> int:
@@ -220,10 +216,7 @@ def run_benchmark(model: HMT, tokenizer: PreTrainedTokenizerBase, settings: dict
 
 def settings_for(args: argparse.Namespace, model: HMT) -> dict:
     """What a resumed run must share with the saved trials: backbone, weights, config, seed, question, decoding."""
-    steps = None
-    if args.hmt_weights:
-        extra = read_checkpoint_meta(args.hmt_weights).get("extra", {})
-        steps = extra.get("steps", extra.get("step"))
+    steps = training_steps(args.hmt_weights) if args.hmt_weights else None
     return {"model": args.model, "hmt_weights": args.hmt_weights, "hmt_steps": steps, "config": vars(model.config),
             "seed": args.seed, "question": QUESTION, "max_new_tokens": args.max_new_tokens,
             "window": model.backbone.config.max_position_embeddings, "keep": KEEP}

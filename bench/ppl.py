@@ -22,10 +22,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.common import DATA, machine, write_results
+from bench.common import DATA, machine, training_steps, write_results
 from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, load_backbone, load_checkpoint
 from hmt_core.backbone import final_hidden_states, lm_logits
-from hmt_core.checkpoint import read_checkpoint_meta
 
 HELD_OUT = "austen_persuasion"
 
@@ -77,8 +76,8 @@ def describe(folder: str | None) -> str:
     """'untrained' or the checkpoint's folder and training steps."""
     if not folder:
         return "untrained"
-    extra = read_checkpoint_meta(folder).get("extra", {})
-    return f"{folder} ({extra.get('steps', extra.get('step', '?'))} steps)"
+    steps = training_steps(folder)
+    return f"{folder} ({'?' if steps is None else steps} steps)"
 
 
 def main() -> None:
