@@ -133,7 +133,7 @@ def main() -> None:
         for qi, q in enumerate(questions):
             gold = gold_segments(state, q)
             ids = chat_ids(tokenizer, [{"role": "user", "content": q["question"]}])  # the query stream_answer uses
-            _, weights = model.begin_segment(state, [], query_ids=ids)
+            weights = model.recall_weights(state, ids)
             rankings = {
                 "hmt": torch.argsort(weights, descending=True).tolist(),
                 "bm25": torch.argsort(torch.tensor(bm25_scores(q["question"], texts)), descending=True).tolist(),

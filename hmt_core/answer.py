@@ -191,7 +191,7 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length
     if mode == "reread":
-        _, weights = model.begin_segment(work, [], query_ids=question_ids)
+        weights = model.recall_weights(work, question_ids)
         passages = recall_passages(work, weights if ranking is None else ranking, top_segments)
         yield AnswerEvent("recall", weights=weights, passages=passages)
         # The prompt is the passages and the question alone: a recalled P in front of it cost answers (contains-match

@@ -83,9 +83,7 @@ class SquadQA:
         self.tokenizer = tokenizer
         self.window = doc_segments * segment_length
         self.segment_length = segment_length
-        end_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.end = [end_turn] if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id else \
-            [tokenizer.eos_token_id]
+        self.end = self.end_tokens(tokenizer)
         self.articles = []  # (ids, [(answer token, question, answer)])
         for article in articles:
             enc = tokenizer(article["context"], add_special_tokens=False, return_offsets_mapping=True)
@@ -93,6 +91,13 @@ class SquadQA:
             questions = [(next(i for i, e in enumerate(ends) if e > q["answer_starts"][0]), q["question"],
                           q["answers"][0]) for q in article["questions"]]
             self.articles.append((enc["input_ids"], questions))
+
+    @staticmethod
+    def end_tokens(tokenizer) -> list[int]:
+        """What closes an answer: the chat template's end of turn, or EOS when the vocabulary has none."""
+        end_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        return [end_turn] if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id else \
+            [tokenizer.eos_token_id]
 
     def sample_window(self, rng: random.Random, max_questions: int) -> tuple[list[int], list[Example]]:
         """A window of the document (as token ids) and up to max_questions examples about it."""
@@ -109,6 +114,45 @@ class SquadQA:
             examples.append(Example(prompt + reply, [-100] * len(prompt) + reply,
                                     (token - start) // self.segment_length))
         return ids[start:start + self.window], examples
+
+
+class PasskeyQA:
+    """Synthetic recall practice: a window of training text with one needle ("The pass key is 12345. Remember it.
+    ...") placed inside a random segment, then questions whose answer is the key. The filler is real prose, not the
+    repeated sentences of the passkey benchmark, and the benchmark's question is not among these."""
+
+    NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+    QUESTIONS = ("What is the pass key?", "Which number is the pass key mentioned in the text?",
+                 "Tell me the pass key.", "What pass key should I remember?")
+
+    def __init__(self, tokenizer, texts_ids: list[list[int]], doc_segments: int, segment_length: int):
+        self.tokenizer = tokenizer
+        self.segment_length = segment_length
+        self.doc_segments = doc_segments
+        self.texts_ids = [ids for ids in texts_ids if len(ids) >= doc_segments * segment_length]
+        if not self.texts_ids:
+            raise ValueError(f"every text is shorter than a passkey window of {doc_segments * segment_length} tokens")
+        self.end = SquadQA.end_tokens(tokenizer)
+
+    def sample_window(self, rng: random.Random, max_questions: int) -> tuple[list[int], list[Example]]:
+        """A window of prose with the needle inside segment `answer_segment`, and up to max_questions examples."""
+        key = str(rng.randint(10000, 99999))
+        needle = self.tokenizer(" " + self.NEEDLE.format(key=key) + " ", add_special_tokens=False)["input_ids"]
+        L = self.segment_length
+        if len(needle) > L:
+            raise ValueError(f"the needle ({len(needle)} tokens) does not fit a segment of {L}")
+        ids = rng.choice(self.texts_ids)
+        start = rng.randrange(len(ids) - self.doc_segments * L + 1)
+        window = ids[start:start + self.doc_segments * L - len(needle)]
+        segment = rng.randrange(self.doc_segments)
+        at = segment * L + rng.randrange(L - len(needle) + 1)
+        window = window[:at] + needle + window[at:]
+        reply = self.tokenizer(key, add_special_tokens=False)["input_ids"] + self.end
+        examples = []
+        for question in rng.sample(self.QUESTIONS, min(max_questions, len(self.QUESTIONS))):
+            prompt = chat_ids(self.tokenizer, [{"role": "user", "content": question}])
+            examples.append(Example(prompt + reply, [-100] * len(prompt) + reply, segment))
+        return window, examples
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

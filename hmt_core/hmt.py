@@ -362,6 +362,12 @@ class HMT(nn.Module):
         return SegmentResult(new_memory, weights, logits)
 
     @torch.no_grad()
+    def recall_weights(self, state: MemoryState, query_ids: list[int]) -> torch.Tensor | None:
+        """Recall weights over every segment read so far for a query (its summary pass and memory search only),
+        or None with an empty cache: what re-read answering and the recall benchmark rank segments by."""
+        return self._recall_state(state, query_ids)[1]
+
+    @torch.no_grad()
     def begin_segment(self, state: MemoryState, ids: list[int], query_ids: list[int] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Inputs for generating after ids: [P, emb(sensory), emb(ids)] with P recalled for query_ids (default ids).

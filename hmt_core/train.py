@@ -10,6 +10,8 @@ Stage 1 passes each memory embedding straight to the next segment (no recall) ov
 stage 1's initial memory with fresh T, Wq, Wk and recall, unrolled over --segments. The loss is the LM cross-entropy
 on every segment's tokens (--loss-on last: only the final segment's), or on the answer tokens for QA rows, plus an
 optional recall loss (cross-entropy of the final segment's recall weights toward the segment holding the answer).
+QA rows come from SQuAD articles (--squad) and, with --passkey-fraction, from synthetic passkeys hidden in the
+--texts prose (a 5-digit key to recall from the segment that holds it).
 --tune frozen trains the memory parameters only; --tune lora also trains LoRA adapters on the backbone's linear layers
 (saved in the checkpoint and merged into the backbone by load_checkpoint); --tune full trains the whole backbone.
 The run resumes from out/last when it exists; metrics go to out/log.jsonl.
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from .backbone import DEFAULT_BACKBONE, load_backbone
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .config import MEMORY_INPUT_NORMS, HMTConfig, RMTConfig
-from .data import LMWindows, SquadQA, collate, read_text_files
+from .data import Example, LMWindows, PasskeyQA, SquadQA, collate, read_text_files
 from .hmt import HMT
 from .lora import add_lora, lora_parameters
 from .rmt import RMT
@@ -81,11 +83,11 @@ def init_recall_from_windows(model: HMT, qa: SquadQA, windows: int, rng: random.
     for _ in range(windows):
         window, examples = qa.sample_window(rng, 32)
         memories.append(read_window(model, window)[0][0])
-        for e in examples:
-            question = [t for t, label in zip(e.input_ids, e.labels) if label == -100]
-            summaries.append(model.summarize(torch.tensor([question[:model.config.summary_length]],
-                                                          device=model.device))[0])
-    model.init_recall(torch.stack(summaries), torch.cat(memories))
+        questions = [[t for t, label in zip(e.input_ids, e.labels) if label == -100][:model.config.summary_length]
+                     for e in examples]  # the question alone, as recall is queried when answering
+        batch = collate([Example(q, q) for q in questions], pad_id=0)
+        summaries.append(model.summarize(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)))
+    model.init_recall(torch.cat(summaries), torch.cat(memories))
 
 
 @torch.no_grad()
@@ -125,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="LM objective: .txt/.jsonl files or folders, or hf:NAME[:CONFIG] datasets (needs `datasets`)")
     p.add_argument("--squad", default=None, help="folder holding articles.jsonl and split.json (QA objective)")
     p.add_argument("--qa-fraction", type=float, default=0.5, help="share of steps that are QA when both exist")
+    p.add_argument("--passkey-fraction", type=float, default=0.0,
+                   help="share of QA steps that are synthetic passkeys hidden in the --texts prose")
     p.add_argument("--init-recall", type=int, default=0, metavar="WINDOWS",
                    help="before training, start Wq, Wk as whitened similarity estimated on this many QA windows")
     p.add_argument("--questions-per-window", type=int, default=8,
@@ -200,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         articles = [json.loads(x) for x in (Path(args.squad) / "articles.jsonl").read_text().splitlines() if x]
         train_titles = set(json.loads((Path(args.squad) / "split.json").read_text())["train"])
         qa = SquadQA(tokenizer, [a for a in articles if a["title"] in train_titles], args.segments - 1, L)
+    passkeys = PasskeyQA(tokenizer, lm.ids, args.segments - 1, L) if lm and args.passkey_fraction > 0 else None
     if lm is None and qa is None:
         raise SystemExit("give --texts and/or --squad")
     mode = "direct" if args.stage == 1 or args.kind == "rmt" else "recall"
@@ -211,11 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     bar = tqdm(total=args.steps, initial=step, disable=not accelerator.is_local_main_process)
     started = time.time()
     while step < args.steps:
-        use_qa = qa is not None and (lm is None or args.rng.random() < args.qa_fraction)
+        use_qa = (qa or passkeys) is not None and (lm is None or args.rng.random() < args.qa_fraction)
+        source = passkeys if passkeys and (qa is None or args.rng.random() < args.passkey_fraction) else qa
         t0 = time.time()
         extra = {}
         if use_qa:
-            window, examples = qa.sample_window(args.rng, args.questions_per_window)
+            window, examples = source.sample_window(args.rng, args.questions_per_window)
             memory_cache, sensory = read_window(core, window)
             extra = {"memory_cache": memory_cache.expand(len(examples), -1, -1),
                      "sensory_ids": sensory.expand(len(examples), -1)}
@@ -238,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.zero_grad()
         step += 1
         tokens = int(batch["attention_mask"].sum()) + (len(window) if use_qa else 0)
-        record = {"step": step, "kind": "qa" if use_qa else "lm", "loss": output.loss.item(),
+        kind = ("passkey" if source is passkeys else "qa") if use_qa else "lm"
+        record = {"step": step, "kind": kind, "loss": output.loss.item(),
                   "recall_loss": r_loss.item(), "lr": scheduler.get_last_lr()[0], "tokens": tokens,
                   "tokens_per_s": tokens / (time.time() - t0), "elapsed_s": time.time() - started}
         log.write(json.dumps(record) + "\n")

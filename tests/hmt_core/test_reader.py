@@ -121,5 +121,7 @@ def test_a_state_can_keep_more_memories_than_reading_recalls_over(backbone):
     assert state.cache.shape[0] == 10  # everything kept
     last = results[-1].recall_weights  # reading recalled over the newest N = 3 only, as in training
     assert torch.all(last[:6] == 0) and torch.allclose(last[6:].sum(), torch.tensor(1.0))
-    _, weights = model.begin_segment(state, [], query_ids=[1, 2, 3])  # answering recalls over all ten
+    weights = model.recall_weights(state, [1, 2, 3])  # answering recalls over all ten
     assert weights.shape == (10,) and torch.all(weights > 0)
+    assert torch.equal(weights, model.begin_segment(state, [], query_ids=[1, 2, 3])[1])
+    assert model.recall_weights(model.new_state(), [1, 2, 3]) is None

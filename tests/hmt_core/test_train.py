@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from hmt_core import load_checkpoint
-from hmt_core.data import LMWindows, SquadQA, collate, read_text_files
+from hmt_core.data import LMWindows, PasskeyQA, SquadQA, collate, read_text_files
 from hmt_core.train import main, recall_loss
 
 from conftest import CORPUS, make_backbone
@@ -102,6 +102,55 @@ def test_qa_examples_point_at_the_segment_holding_the_answer(tokenizer, data):
         assert " 4" in tokenizer.decode(segment)  # the first token of the answer "4711"
         answer = [t for t, label in zip(ex.input_ids, ex.labels) if label != -100]
         assert tokenizer.decode(answer).startswith("4711")
+
+
+def test_passkey_examples_hide_the_key_in_the_segment_they_point_at(tokenizer):
+    windows = LMWindows(tokenizer, [" ".join(CORPUS * 20)], 256)
+    passkeys = PasskeyQA(tokenizer, windows.ids, doc_segments=4, segment_length=48)
+    rng = random.Random(0)
+    segments = set()
+    for _ in range(20):
+        window, examples = passkeys.sample_window(rng, max_questions=8)
+        assert len(window) == 192 and len(examples) == len(PasskeyQA.QUESTIONS)
+        key = tokenizer.decode([t for t, label in zip(examples[0].input_ids, examples[0].labels) if label != -100])
+        segment = examples[0].answer_segment
+        segments.add(segment)
+        assert all(e.answer_segment == segment for e in examples)
+        assert f"pass key is {key[:5]}" in tokenizer.decode(window[segment * 48:(segment + 1) * 48])
+        assert key[:5].isdigit() and key[:5] not in tokenizer.decode(window[:segment * 48])
+    assert segments == {0, 1, 2, 3}
+
+
+def test_passkey_steps_are_logged_as_such(tiny_folder, data, tmp_path):
+    _run(tiny_folder, data, tmp_path / "run", "--steps", "6", "--qa-fraction", "1", "--passkey-fraction", "0.5",
+         "--segment-length", "48")
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert set(kinds) == {"qa", "passkey"}
+
+
+def test_init_recall_summarises_questions_in_padded_batches_as_one_at_a_time(tokenizer, data):
+    from hmt_core import HMT, HMTConfig
+    from hmt_core.train import init_recall_from_windows, read_window
+    article = json.loads((data / "squad" / "articles.jsonl").read_text())
+    article["questions"] += [{"id": "2", "question": "Which number did the story give as the passkey, please?",
+                              "answers": ["4711"], "answer_starts": [article["context"].index("4711")]}]
+    qa = SquadQA(tokenizer, [article], doc_segments=3, segment_length=64)
+    torch.manual_seed(0)
+    model = HMT(make_backbone("llama"), HMTConfig(segment_length=64, sensory_size=4))
+    seen = {}
+    model.init_recall = lambda summaries, memories: seen.update(summaries=summaries, memories=memories)
+    init_recall_from_windows(model, qa, 4, random.Random(0))
+    rng, summaries, memories, lengths = random.Random(0), [], [], set()
+    for _ in range(4):
+        window, examples = qa.sample_window(rng, 32)
+        memories.append(read_window(model, window)[0][0])
+        for e in examples:
+            question = [t for t, label in zip(e.input_ids, e.labels) if label == -100][:32]
+            lengths.add(len(question))
+            summaries.append(model.summarize(torch.tensor([question]))[0])
+    assert lengths == {21, 32}  # so the batches hold padding
+    assert seen["summaries"].shape == (8, 32) and torch.equal(seen["memories"], torch.cat(memories))
+    assert torch.allclose(seen["summaries"], torch.stack(summaries), atol=1e-5)
 
 
 def test_continuing_from_a_read_memory_equals_reading_in_one_forward(backbone):
