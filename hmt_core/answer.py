@@ -237,7 +237,7 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
             break
         else:
             step = model.embed(torch.tensor([[token]]))
-            hidden, kv = final_hidden_states(backbone, step, past_key_values=kv, use_cache=True)
+            hidden, kv = final_hidden_states(backbone, step, cache=kv, use_cache=True)
             length += 1
     yield AnswerEvent("done", text=decoder.text, ids=decoder.ids)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -138,15 +139,17 @@ def embedding_size(model: nn.Module) -> int:
 
 
 def final_hidden_states(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                        position_ids: torch.Tensor | None = None, past_key_values=None,
+                        position_ids: torch.Tensor | None = None, cache=None,
                         use_cache: bool = False) -> tuple[torch.Tensor, object]:
     """Run the backbone's decoder stack only (no LM head) and return (last hidden states after the final norm, kv cache).
 
     Keeping only the last layer avoids the reference code's output_hidden_states=True, which holds every layer.
+    transformers 5 renamed `past_key_values` to `cache` (the old name goes in 5.40); both are handled.
     """
+    name = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
     out = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                           past_key_values=past_key_values, use_cache=use_cache)
-    return out.last_hidden_state, (out.past_key_values if use_cache else None)
+                           use_cache=use_cache, **{name: cache})
+    return out.last_hidden_state, (getattr(out, name) if use_cache else None)
 
 
 def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

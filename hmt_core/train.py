@@ -40,11 +40,12 @@ from .rmt import RMT
 def build_model(args: argparse.Namespace, backbone) -> HMT | RMT:
     """A fresh HMT or RMT, or stage 2 from a stage-1 checkpoint (keeping its initial memory and LoRA adapters, fresh
     T, Wq, Wk)."""
+    norm = {"memory_input_norm": args.memory_input_norm} if args.memory_input_norm else {}  # else the kind's default
     if args.kind == "rmt":
         return RMT(backbone, RMTConfig(segment_length=args.segment_length, num_memory_tokens=args.memory_tokens,
-                                       memory_input_norm=args.memory_input_norm))
+                                       **norm))
     config = HMTConfig(segment_length=args.segment_length, sensory_size=args.sensory_size, cache_size=args.cache_size,
-                       memory_input_norm=args.memory_input_norm)
+                       **norm)
     model = HMT(backbone, config)
     if args.init:
         stage1 = load_checkpoint(args.init, backbone, merge_lora=args.tune == "full")
@@ -144,8 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sensory-size", type=int, default=32)
     p.add_argument("--cache-size", type=int, default=300)
     p.add_argument("--memory-tokens", type=int, default=16, help="RMT only")
-    p.add_argument("--memory-input-norm", choices=MEMORY_INPUT_NORMS, default="embedding",
-                   help="feed memory vectors at the token embeddings' norm, or as they are ('none', the paper's code)")
+    p.add_argument("--memory-input-norm", choices=MEMORY_INPUT_NORMS, default=None,
+                   help="feed memory vectors at the token embeddings' norm, or as they are ('none', the paper's code); "
+                        "default: HMT none (better recall), RMT embedding")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-decay-every", type=int, default=100)
     p.add_argument("--lr-decay", type=float, default=0.7)

@@ -189,6 +189,6 @@ def test_rmt_memory_enters_at_the_token_embeddings_norm(backbone):
 def test_checkpoints_from_before_the_norm_option_feed_memories_as_they_are():
     from hmt_core.config import config_from_dict
     assert config_from_dict({"segment_length": 8, "kind": "hmt"}).memory_input_norm == "none"
-    assert HMTConfig().memory_input_norm == "embedding"
+    assert HMTConfig().memory_input_norm == "none"  # 'embedding' cost recall on SmolLM2 (config docstring)
     with pytest.raises(ValueError):
         HMTConfig(memory_input_norm="loud")

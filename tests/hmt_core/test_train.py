@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from hmt_core import load_checkpoint
 from hmt_core.data import LMWindows, PasskeyQA, SquadQA, collate, read_text_files
-from hmt_core.train import main, recall_loss
+from hmt_core.train import build_model, main, parse_args, recall_loss
 
 from conftest import CORPUS, make_backbone
 
@@ -53,6 +53,14 @@ def test_training_runs_logs_saves_and_resumes(tiny_folder, data, tmp_path):
     _run(tiny_folder, data, tmp_path / "again", "--steps", "4")
     again = load_checkpoint(tmp_path / "again" / "final", make_backbone("llama"))
     assert torch.allclose(again.wq.weight, model.wq.weight, atol=1e-6)
+
+
+def test_memory_input_norm_defaults_to_each_kinds_own_and_can_be_set(backbone):
+    def norm(*argv):
+        return build_model(parse_args(["--out", "x", *argv]), backbone).config.memory_input_norm
+    assert norm() == "none" and norm("--kind", "rmt") == "embedding"
+    assert norm("--memory-input-norm", "embedding") == "embedding"
+    assert norm("--kind", "rmt", "--memory-input-norm", "none") == "none"
 
 
 def test_lora_training_saves_adapters_and_resumes_like_an_uninterrupted_run(tiny_folder, data, tmp_path):
