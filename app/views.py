@@ -46,6 +46,12 @@ def highlight(text: str, words: list[str]) -> str:
     return "".join(out)
 
 
+def reflow(text: str) -> str:
+    """Text with the line wraps of a PDF page joined into running lines; blank lines stay paragraph breaks."""
+    paragraphs = re.split(r"\n\s*\n", text)
+    return "\n\n".join(re.sub(r"[ \t]*\n[ \t]*", " ", p.strip()) for p in paragraphs if p.strip())
+
+
 def pages_label(start: int | None, end: int | None) -> str:
     """'p. 4', 'pp. 4-5' or '' for sources without pages."""
     if start is None:
@@ -101,7 +107,8 @@ def passages_html(state: MemoryState | None, passages: list[Passage], question: 
         blocks.append(
             f'<div class="hmt-passage"><div class="hmt-where"><b>[{n}] {html.escape(where(passage))}</b> · '
             f'{html.escape(location(state, passage))} · '
-            f'recall weight {passage.weight:.3f}</div><div class="hmt-text">{highlight(passage.text, words)}</div></div>')
+            f'recall weight {passage.weight:.3f}</div>'
+            f'<div class="hmt-text">{highlight(reflow(passage.text), words)}</div></div>')
     return '<div class="hmt-passages">' + "".join(blocks) + "</div>"
 
 

@@ -49,6 +49,14 @@ def training_steps(folder: str | Path) -> int | None:
     return extra.get("steps", extra.get("step"))
 
 
+def describe_weights(folder: str | None) -> str:
+    """For table headers and rows: 'untrained', or the checkpoint's folder and its training steps."""
+    if not folder:
+        return "untrained"
+    steps = training_steps(folder)
+    return f"{folder} ({'?' if steps is None else steps} steps)"
+
+
 def write_results(name: str, data: dict, table: str, folder: Path = RESULTS) -> None:
     """<folder>/<name>.json and <name>.md (folder: bench/results unless a test or a trial run says otherwise)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.common import DATA, machine, training_steps, write_results
+from bench.common import DATA, describe_weights, machine, write_results
 from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, load_backbone, load_checkpoint
 from hmt_core.backbone import final_hidden_states, lm_logits
 
@@ -72,14 +72,6 @@ def memory_nll(model, ids: list[int], mode: str) -> tuple[float, int]:
     return float(out.loss) * out.num_tokens, out.num_tokens
 
 
-def describe(folder: str | None) -> str:
-    """'untrained' or the checkpoint's folder and training steps."""
-    if not folder:
-        return "untrained"
-    steps = training_steps(folder)
-    return f"{folder} ({'?' if steps is None else steps} steps)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_BACKBONE)
@@ -105,11 +97,11 @@ def main() -> None:
         "HMT untrained": lambda: memory_nll(untrained, ids, "recall"),
     }
     if args.hmt_weights:
-        runs[f"HMT {describe(args.hmt_weights)}"] = lambda: memory_nll(load_checkpoint(args.hmt_weights, backbone),
-                                                                       ids, "recall")
+        hmt = args.hmt_weights
+        runs[f"HMT {describe_weights(hmt)}"] = lambda: memory_nll(load_checkpoint(hmt, backbone), ids, "recall")
     if args.rmt_weights:
-        runs[f"RMT {describe(args.rmt_weights)}"] = lambda: memory_nll(load_checkpoint(args.rmt_weights, backbone),
-                                                                       ids, "direct")
+        rmt = args.rmt_weights
+        runs[f"RMT {describe_weights(rmt)}"] = lambda: memory_nll(load_checkpoint(rmt, backbone), ids, "direct")
     results, started = {}, time.time()
     for name, run in runs.items():
         t0 = time.time()

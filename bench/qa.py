@@ -19,7 +19,7 @@ from collections import Counter
 
 import torch
 
-from bench.common import machine, write_results
+from bench.common import describe_weights, machine, write_results
 from bench.recall import MiniLM, bm25_scores, eval_articles, load_model, read_article
 from hmt_core import DEFAULT_BACKBONE, stream_answer
 from hmt_core.answer import SYSTEM_PROMPT, chat_ids
@@ -118,8 +118,10 @@ def main() -> None:
               "scores": {m: {"contains": c / n, "f1": f / n} for m, (c, f) in totals.items()}, "rows": rows}
     lines = [f"QA on {n} questions ({args.questions_per_article} per held-out SQuAD article, the whole article as "
              f"the document; {truncated} articles longer than the {window}-token window were cut for full context); "
-             f"backbone {args.model}, segment {model.config.segment_length}, k {model.config.sensory_size}, "
-             f"HMT weights {args.hmt_weights or 'untrained'}, greedy, {args.max_new_tokens} new tokens.", "",
+             f"backbone {args.model}, segment L {model.config.segment_length}, cache N {model.config.cache_size} "
+             f"while reading (recall ranks every segment), sensory k {model.config.sensory_size}, HMT weights "
+             f"{describe_weights(args.hmt_weights)}, greedy, {args.max_new_tokens} new tokens; "
+             f"{result['wall_seconds']:.0f} s on {result['machine']['cpu']}, {result['machine']['cores']} cores.", "",
              "| method | contains | token F1 |", "|---|---|---|"]
     for m in args.methods:
         lines.append(f"| {m} | {result['scores'][m]['contains']:.3f} | {result['scores'][m]['f1']:.3f} |")

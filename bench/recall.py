@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import DATA, machine, write_results
+from bench.common import DATA, describe_weights, machine, write_results
 from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, Reader, load_backbone, load_checkpoint
 from hmt_core.answer import chat_ids
 
@@ -149,9 +149,12 @@ def main() -> None:
     result = {"model": args.model, "hmt_weights": args.hmt_weights, "config": vars(model.config),
               "machine": machine(), "questions": total, "articles": per_article, "wall_seconds": time.time() - started,
               "hit": {m: {"hit@1": c[0] / total, "hit@3": c[1] / total} for m, c in counts.items()}}
+    cfg = model.config
     lines = [f"Recall on {total} questions of {len(articles)} held-out SQuAD articles (whole article as the document); "
-             f"backbone {args.model}, segment {model.config.segment_length}, k {model.config.sensory_size}, "
-             f"HMT weights {args.hmt_weights or 'untrained'}.", "", "| ranking | hit@1 | hit@3 |", "|---|---|---|"]
+             f"backbone {args.model}, segment L {cfg.segment_length}, cache N {cfg.cache_size} while reading (recall "
+             f"ranks every segment), sensory k {cfg.sensory_size}, HMT weights {describe_weights(args.hmt_weights)}; "
+             f"{result['wall_seconds']:.0f} s on {result['machine']['cpu']}, {result['machine']['cores']} cores.",
+             "", "| ranking | hit@1 | hit@3 |", "|---|---|---|"]
     for m in ("hmt", "bm25", "minilm", "random"):
         lines.append(f"| {m} | {result['hit'][m]['hit@1']:.3f} | {result['hit'][m]['hit@3']:.3f} |")
     write_results("recall" if args.hmt_weights else "recall_untrained", result, "\n".join(lines) + "\n")
