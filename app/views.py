@@ -47,7 +47,8 @@ def highlight(text: str, words: list[str]) -> str:
 
 
 def reflow(text: str) -> str:
-    """Text with the line wraps of a PDF page joined into running lines; blank lines stay paragraph breaks."""
+    """Text with its hard line wraps (PDF pages, wrapped text files) joined into running lines; blank lines stay
+    paragraph breaks."""
     paragraphs = re.split(r"\n\s*\n", text)
     return "\n\n".join(re.sub(r"[ \t]*\n[ \t]*", " ", p.strip()) for p in paragraphs if p.strip())
 
