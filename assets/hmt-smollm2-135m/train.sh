@@ -8,7 +8,7 @@ RUNS=${RUNS:-runs/hmt-smollm2-135m}
 TEXTS="data/text/austen_emma.txt data/text/austen_mansfieldpark.txt data/text/austen_northangerabbey.txt
        data/text/austen_prideprejudice.txt data/text/austen_sensesensibility.txt data/text/mobydick.txt
        data/text/bible.txt"
-# --memory-input-norm none: these weights predate the default that feeds memories at the token embeddings' norm.
+# --memory-input-norm none: memories fed as they are (HMT's default again; 'embedding' cost recall, see README).
 # Stage 1: memory passed straight on (no recall), 2 segments; with a frozen backbone only the initial memory learns.
 python -m hmt_core.train --stage 1 --texts $TEXTS --out "$RUNS/stage1" --steps 60 --segments 2 --lr 1e-3 \
     --memory-input-norm none
