@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from bench.common import RESULTS, describe_weights, machine, write_results
 from bench.passkey import QUESTION, make_haystack, needle_segment, rank_of, read_haystack
-from bench.recall import load_model
-from hmt_core import DEFAULT_BACKBONE, HMT
+from bench.recall import add_model_arguments, load_model
+from hmt_core import HMT
 from hmt_core.answer import chat_ids
 
 
@@ -66,9 +66,7 @@ def needle_trial(model: HMT, tokenizer, tokens: int, rng: random.Random) -> tupl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_BACKBONE)
-    parser.add_argument("--hmt-weights", default=None)
-    parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
+    add_model_arguments(parser)
     parser.add_argument("--tokens", type=int, default=4000)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--seed", type=int, default=1, help="of the haystacks (keys and depths)")

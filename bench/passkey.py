@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from bench.common import RESULTS, machine, training_steps, write_results
 from bench.qa import full_context_messages, plain_answer
-from bench.recall import load_model
-from hmt_core import DEFAULT_BACKBONE, HMT, MemoryState, read_text, stream_answer
+from bench.recall import add_model_arguments, load_model
+from hmt_core import HMT, MemoryState, read_text, stream_answer
 from hmt_core.answer import MODES, chat_ids
 
 if TYPE_CHECKING:
@@ -224,9 +224,7 @@ def settings_for(args: argparse.Namespace, model: HMT) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_BACKBONE)
-    parser.add_argument("--hmt-weights", default=None)
-    parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
+    add_model_arguments(parser)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 4000, 16000, 64000, 128000])
     parser.add_argument("--trials", type=int, default=10, help="per length")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))

@@ -20,8 +20,8 @@ from collections import Counter
 import torch
 
 from bench.common import describe_weights, machine, write_results
-from bench.recall import MiniLM, bm25_scores, eval_articles, load_model, read_article
-from hmt_core import DEFAULT_BACKBONE, stream_answer
+from bench.recall import MiniLM, add_model_arguments, bm25_scores, eval_articles, load_model, read_article
+from hmt_core import stream_answer
 from hmt_core.answer import SYSTEM_PROMPT, chat_ids
 
 METHODS = ("full_context", "segment_only", "hmt_faithful", "hmt_reread", "minilm_reread", "bm25_reread")
@@ -69,9 +69,7 @@ def full_context_messages(tokenizer, context: str, question: str, window: int, r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_BACKBONE)
-    parser.add_argument("--hmt-weights", default=None)
-    parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
+    add_model_arguments(parser)
     parser.add_argument("--questions-per-article", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--methods", nargs="*", default=list(METHODS))

@@ -80,6 +80,13 @@ def eval_articles() -> list[dict]:
     return [a for a in load_squad(DATA) if a["title"] in set(split["eval"])]
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options load_model reads: --model, --hmt-weights and, for fresh parameters, --segment-length."""
+    parser.add_argument("--model", default=DEFAULT_BACKBONE)
+    parser.add_argument("--hmt-weights", default=None)
+    parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
+
+
 def load_model(args: argparse.Namespace):
     """(HMT, tokenizer): the given weights, else fresh parameters with a fixed seed."""
     backbone, tokenizer = load_backbone(args.model, device="cpu")
@@ -113,10 +120,8 @@ def hits(ranking: list[int], gold: set[int]) -> tuple[bool, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_BACKBONE)
-    parser.add_argument("--hmt-weights", default=None)
+    add_model_arguments(parser)
     parser.add_argument("--max-questions", type=int, default=40, help="per article (the first ones)")
-    parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
     args = parser.parse_args()
     articles = eval_articles()
     model, tokenizer = load_model(args)
