@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import logging
@@ -138,6 +139,13 @@ def embedding_size(model: nn.Module) -> int:
     return model.get_input_embeddings().weight.shape[1]
 
 
+@functools.cache
+def cache_argument(model_class: type) -> str:
+    """The name a decoder's forward takes its kv cache by: 'cache' (transformers >= 5.x) or 'past_key_values';
+    looked up once per class, since final_hidden_states runs for every generated token."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def final_hidden_states(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                         position_ids: torch.Tensor | None = None, cache=None,
                         use_cache: bool = False) -> tuple[torch.Tensor, object]:
@@ -146,7 +154,7 @@ def final_hidden_states(model: nn.Module, inputs_embeds: torch.Tensor, attention
     Keeping only the last layer avoids the reference code's output_hidden_states=True, which holds every layer.
     transformers 5 renamed `past_key_values` to `cache` (the old name goes in 5.40); both are handled.
     """
-    name = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+    name = cache_argument(type(model.base_model))
     out = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=use_cache, **{name: cache})
     return out.last_hidden_state, (getattr(out, name) if use_cache else None)
