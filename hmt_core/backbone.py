@@ -7,6 +7,8 @@ import importlib.util
 import inspect
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -158,6 +160,40 @@ def final_hidden_states(model: nn.Module, inputs_embeds: torch.Tensor, attention
     out = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=use_cache, **{name: cache})
     return out.last_hidden_state, (getattr(out, name) if use_cache else None)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The backbone's list of decoder layers (Llama/Mistral/Qwen `layers`, GPT-2 `h`, OPT `decoder.layers`)."""
+    base = model.base_model
+    for path in ("layers", "h", "decoder.layers"):
+        module = base
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+@contextmanager
+def capture_hidden(model: nn.Module, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Inside the block, out[i] holds the hidden states [B, n, d] after decoder layer i (1-based, so i matches
+    output_hidden_states' indexing) of the latest backbone call; only the layers asked for are kept."""
+    out: dict[int, torch.Tensor] = {}
+    modules = decoder_layers(model)
+    handles = []
+    for i in layers:
+        if not 1 <= i <= len(modules):
+            raise ValueError(f"layer {i} is outside 1..{len(modules)}")
+
+        def keep(_module, _inputs, output, i=i):
+            out[i] = output[0] if isinstance(output, tuple) else output
+
+        handles.append(modules[i - 1].register_forward_hook(keep))
+    try:
+        yield out
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 # Memory vectors are final hidden states: on SmolLM2-135M their norm is about 55 against about 3.2 for a token
 # embedding, so fed back as they are they drown the tokens around them (reading got worse than with no memory).
 MEMORY_INPUT_NORMS = ("embedding", "none")
+RECALL_CHANNELS = ("memory", "lexical", "token")
 
 
 def check_memory_input_norm(value: str) -> None:
@@ -21,7 +22,12 @@ class HMTConfig:
     tokens in the summary pass, h = recall width (None: the backbone's MLP width, else d), N cached memories.
     memory_input_norm 'none' feeds memory vectors to the backbone as they are (the paper's code); 'embedding' feeds
     them at the mean norm of its token embeddings. On SmolLM2-135M 'embedding' lowered perplexity (38.3 to 36.8) but
-    cost recall (held-out hit@3 0.465 to 0.285), and recall is what answers and citations rest on."""
+    cost recall (held-out hit@3 0.465 to 0.285), and recall is what answers and citations rest on.
+
+    Multi-channel recall (design notes section 10): token_key_layer (hidden states after that decoder layer, None:
+    no token keys) gives each segment token_keys_per_segment keys of token_key_width dims; recall_fusion weighs each
+    channel's standardised scores (None: memory recall only, as in every checkpoint from before the channels) and
+    recall_temperature divides the fused score before the softmax."""
 
     segment_length: int = 256
     sensory_size: int = 32
@@ -29,6 +35,11 @@ class HMTConfig:
     recall_size: int | None = None
     cache_size: int = 300
     memory_input_norm: str = "none"
+    token_key_layer: int | None = None
+    token_key_width: int = 128
+    token_keys_per_segment: int = 16
+    recall_fusion: dict[str, float] | None = None
+    recall_temperature: float = 1.0
     kind: str = "hmt"
 
     @property
@@ -41,6 +52,19 @@ class HMTConfig:
         if not 0 < self.summary_fraction <= 1:
             raise ValueError("summary_fraction must be in (0, 1]")
         check_memory_input_norm(self.memory_input_norm)
+        unknown = set(self.recall_fusion or {}) - set(RECALL_CHANNELS)
+        if unknown:
+            raise ValueError(f"recall_fusion names unknown channels {sorted(unknown)}; known: {RECALL_CHANNELS}")
+        if self.recall_temperature <= 0 or self.token_key_width < 1 or self.token_keys_per_segment < 1:
+            raise ValueError(f"invalid recall settings: {self}")
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The recall channels this config can use: memory always; lexical and token where fusion weighs them
+        (token also needs token keys)."""
+        fusion = self.recall_fusion or {}
+        return tuple(c for c in RECALL_CHANNELS if c == "memory" or (c in fusion and (c != "token" or
+                                                                                     self.token_key_layer)))
 
 
 @dataclass

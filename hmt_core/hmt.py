@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import embedding_norm, embedding_size, final_hidden_states, lm_logits, to_norm
+from .backbone import capture_hidden, embedding_norm, embedding_size, final_hidden_states, lm_logits, to_norm
 from .config import HMTConfig
 from .state import MemoryState
+from .token_keys import project, select_keys
 
 MODES = ("recall", "direct", "segment")
 
@@ -34,11 +35,13 @@ class MemoryOutput:
 @dataclass
 class SegmentResult:
     """What reading one segment returns: its memory embedding [d] (RMT: [m, d]), the recall weights over every
-    segment read before it [num_segments] (None for RMT) and, when asked, its logits [L, V]."""
+    segment read before it [num_segments] (None for RMT), its token keys [K, r] (None without a token-key layer)
+    and, when asked, its logits [L, V]."""
 
     memory: torch.Tensor
     recall_weights: torch.Tensor | None
     logits: torch.Tensor | None = None
+    token_keys: torch.Tensor | None = None
 
 
 def recall_width(backbone: nn.Module) -> int:
@@ -141,6 +144,11 @@ class HMT(nn.Module):
         self.wq = nn.Linear(d, h, bias=False, device=emb.device, dtype=emb.dtype)
         self.wk = nn.Linear(d, h, bias=False, device=emb.device, dtype=emb.dtype)
         self.input_norm = embedding_norm(backbone) if self.config.memory_input_norm == "embedding" else None
+        if self.config.token_key_layer:
+            # Fitted on token states of training text (init_token_keys), never trained by gradient.
+            r = self.config.token_key_width
+            self.token_key_mean = nn.Parameter(torch.zeros(d, device=emb.device), requires_grad=False)
+            self.token_key_proj = nn.Parameter(torch.eye(d, r, device=emb.device), requires_grad=False)
 
     @property
     def segment_length(self) -> int:
@@ -152,8 +160,17 @@ class HMT(nn.Module):
 
     def memory_parameters(self) -> dict[str, nn.Parameter]:
         """The HMT parameters only (what a checkpoint holds), by name."""
-        return {"summary_prompt": self.summary_prompt, "initial_memory": self.initial_memory,
-                "wq.weight": self.wq.weight, "wk.weight": self.wk.weight}
+        params = {"summary_prompt": self.summary_prompt, "initial_memory": self.initial_memory,
+                  "wq.weight": self.wq.weight, "wk.weight": self.wk.weight}
+        if self.config.token_key_layer:
+            params.update(token_key_mean=self.token_key_mean, token_key_proj=self.token_key_proj)
+        return params
+
+    @torch.no_grad()
+    def init_token_keys(self, mean: torch.Tensor, proj: torch.Tensor) -> None:
+        """Set the token keys' centring [d] and whitening projection [d, r] (token_keys.fit_whitening)."""
+        self.token_key_mean.copy_(mean.to(self.token_key_mean))
+        self.token_key_proj.copy_(proj.to(self.token_key_proj))
 
     @torch.no_grad()
     def init_recall(self, summaries: torch.Tensor, memories: torch.Tensor, score_std: float = 2.0,
@@ -355,11 +372,60 @@ class HMT(nn.Module):
         memory, weights = self._recall_state(state, ids, window=self.config.cache_size)
         x = torch.tensor([ids], device=self.device)
         embeds, _, x_start = self.main_embeds(memory, self._sensory(state), x)
-        hidden = run_backbone(self.backbone, embeds, None)
+        layer = self.config.token_key_layer
+        with capture_hidden(self.backbone, [layer] if layer else []) as captured:
+            hidden = run_backbone(self.backbone, embeds, None)
         logits = lm_logits(self.backbone, hidden[0, x_start:x_start + len(ids)]) if return_logits else None
         new_memory = hidden[0, -1].to(self.device)
         self._write(state, new_memory, ids, segment_index)
-        return SegmentResult(new_memory, weights, logits)
+        keys = None
+        if layer:
+            states = captured[layer][0, x_start:x_start + len(ids)]  # [n, d], the segment's own tokens
+            keys = select_keys(states, self.token_key_mean, self.token_key_proj,
+                               self.config.token_keys_per_segment).half().cpu()  # [K, r]
+        return SegmentResult(new_memory, weights, logits, keys)
+
+    @torch.no_grad()
+    def question_keys(self, ids: list[int], content: torch.Tensor | None = None) -> torch.Tensor:
+        """Token keys [q, r] of a bare question (its ids, no chat template): the token-key layer's states of the
+        tokens that `content` [q] marks (token_keys.question_token_mask; all of them when None or when none is
+        marked); empty without a token-key layer."""
+        layer = self.config.token_key_layer
+        if not layer or not ids:
+            return torch.zeros(0, self.config.token_key_width)
+        with capture_hidden(self.backbone, [layer]) as captured:
+            run_backbone(self.backbone, self.embed(torch.tensor([ids])), None)
+        states = captured[layer][0]  # [q, d]
+        if content is not None and bool(content.any()):
+            states = states[content.to(states.device)]
+        return project(states, self.token_key_mean, self.token_key_proj).cpu()
+
+    @torch.no_grad()
+    def memory_scores(self, state: MemoryState, query_ids: list[int]) -> torch.Tensor:
+        """HMT's own recall scores S Wq (M Wk)^T / sqrt(h) of a query over every segment read so far
+        [num_segments] (float32), -inf where a segment has no cached memory."""
+        full = torch.full((state.num_segments,), float("-inf"))
+        if not state.cache_segments:
+            return full
+        query = torch.tensor([query_ids[:self.config.summary_length]], dtype=torch.long, device=self.device)
+        summary = self.summarize(query)  # [1, d]
+        cache = state.cache[None].to(self.device, self.initial_memory.dtype)  # [1, n, d]
+        q = self.wq(summary).float()  # [1, h]
+        k = self.wk(cache).float()  # [1, n, h]
+        scores = torch.einsum("bh,bnh->bn", q, k)[0] / math.sqrt(self.config.recall_size)  # [n]
+        full[torch.tensor(state.cache_segments)] = scores.cpu()
+        return full
+
+    def mix(self, state: MemoryState, weights: torch.Tensor) -> torch.Tensor:
+        """P [1, d]: the cached memory embeddings mixed by recall weights over every segment [num_segments]
+        (renormalised over the cached ones); the initial memory when nothing cached has weight."""
+        if not state.cache_segments:
+            return self.initial_memory
+        a = weights.float()[torch.tensor(state.cache_segments)]  # [n]
+        if float(a.sum()) <= 0:
+            return self.initial_memory
+        a = (a / a.sum()).to(self.device, self.initial_memory.dtype)
+        return (a @ state.cache.to(self.device, self.initial_memory.dtype))[None]
 
     @torch.no_grad()
     def recall_weights(self, state: MemoryState, query_ids: list[int]) -> torch.Tensor | None:
@@ -368,13 +434,17 @@ class HMT(nn.Module):
         return self._recall_state(state, query_ids)[1]
 
     @torch.no_grad()
-    def begin_segment(self, state: MemoryState, ids: list[int], query_ids: list[int] | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Inputs for generating after ids: [P, emb(sensory), emb(ids)] with P recalled for query_ids (default ids).
+    def begin_segment(self, state: MemoryState, ids: list[int], query_ids: list[int] | None = None,
+                      weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs for generating after ids: [P, emb(sensory), emb(ids)] with P recalled for query_ids (default ids),
+        or mixed by the given recall weights over every segment (a fused recall).
 
         Returns (embeds [1, n, d], recall weights over every segment read so far, or None with an empty cache).
         """
-        memory, weights = self._recall_state(state, query_ids if query_ids is not None else ids)
+        if weights is not None:
+            memory = self.mix(state, weights)
+        else:
+            memory, weights = self._recall_state(state, query_ids if query_ids is not None else ids)
         x = torch.tensor([ids], dtype=torch.long, device=self.device).reshape(1, -1)
         embeds, _, _ = self.main_embeds(memory, self._sensory(state), x, trailing=False)
         return embeds, weights

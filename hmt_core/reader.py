@@ -138,7 +138,7 @@ class Reader:
         start, end = spans[0][0], max(b for _, b in spans)
         info = SegmentInfo(state.num_segments, self._source, start, end, src.page_at(start),
                            src.page_at(max(end - 1, start)), n)
-        state.segments.append(info)
+        state.add_segment(info, result.token_keys)
         return ReadSegment(info, result.memory, result.recall_weights)
 
 

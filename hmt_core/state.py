@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-STATE_FORMAT = 1
+from .lexical import LexicalIndex
+
+logger = logging.getLogger(__name__)
+
+# 2: a lexical index and token keys beside the cache. A format-1 state loads with its index rebuilt from its text.
+STATE_FORMAT = 2
+LEXICAL_DIR = "lexical"
 
 
 @dataclass
@@ -53,6 +60,9 @@ class MemoryState:
     HMT: `cache` [n, d] holds the newest N memory embeddings, row i written by segment `cache_segments[i]`;
     RMT: `cache` [m, d] is the current memory tokens and `cache_segments` is empty.
     `sensory_ids` are the last k token ids read; `segments` and `sources` say where every segment came from.
+    The finer levels, one entry per segment read: `lexical` indexes every segment's text (the lexical recall channel)
+    and `token_keys` [num_segments, K, r] (fp16) holds each segment's token keys, or None when the model leaves none.
+    `notes` say what loading had to repair (not saved).
     """
 
     kind: str
@@ -62,6 +72,9 @@ class MemoryState:
     segments: list[SegmentInfo] = field(default_factory=list)
     sources: dict[str, SourceText] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    lexical: LexicalIndex = field(default_factory=LexicalIndex)
+    token_keys: torch.Tensor | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_segments(self) -> int:
@@ -71,7 +84,43 @@ class MemoryState:
         """A copy that can be extended (answering, chat) without touching this one; tensors are shared, never
         modified in place."""
         return MemoryState(self.kind, self.cache, list(self.cache_segments), list(self.sensory_ids),
-                           list(self.segments), dict(self.sources), dict(self.meta))
+                           list(self.segments), dict(self.sources), dict(self.meta), self.lexical.copy(),
+                           self.token_keys, list(self.notes))
+
+    def add_segment(self, info: SegmentInfo, token_keys: torch.Tensor | None) -> None:
+        """Record a segment just read (its memory is already cached): where it came from, its text in the lexical
+        index and its token keys [K, r]. A state keeps token keys only while every segment has them."""
+        first = not self.segments
+        self.segments.append(info)
+        self.lexical.add(self.segment_text(info.index))
+        if token_keys is None or (self.token_keys is None and not first):
+            self.token_keys = None
+            return
+        keys = token_keys.detach().to("cpu", torch.float16)[None]  # [1, K, r]
+        self.token_keys = keys if first else torch.cat([self.token_keys, keys], 0)
+
+    def extend(self, other: MemoryState, keep: int) -> MemoryState:
+        """A new state: this one's memory followed by other's (read on its own), segments renumbered, the newest
+        `keep` cached memories kept, the sensory memory taken from other (the last text read)."""
+        if set(self.sources) & set(other.sources):
+            raise ValueError(f"source names overlap: {sorted(set(self.sources) & set(other.sources))}")
+        offset = self.num_segments
+        if self.kind == "hmt":
+            cache = torch.cat([self.cache.cpu(), other.cache.cpu().to(self.cache.dtype)], 0)[-keep:]
+        else:  # RMT's memory is the last document's memory tokens
+            cache = other.cache.cpu()
+        cache_segments = (self.cache_segments + [i + offset for i in other.cache_segments])[-keep:]
+        keys = None
+        if self.token_keys is not None and other.token_keys is not None:
+            if self.token_keys.shape[1:] == other.token_keys.shape[1:]:
+                keys = torch.cat([self.token_keys, other.token_keys], 0)
+        lexical = self.lexical.copy()
+        for i in range(other.num_segments):
+            lexical.add(other.segment_text(i))
+        return MemoryState(self.kind, cache, cache_segments, list(other.sensory_ids),
+                           self.segments + [replace(s, index=s.index + offset) for s in other.segments],
+                           {**self.sources, **other.sources}, {**self.meta, "cache_size": keep}, lexical, keys,
+                           self.notes + other.notes)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> MemoryState:
         """Move the cache to a device (and dtype); returns self."""
@@ -100,7 +149,12 @@ class MemoryState:
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({"cache": self.cache.detach().contiguous().cpu()}, str(tmp / "memory.safetensors"))
+        tensors = {"cache": self.cache.detach().contiguous().cpu()}
+        if self.token_keys is not None:
+            tensors["token_keys"] = self.token_keys.contiguous()
+        save_file(tensors, str(tmp / "memory.safetensors"))
+        (tmp / LEXICAL_DIR).mkdir()
+        self.lexical.save(tmp / LEXICAL_DIR)
         data = {
             "format": STATE_FORMAT, "kind": self.kind, "cache_segments": self.cache_segments,
             "sensory_ids": self.sensory_ids, "segments": [asdict(s) for s in self.segments],
@@ -117,15 +171,42 @@ class MemoryState:
 
     @classmethod
     def load(cls, folder: str | Path, device: torch.device | str = "cpu") -> MemoryState:
-        """Read a folder written by save(); raises ValueError on a missing or damaged file."""
+        """Read a folder written by save(); raises ValueError on a missing or damaged memory file.
+
+        The lexical index is derived from the text the state keeps, so a format-1 state (which has none) or a
+        damaged index is rebuilt from that text, never served half-built, and `notes` says so.
+        """
         folder = Path(folder)
         try:
             data = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-            cache = load_file(str(folder / "memory.safetensors"), device=str(device))["cache"]
+            tensors = load_file(str(folder / "memory.safetensors"), device=str(device))
+            cache = tensors["cache"]
         except (OSError, ValueError, KeyError, SafetensorError) as err:
             raise ValueError(f"memory state in {folder} is missing or damaged: {err}") from err
-        if data.get("format") != STATE_FORMAT:
+        if data.get("format") not in (1, STATE_FORMAT):
             raise ValueError(f"memory state in {folder} has format {data.get('format')}, expected {STATE_FORMAT}")
         sources = {s["name"]: SourceText(**s) for s in data["sources"]}
-        return cls(data["kind"], cache, data["cache_segments"], data["sensory_ids"],
-                   [SegmentInfo(**s) for s in data["segments"]], sources, data["meta"])
+        state = cls(data["kind"], cache, data["cache_segments"], data["sensory_ids"],
+                    [SegmentInfo(**s) for s in data["segments"]], sources, data["meta"])
+        keys = tensors.get("token_keys")
+        if keys is not None and keys.shape[0] != state.num_segments:
+            raise ValueError(f"memory state in {folder} has token keys for {keys.shape[0]} of "
+                             f"{state.num_segments} segments")
+        state.token_keys = keys.cpu() if keys is not None else None
+        state.lexical = state._load_lexical(folder / LEXICAL_DIR, data["format"])
+        return state
+
+    def _load_lexical(self, folder: Path, data_format: int) -> LexicalIndex:
+        """The saved lexical index, or one rebuilt from the segments' text when it is missing or damaged."""
+        problem = "the state predates the lexical index" if data_format == 1 else ""
+        if not problem:
+            try:
+                index = LexicalIndex.load(folder)
+                if len(index) == self.num_segments:
+                    return index
+                problem = f"the lexical index covers {len(index)} of {self.num_segments} segments"
+            except ValueError as err:
+                problem = f"the lexical index is damaged ({err})"
+        logger.warning("rebuilding the lexical index of %s: %s", folder.parent, problem)
+        self.notes.append(f"Rebuilt the word index from the text: {problem}.")
+        return LexicalIndex.from_texts([self.segment_text(i) for i in range(self.num_segments)])

@@ -1,0 +1,223 @@
+"""Fitting multi-channel recall on training data only (issue 10, parts 2 and 3).
+
+Starting from trained HMT weights, this
+1. adds token keys at --token-key-layer: their centring and whitening are fitted on the main-pass token states of the
+   training SQuAD articles;
+2. reads every training article with them (each on its own, and all of them as one long document, which is what a
+   manual looks like), and reads --passkeys windows of the --texts prose with a passkey needle hidden in them (the
+   training passkeys of hmt_core.data, never the benchmark's filler);
+3. scores every question with each channel (memory, lexical, token) and fits the fusion weights and temperature by
+   the listwise softmax likelihood of the segment that holds the answer (the recall attention itself, raw logits);
+4. saves the checkpoint with the fitted channels in its config and the fit's numbers in its metadata.
+
+    python -m hmt_core.fit_recall --init assets/hmt-smollm2-135m --squad data/squad --texts data/text/austen_emma.txt \\
+        --out runs/recall --token-key-layer 12
+
+The held-out SQuAD articles (split.json's "eval") are never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .answer import chat_ids
+from .backbone import DEFAULT_BACKBONE, decoder_layers, load_backbone
+from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .config import RECALL_CHANNELS, HMTConfig
+from .data import PasskeyQA, read_text_files
+from .hmt import HMT
+from .reader import Reader
+from .recall import channel_scores, standardize
+from .state import MemoryState
+from .token_keys import fit_whitening
+
+KEEP = 100_000  # every segment stays recallable, as in the app and the benchmarks
+
+
+def with_token_keys(model: HMT, layer: int, width: int, keys: int) -> HMT:
+    """A copy of model's memory parameters in an HMT whose config adds token keys (memory-only fusion for now)."""
+    config = HMTConfig(**{**vars(model.config), "token_key_layer": layer, "token_key_width": width,
+                          "token_keys_per_segment": keys, "recall_fusion": None, "recall_temperature": 1.0})
+    out = HMT(model.backbone, config)
+    with torch.no_grad():
+        for name, p in model.memory_parameters().items():
+            out.memory_parameters()[name].copy_(p)
+    return out
+
+
+def read_document(model: HMT, tokenizer, paragraphs: list[str], source: str) -> MemoryState:
+    """Read paragraphs as one document into a memory that keeps every segment recallable."""
+    reader = Reader(model, tokenizer, model.new_state(keep=KEEP))
+    for text in paragraphs:
+        reader.feed(text + "\n\n", source=source)
+    reader.finish()
+    return reader.state
+
+
+@torch.no_grad()
+def token_states(model: HMT, tokenizer, documents: list[list[str]], layer: int) -> torch.Tensor:
+    """Hidden states [N, d] after `layer` of every main-pass token while reading the documents (every 3rd token)."""
+    kept: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output  # [1, n, d]
+        if hidden.shape[1] > model.config.summary_length + 2:  # a main pass, not a summary pass
+            kept.append(hidden[0, 1:-1:3].float().cpu())
+
+    handle = decoder_layers(model.backbone)[layer - 1].register_forward_hook(hook)
+    try:
+        for i, paragraphs in enumerate(documents):
+            read_document(model, tokenizer, paragraphs, f"doc{i}")
+    finally:
+        handle.remove()
+    return torch.cat(kept)
+
+
+def gold_segments(state: MemoryState, answers: list[str], starts: list[int], offset: int = 0) -> list[int]:
+    """Segments (shifted by offset) whose span covers an answer; else those where an answer starts."""
+    gold = {s.index for s in state.segments for a, st in zip(answers, starts)
+            if s.char_start <= st and st + len(a) <= s.char_end}
+    gold = gold or {s.index for s in state.segments for st in starts if s.char_start <= st < s.char_end}
+    return sorted(g + offset for g in gold)
+
+
+def passkey_documents(texts: list[str], count: int, chars: int, rng: random.Random) -> list[tuple[str, int, str]]:
+    """(text, needle start, key): windows of training prose with PasskeyQA's needle at a random sentence start."""
+    out = []
+    for _ in range(count):
+        text = rng.choice([t for t in texts if len(t) > 2 * chars])
+        start = rng.randrange(len(text) - chars)
+        window = text[start:start + chars]
+        cuts = [i + 2 for i in range(len(window) - 2) if window[i] in ".!?" and window[i + 1] == " "] or [0]
+        at = rng.choice(cuts)
+        key = str(rng.randint(10000, 99999))
+        out.append((window[:at] + PasskeyQA.NEEDLE.format(key=key) + " " + window[at:], at, key))
+    return out
+
+
+def features(model: HMT, tokenizer, state: MemoryState, question: str) -> torch.Tensor:
+    """Standardised scores [C, S] of every channel (RECALL_CHANNELS order) for one question."""
+    ids = chat_ids(tokenizer, [{"role": "user", "content": question}])
+    scores = channel_scores(model, tokenizer, state, question, ids, RECALL_CHANNELS)
+    return torch.stack([standardize(scores[c]) for c in RECALL_CHANNELS])
+
+
+def ranks(z: torch.Tensor, theta: torch.Tensor, gold: list[int]) -> int:
+    """1-based rank of the best gold segment under the fused score theta . z."""
+    fused = theta @ z
+    return int((fused > fused[gold].max()).sum()) + 1
+
+
+def metrics(groups: list[tuple[torch.Tensor, list[int]]], theta: torch.Tensor) -> dict:
+    r = torch.tensor([ranks(z, theta, gold) for z, gold in groups], dtype=torch.float32)
+    return {"hit@1": float((r == 1).float().mean()), "hit@3": float((r <= 3).float().mean()),
+            "mrr": float((1 / r).mean()), "questions": len(groups)}
+
+
+def fit_fusion(sets: dict[str, list[tuple[torch.Tensor, list[int]]]], steps: int = 200) -> torch.Tensor:
+    """Channel weights theta [C] maximising the mean (over sets, then questions) log-probability that the softmax
+    of theta . z puts on the gold segments; theta's size is the inverse temperature."""
+    theta = torch.ones(len(RECALL_CHANNELS), requires_grad=True)
+    optimizer = torch.optim.LBFGS([theta], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.zeros(())
+        for groups in sets.values():
+            terms = []
+            for z, gold in groups:
+                logits = theta @ z  # [S]
+                terms.append(torch.logsumexp(logits, 0) - torch.logsumexp(logits[gold], 0))
+            loss = loss + torch.stack(terms).mean() / len(sets)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return theta.detach()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_BACKBONE)
+    parser.add_argument("--init", required=True, help="trained HMT checkpoint folder")
+    parser.add_argument("--squad", type=Path, required=True, help="folder with articles.jsonl and split.json")
+    parser.add_argument("--texts", nargs="+", required=True, help="training prose for the passkey windows")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--token-key-layer", type=int, default=12)
+    parser.add_argument("--token-key-width", type=int, default=128)
+    parser.add_argument("--token-keys", type=int, default=16, help="keys per segment")
+    parser.add_argument("--questions-per-article", type=int, default=40)
+    parser.add_argument("--passkeys", type=int, default=24, help="passkey windows of training prose")
+    parser.add_argument("--passkey-chars", type=int, default=16_000)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.time()
+    rng = random.Random(args.seed)
+    backbone, tokenizer = load_backbone(args.model, device="cpu")
+    base = load_checkpoint(args.init, backbone)
+    model = with_token_keys(base, args.token_key_layer, args.token_key_width, args.token_keys).eval()
+    split = json.loads((args.squad / "split.json").read_text())
+    train = set(split["train"])
+    articles = [a for a in map(json.loads, (args.squad / "articles.jsonl").read_text().splitlines())
+                if a["title"] in train]
+    paragraphs = [[a["context"][s:e] for s, e in a["paragraph_spans"]] for a in articles]
+    print(f"{len(articles)} training articles; fitting the token keys' whitening", flush=True)
+    mean, proj = fit_whitening(token_states(model, tokenizer, paragraphs, args.token_key_layer),
+                               args.token_key_width)
+    model.init_token_keys(mean, proj)
+
+    sets: dict[str, list] = {"article": [], "all_articles": [], "passkey": []}
+    states, questions = [], []
+    for article, paras in zip(articles, paragraphs):
+        state = read_document(model, tokenizer, paras, article["title"])
+        states.append(state)
+        for q in article["questions"][:args.questions_per_article]:
+            gold = gold_segments(state, q["answers"], q["answer_starts"])
+            sets["article"].append((features(model, tokenizer, state, q["question"]), gold))
+            questions.append((len(states) - 1, q))
+        print(f"read {article['title']}: {state.num_segments} segments ({time.time() - started:.0f} s)", flush=True)
+    pooled, offsets = states[0], [0]
+    for state in states[1:]:
+        offsets.append(pooled.num_segments)
+        pooled = pooled.extend(state, KEEP)
+    for a, q in questions:
+        # the context offsets of SourceText are per article, so gold segments come from the article's own state
+        gold = gold_segments(states[a], q["answers"], q["answer_starts"], offsets[a])
+        sets["all_articles"].append((features(model, tokenizer, pooled, q["question"]), gold))
+    texts = read_text_files(args.texts)
+    for text, at, _key in passkey_documents(texts, args.passkeys, args.passkey_chars, rng):
+        state = read_document(model, tokenizer, [text], "prose")
+        needle = max(s.index for s in state.segments if s.char_start <= at)
+        for question in PasskeyQA.QUESTIONS:
+            sets["passkey"].append((features(model, tokenizer, state, question), [needle]))
+    print(f"features done ({time.time() - started:.0f} s); fitting the fusion", flush=True)
+    theta = fit_fusion(sets)
+    total = float(theta.clamp(min=1e-6).sum())
+    fusion = {c: float(t) / total for c, t in zip(RECALL_CHANNELS, theta)}
+    model.config.recall_fusion, model.config.recall_temperature = fusion, 1.0 / total
+    report = {"fusion": fusion, "temperature": 1.0 / total, "theta": theta.tolist(), "seconds": time.time() - started}
+    alone = {c: torch.eye(len(RECALL_CHANNELS))[i] for i, c in enumerate(RECALL_CHANNELS)}
+    memory_only = theta * torch.tensor([1.0 if c != "lexical" else 0.0 for c in RECALL_CHANNELS])
+    for name, groups in sets.items():
+        report[name] = {"fused": metrics(groups, theta), "memory+token": metrics(groups, memory_only),
+                        **{c: metrics(groups, v) for c, v in alone.items()}}
+    print(json.dumps(report, indent=1), flush=True)
+    extra = {**read_checkpoint_meta(args.init).get("extra", {}), "recall_fit": {
+        "command": "python -m hmt_core.fit_recall " + " ".join(sys.argv[1:] if argv is None else argv), "report": report}}
+    save_checkpoint(model, args.out, extra=extra)
+    (args.out / "recall_fit.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Multi-channel recall (design notes section 10): which past segments a question recalls, and why.
+
+Each channel scores every segment read so far:
+- memory: HMT's own recall score S Wq (M Wk)^T / sqrt(h) of the question's summary against the cached memories;
+- lexical: BM25 of the question against each segment's text (the state's lexical index);
+- token: late interaction of the question's token keys with each segment's token keys (hmt_core.token_keys).
+Each channel's scores are standardised over the state's segments, the fused score is the weighted sum divided by the
+temperature (both from the checkpoint's config), and its softmax is the recall attention: it ranks the passages to
+re-read and mixes the memory embeddings into P. With the memory channel alone this is exactly HMT's recall (the raw
+scores' softmax, as the paper computes it), so nothing another channel finds is credited to the memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import RECALL_CHANNELS
+from .state import MemoryState
+from .token_keys import maxsim, question_token_mask
+
+
+@dataclass
+class Recall:
+    """A question's recall over every segment read so far [S]: the weights (softmax of the fused score), each
+    channel's raw score, and each channel's part of the fused score (what the page shows as the channel's share)."""
+
+    weights: torch.Tensor
+    channels: tuple[str, ...]
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    contributions: dict[str, torch.Tensor] = field(default_factory=dict)
+    query_terms: list[str] = field(default_factory=list)
+
+
+def standardize(scores: torch.Tensor) -> torch.Tensor:
+    """Scores [S] -> z-scores over the finite entries (0 elsewhere, and everywhere when they do not vary)."""
+    finite = torch.isfinite(scores)
+    z = torch.zeros_like(scores, dtype=torch.float32)
+    if int(finite.sum()) < 2:
+        return z
+    values = scores[finite].float()
+    std = values.std()
+    if float(std) < 1e-6:
+        return z
+    z[finite] = (values - values.mean()) / std
+    return z
+
+
+def available_channels(model, state: MemoryState, wanted: tuple[str, ...] | list[str] | None = None
+                       ) -> tuple[str, ...]:
+    """The channels a recall can use: those asked for (default: every channel the model's config weighs) that the
+    model and the state support. Memory is always possible for HMT; token needs keys in both model and state."""
+    config = model.config
+    wanted = tuple(config.channels if wanted is None else wanted)
+    unknown = set(wanted) - set(RECALL_CHANNELS)
+    if unknown:
+        raise ValueError(f"unknown recall channels {sorted(unknown)}; choose from {RECALL_CHANNELS}")
+    fusion = config.recall_fusion or {}
+    usable = []
+    for channel in wanted:
+        if channel == "memory":
+            usable.append(channel)
+        elif channel == "lexical" and "lexical" in fusion:
+            usable.append(channel)
+        elif (channel == "token" and "token" in fusion and config.token_key_layer
+              and state.token_keys is not None and state.token_keys.shape[0] == state.num_segments):
+            usable.append(channel)
+    return tuple(usable) or ("memory",)
+
+
+def channel_scores(model, tokenizer, state: MemoryState, question: str, query_ids: list[int],
+                   channels: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Raw scores [S] of each channel asked for (float32, -inf for memory where a segment is not cached)."""
+    scores = {}
+    if "memory" in channels:
+        scores["memory"] = model.memory_scores(state, query_ids)
+    if "lexical" in channels:
+        scores["lexical"] = state.lexical.scores(question).float()
+    if "token" in channels:
+        ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+        query = model.question_keys(ids, question_token_mask(tokenizer, ids))
+        scores["token"] = maxsim(query, state.token_keys)
+    return scores
+
+
+def fuse(scores: dict[str, torch.Tensor], fusion: dict[str, float] | None, temperature: float
+         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(weights [S], contributions) from raw channel scores. Memory alone: softmax of its raw scores (HMT's recall).
+    Otherwise: softmax(sum_c w_c z_c / T) over every segment, z_c standardised, segments with no score in any
+    channel (nothing cached, no text, no keys) at 0 weight only when every channel leaves them out."""
+    if set(scores) == {"memory"}:
+        raw = scores["memory"]
+        weights = torch.softmax(raw, -1).nan_to_num(0.0) if bool(torch.isfinite(raw).any()) else torch.zeros_like(raw)
+        return weights, {"memory": raw.masked_fill(~torch.isfinite(raw), 0.0)}
+    fusion = fusion or {}
+    contributions = {c: fusion.get(c, 0.0) * standardize(s) / temperature for c, s in scores.items()}
+    logits = torch.stack(list(contributions.values())).sum(0)  # [S]
+    return torch.softmax(logits, -1), contributions
+
+
+def recall(model, tokenizer, state: MemoryState, question: str, query_ids: list[int],
+           channels: tuple[str, ...] | list[str] | None = None) -> Recall:
+    """The question's recall over every segment of the state with the channels asked for (default: all the
+    model's config weighs). query_ids is the memory channel's query: the question in the chat template, as
+    stream_answer and QA training use it."""
+    if state.num_segments == 0:
+        return Recall(torch.zeros(0), ("memory",))
+    used = available_channels(model, state, channels)
+    scores = channel_scores(model, tokenizer, state, question, query_ids, used)
+    weights, contributions = fuse(scores, model.config.recall_fusion, model.config.recall_temperature)
+    terms = state.lexical.query_terms(question) if "lexical" in used else []
+    return Recall(weights, used, scores, contributions, terms)
