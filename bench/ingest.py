@@ -3,6 +3,10 @@ while reading a short vs a long document, and first-token latency of an answer a
 
     python -m bench.ingest                       # SmolLM2-135M-Instruct, 10k vs 200k tokens, CPU
     python -m bench.ingest --short 2000 --long 8000 --rounds 1   # a quick look
+    python -m bench.ingest --hmt-weights assets/hmt-smollm2-135m --baseline-weights runs/memory-only
+
+--baseline-weights also reads the same text with other HMT weights in the same rounds (e.g. the weights before token
+keys were added), so the cost of a change is a ratio measured in one run.
 
 Writes bench/results/ingest.json and ingest.md. Ratios compare runs made in the same process, interleaved.
 """
@@ -72,6 +76,7 @@ def throughput(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model(args)
     text = text_of_tokens(tokenizer, long_text(200_000), args.throughput_tokens)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    baseline = load_checkpoint(args.baseline_weights, model.backbone) if args.baseline_weights else None
     read(model, tokenizer, text[:20_000])  # warm-up
     rounds = []
     for _ in range(args.rounds):
@@ -85,12 +90,22 @@ def throughput(args: argparse.Namespace) -> dict:
         hmt_tps = sum(s.num_tokens for s in state.segments) / (t1 - t0)
         rounds.append({"hmt_tokens_per_s": hmt_tps, "plain_tokens_per_s": len(ids) / (t2 - t1),
                        "plain_hidden_tokens_per_s": len(ids) / (t3 - t2)})
+        if baseline is not None:
+            t4 = time.perf_counter()
+            base_state = read(baseline, tokenizer, text)
+            rounds[-1]["baseline_tokens_per_s"] = sum(s.num_tokens for s in base_state.segments) / (
+                time.perf_counter() - t4)
     for r in rounds:
         r["ratio_vs_plain"] = r["hmt_tokens_per_s"] / r["plain_tokens_per_s"]
         r["ratio_vs_plain_hidden"] = r["hmt_tokens_per_s"] / r["plain_hidden_tokens_per_s"]
-    return {"tokens": len(ids), "rounds": rounds,
-            "ratio_vs_plain": statistics.median(r["ratio_vs_plain"] for r in rounds),
-            "ratio_vs_plain_hidden": statistics.median(r["ratio_vs_plain_hidden"] for r in rounds)}
+        if "baseline_tokens_per_s" in r:
+            r["ratio_vs_baseline"] = r["hmt_tokens_per_s"] / r["baseline_tokens_per_s"]
+    out = {"tokens": len(ids), "rounds": rounds, "baseline_weights": args.baseline_weights,
+           "ratio_vs_plain": statistics.median(r["ratio_vs_plain"] for r in rounds),
+           "ratio_vs_plain_hidden": statistics.median(r["ratio_vs_plain_hidden"] for r in rounds)}
+    if baseline is not None:
+        out["ratio_vs_baseline"] = statistics.median(r["ratio_vs_baseline"] for r in rounds)
+    return out
 
 
 def rss_mb() -> float:
@@ -160,6 +175,8 @@ def table(result: dict) -> str:
         f"| HMT ingest / plain forward (with LM head), same tokens, same run | {t['ratio_vs_plain']:.2f} | >= 0.6 |",
         f"| HMT ingest / plain forward (hidden states only) | {t['ratio_vs_plain_hidden']:.2f} | (bound ~0.61 at k=32) |",
         f"| HMT ingest tokens/s (median round) | {statistics.median(r['hmt_tokens_per_s'] for r in t['rounds']):.0f} | |",
+        *([f"| HMT ingest / the same with {t['baseline_weights']}, same run | {t['ratio_vs_baseline']:.2f} | >= 0.9 |"]
+          if t.get("baseline_weights") else []),
         f"| peak RSS reading {s['tokens']:,} tokens | {s['peak_rss_during_read_mb']:.0f} MB | |",
         f"| peak RSS reading {l['tokens']:,} tokens | {l['peak_rss_during_read_mb']:.0f} MB | |",
         f"| RSS growth, long vs short | {100 * (rss - 1):+.1f}% | < 5% |",
@@ -178,6 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_BACKBONE)
     parser.add_argument("--hmt-weights", default=None)
+    parser.add_argument("--baseline-weights", default=None, help="other HMT weights to read with in the same rounds")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--short", type=int, default=10_000)
     parser.add_argument("--long", type=int, default=200_000)

@@ -148,12 +148,14 @@ def main() -> None:
         print(row, flush=True)
         return row
 
-    # First the layer at a default shape, then, at the best layer, one setting at a time.
+    # First the layer at a default shape, then, at the best layer, one setting at a time, then wider keys.
     best = max((run((layer, 128, 16, "window", "content")) for layer in LAYERS), key=lambda r: r["mrr"])
     layer = best["layer"]
     for candidate in [(layer, 128, k, "window", "content") for k in (4, 8, 32, 256)] + [
             (layer, w, 16, "window", "content") for w in (64, 256)] + [
-            (layer, 128, 16, "norm", "content"), (layer, 128, 16, "window", "all")]:
+            (layer, 128, 16, "norm", "content"), (layer, 128, 16, "window", "all")] + [
+            (layer, 256, k, "window", "content") for k in (32, 64, 256)] + [
+            (other, 256, 64, "window", "content") for other in (8, 12)]:
         run(candidate)
     questions = sum(len(a["questions"]) for a in features["articles"])
     result = {"hmt_weights": args.hmt_weights, "machine": machine(), "questions": questions,

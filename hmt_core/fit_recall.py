@@ -1,8 +1,8 @@
 """Fitting multi-channel recall on training data only (issue 10, parts 2 and 3).
 
 Starting from trained HMT weights, this
-1. adds token keys at --token-key-layer: their centring and whitening are fitted on the main-pass token states of the
-   training SQuAD articles;
+1. adds token keys at --token-key-layer: their centring and whitening are fitted on the main-pass token states of
+   --whitening-articles training SQuAD articles;
 2. reads every training article with them (each on its own, and all of them as one long document, which is what a
    manual looks like), and reads --passkeys windows of the --texts prose with a passkey needle hidden in them (the
    training passkeys of hmt_core.data, never the benchmark's filler);
@@ -153,6 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-key-layer", type=int, default=12)
     parser.add_argument("--token-key-width", type=int, default=128)
     parser.add_argument("--token-keys", type=int, default=16, help="keys per segment")
+    parser.add_argument("--whitening-articles", type=int, default=8, help="training articles the whitening sees")
     parser.add_argument("--questions-per-article", type=int, default=40)
     parser.add_argument("--passkeys", type=int, default=24, help="passkey windows of training prose")
     parser.add_argument("--passkey-chars", type=int, default=16_000)
@@ -173,8 +174,8 @@ def main(argv: list[str] | None = None) -> None:
                 if a["title"] in train]
     paragraphs = [[a["context"][s:e] for s, e in a["paragraph_spans"]] for a in articles]
     print(f"{len(articles)} training articles; fitting the token keys' whitening", flush=True)
-    mean, proj = fit_whitening(token_states(model, tokenizer, paragraphs, args.token_key_layer),
-                               args.token_key_width)
+    mean, proj = fit_whitening(token_states(model, tokenizer, paragraphs[:args.whitening_articles],
+                                            args.token_key_layer), args.token_key_width)
     model.init_token_keys(mean, proj)
 
     sets: dict[str, list] = {"article": [], "all_articles": [], "passkey": []}

@@ -105,6 +105,12 @@ class LexicalIndex:
         """The distinct terms of a query, in order; each counts once in the score."""
         return list(dict.fromkeys(terms(query)))
 
+    def build(self) -> None:
+        """Build the retriever now if segments were added since the last build, so that the next query does not wait
+        for it (a reader calls this when it finishes a document; copies made afterwards share it)."""
+        if self._docs:
+            self._retriever_now()
+
     def _retriever_now(self) -> bm25s.BM25:
         if self._retriever is None or self._built != len(self._docs):
             retriever = bm25s.BM25(k1=K1, b=B)

@@ -116,6 +116,7 @@ class Reader:
         done = self._read_full_segments()
         if self._ids:
             done.append(self._read(len(self._ids)))
+        self.state.lexical.build()
         return done
 
     def _add_chunk(self, offset: int, chunk: str) -> None:

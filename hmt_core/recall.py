@@ -111,3 +111,33 @@ def recall(model, tokenizer, state: MemoryState, question: str, query_ids: list[
     weights, contributions = fuse(scores, model.config.recall_fusion, model.config.recall_temperature)
     terms = state.lexical.query_terms(question) if "lexical" in used else []
     return Recall(weights, used, scores, contributions, terms)
+
+
+def key_windows(tokenizer, text: str, keys: int) -> list[tuple[int, int]]:
+    """Character spans in `text` (a segment's text) of the K token windows its keys pool, as select_keys cuts them;
+    the segment is re-tokenised on its own, so a window edge can be off by a token at the segment's ends."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if not offsets:
+        return []
+    windows = torch.arange(len(offsets)).tensor_split(min(keys, len(offsets)))
+    return [(offsets[int(w[0])][0], offsets[int(w[-1])][1]) for w in windows]
+
+
+def matched_windows(model, tokenizer, state: MemoryState, segment: int, question: str, top: int = 2
+                    ) -> list[tuple[int, int]]:
+    """Why the token-key channel recalled a segment: character spans (in its source's text) of the `top` token
+    windows whose keys gave the question's tokens their best matches, by summed similarity; [] without keys."""
+    if state.token_keys is None or not model.config.token_key_layer or segment >= state.token_keys.shape[0]:
+        return []
+    ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    query = model.question_keys(ids, question_token_mask(tokenizer, ids))  # [q, r]
+    keys = state.token_keys[segment].float()  # [K, r]
+    if query.shape[0] == 0:
+        return []
+    sim = query @ keys.T  # [q, K]
+    best = sim.max(-1)  # each question token's best key
+    credit = torch.zeros(keys.shape[0]).index_add_(0, best.indices, best.values.clamp(min=0))
+    info = state.segments[segment]
+    spans = key_windows(tokenizer, state.segment_text(segment), keys.shape[0])
+    chosen = [int(k) for k in credit.argsort(descending=True)[:top] if credit[k] > 0 and int(k) < len(spans)]
+    return sorted((info.char_start + spans[k][0], info.char_start + spans[k][1]) for k in chosen)

@@ -117,6 +117,7 @@ class MemoryState:
         lexical = self.lexical.copy()
         for i in range(other.num_segments):
             lexical.add(other.segment_text(i))
+        lexical.build()
         return MemoryState(self.kind, cache, cache_segments, list(other.sensory_ids),
                            self.segments + [replace(s, index=s.index + offset) for s in other.segments],
                            {**self.sources, **other.sources}, {**self.meta, "cache_size": keep}, lexical, keys,
