@@ -16,6 +16,7 @@ import torch
 from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryState,
                       Reader, load_backbone, load_checkpoint, remember_turn, stream_answer)
 from hmt_core.backbone import backbone_identity
+from hmt_core.recall import matched_windows, question_keys
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +74,34 @@ def _finish(reader: Reader) -> int:
     return done
 
 
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor as float32 on the CPU, detached (so the page never holds GPU memory)."""
+    return tensor.detach().float().cpu()
+
+
 @gpu
 def _answer(model, tokenizer, state: MemoryState, question: str, mode: str, max_new_tokens: int,
-            temperature: float) -> Iterator[AnswerEvent]:
-    """stream_answer with its recall weights on the CPU."""
+            temperature: float, channels: tuple[str, ...] | None) -> Iterator[AnswerEvent]:
+    """stream_answer with its recall weights and per-channel scores on the CPU."""
     for event in stream_answer(model, tokenizer, state, question, mode=mode, max_new_tokens=max_new_tokens,
-                               temperature=temperature):
+                               temperature=temperature, channels=channels):
         if event.weights is not None:
-            event.weights = event.weights.detach().float().cpu()
+            event.weights = _cpu(event.weights)
+        if event.recall is not None:
+            detail = event.recall
+            detail.weights = _cpu(detail.weights)
+            detail.scores = {c: _cpu(v) for c, v in detail.scores.items()}
+            detail.contributions = {c: _cpu(v) for c, v in detail.contributions.items()}
         yield event
+
+
+@gpu
+def _windows(model, tokenizer, state: MemoryState, segments: list[int], question: str
+             ) -> dict[int, list[tuple[int, int]]]:
+    """matched_windows for each segment: the character spans whose token keys matched the question best (the
+    question's keys computed once)."""
+    query = question_keys(model, tokenizer, question)
+    return {i: matched_windows(model, tokenizer, state, i, question, query=query) for i in segments}
 
 
 @gpu
@@ -218,14 +238,21 @@ class Engine:
         """Tokens in text, to size the reading work before it starts."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def channels(self) -> tuple[str, ...]:
+        """The recall channels the loaded model weighs (memory always, for HMT); none for RMT, which has no recall."""
+        return tuple(self.model.config.channels) if self.is_hmt else ()
+
     def answer(self, state: MemoryState, question: str, fingerprint: str, mode: str = "reread",
-               max_new_tokens: int = 200, temperature: float = 0.0) -> Iterator[AnswerEvent]:
-        """Stream an answer from memory; the lock is held for one step at a time, never across a yield."""
+               max_new_tokens: int = 200, temperature: float = 0.0,
+               channels: tuple[str, ...] | None = None) -> Iterator[AnswerEvent]:
+        """Stream an answer from memory, recalling with `channels` (None: every channel the model weighs; memory
+        alone is the paper's HMT); the lock is held for one step at a time, never across a yield."""
         if not self.is_hmt:
             mode = "faithful"
         with self.lock:
             self._check(fingerprint)
-            steps = _answer(self.model, self.tokenizer, state, question, mode, max_new_tokens, temperature)
+            steps = _answer(self.model, self.tokenizer, state, question, mode, max_new_tokens, temperature,
+                            channels)
         while True:
             with self.lock:
                 self._check(fingerprint)
@@ -233,6 +260,14 @@ class Engine:
             if event is None:
                 return
             yield event
+
+    def token_windows(self, state: MemoryState, question: str, segments: list[int], fingerprint: str
+                      ) -> dict[int, list[tuple[int, int]]]:
+        """For each of these segments, the character spans (in its source's text) of the token windows whose keys
+        matched the question best: why the token-key channel recalled it ([] without token keys)."""
+        with self.lock:
+            self._check(fingerprint)
+            return _windows(self.model, self.tokenizer, state, list(segments), question)
 
     def remember(self, state: MemoryState, question: str, answer: str, fingerprint: str) -> None:
         """Write a chat turn into the memory so later questions can recall it."""

@@ -104,6 +104,7 @@ def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads:
                                         info.get("pages", 0), 0, 0, info.get("tokens", 0), from_cache=True)
                 session.add(state, record, engine.memory_segments)
                 notes.append(f"“{upload.name}” was read before: loaded its memory from the cache.")
+                notes += [f"“{upload.name}”: {note}" for note in state.notes]  # what loading had to repair
                 yield Progress("extract", (n + 1) / len(uploads), f"Loaded “{upload.name}” from the cache.",
                                errors, notes)
                 continue

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import torch
-
 from hmt_core import MemoryState
 from hmt_core.state import SourceText
 
@@ -90,7 +88,9 @@ class Session:
 
 
 def rename_source(state: MemoryState, old: str, new: str) -> MemoryState:
-    """A copy of state whose source `old` is called `new` (a cached document uploaded under another name)."""
+    """A copy of state whose source `old` is called `new` (a cached document uploaded under another name). The copy
+    (state.copy()) keeps the lexical index, token keys and notes; the index and keys have one entry per segment, in
+    order, so renaming a source leaves them valid."""
     if old == new or old not in state.sources:
         return state
     out = state.copy()
@@ -101,21 +101,11 @@ def rename_source(state: MemoryState, old: str, new: str) -> MemoryState:
 
 
 def append_memory(base: MemoryState | None, extra: MemoryState, keep: int) -> MemoryState:
-    """base's memory followed by extra's: segments renumbered, the newest `keep` cached memories kept, and the
-    sensory memory taken from extra (the last text read)."""
+    """base's memory followed by extra's (MemoryState.extend: segments renumbered, the lexical index and token keys
+    appended, the newest `keep` cached memories kept, the sensory memory taken from extra); a copy of extra, on the
+    CPU, when there is no base yet."""
     if base is None:
         out = extra.copy().to("cpu")
         out.meta["cache_size"] = keep
         return out
-    if set(base.sources) & set(extra.sources):
-        raise ValueError(f"source names overlap: {sorted(set(base.sources) & set(extra.sources))}")
-    offset = base.num_segments
-    if base.kind == "hmt":
-        cache = torch.cat([base.cache.cpu(), extra.cache.cpu().to(base.cache.dtype)], 0)[-keep:]
-    else:  # RMT's memory is the last document's memory tokens
-        cache = extra.cache.cpu()
-    cache_segments = (base.cache_segments + [i + offset for i in extra.cache_segments])[-keep:]
-    segments = base.segments + [replace(s, index=s.index + offset) for s in extra.segments]
-    sources = {**base.sources, **extra.sources}
-    meta = {**base.meta, "cache_size": keep}
-    return MemoryState(base.kind, cache, cache_segments, list(extra.sensory_ids), segments, sources, meta)
+    return base.extend(extra, keep)

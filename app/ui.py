@@ -23,7 +23,7 @@ from app.extract import KINDS, MB  # noqa: E402
 from app.ingest import Progress, Upload, ingest  # noqa: E402
 from app.session import Session  # noqa: E402
 from hmt_core import DEFAULT_BACKBONE  # noqa: E402
-from hmt_core.answer import recall_passages  # noqa: E402
+from hmt_core.config import RECALL_CHANNELS  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ MAX_QUESTION_CHARS = 2000
 MODEL_CONCURRENCY = 2  # model events running at once; they take turns on the model lock step by step
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "pride_and_prejudice_ch1-7.pdf"
 MODES = [("Recall and re-read (cites pages)", "reread"), ("Faithful HMT (memory only)", "faithful")]
+CHANNEL_CHOICES = [("HMT memory", "memory"), ("Words (lexical index)", "lexical"), ("Token keys", "token")]
+CHANNEL_INFO = ("What ranks the recalled segments. HMT memory only = the paper's HMT; nothing ticked = memory only. "
+                "Offered: the channels the loaded weights weigh.")
+CHANNEL_COLORS = {views.CHANNEL_NAMES["memory"]: "#6366f1", views.CHANNEL_NAMES["lexical"]: "#f59e0b",
+                  views.CHANNEL_NAMES["token"]: "#0ea5e9"}  # words and token keys as their marks in the passages
 Update = dict[str, Any]
 
 CSS = """
@@ -42,7 +47,13 @@ CSS = """
 .hmt-passage { border-left: 3px solid var(--color-accent); padding: 4px 10px; margin: 8px 0; }
 .hmt-where { font-size: .85em; color: var(--body-text-color-subdued); margin-bottom: 4px; }
 .hmt-text { white-space: pre-wrap; line-height: 1.45; }
-.hmt-passage mark { background: #fde68a; color: inherit; padding: 0 1px; border-radius: 2px; }
+.hmt-why { font-size: .85em; color: var(--body-text-color-subdued); margin-bottom: 4px; }
+.hmt-passages mark { background: none; color: inherit; padding: 0; }
+.hmt-passages mark.hmt-word, .hmt-passages mark.hmt-token { color: #1f2937; }  /* dark text on the light marks */
+.hmt-passages mark.hmt-token { background: #e0f2fe; text-decoration: underline 2px #0ea5e9;
+  text-underline-offset: 3px; }
+.hmt-passages mark.hmt-word { background: #fde68a; padding: 0 1px; border-radius: 2px; }
+.hmt-legend { font-size: .85em; color: var(--body-text-color-subdued); margin: 4px 0 8px; }
 .hmt-memory th { text-align: left; padding-right: 12px; vertical-align: top; white-space: nowrap; }
 .hmt-memory code { white-space: pre-wrap; word-break: break-word; }
 .hmt-model { font-size: .85em; margin-bottom: 6px; color: var(--body-text-color-subdued); }
@@ -65,6 +76,24 @@ def cut_repetition(text: str, tail: int = 40, times: int = 3) -> str | None:
     if text.count(end) < times:
         return None
     return text[:text.find(end) + tail]
+
+
+def parse_channels(value: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...] | None:
+    """The recall channels asked for, checked: None = every channel the model weighs; else names from
+    RECALL_CHANNELS (a list, or one comma-separated string), where none at all means memory only (the paper's HMT).
+    Raises ValueError with a message for the page on anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [name.strip() for name in value.split(",") if name.strip()]
+    known = ", ".join(RECALL_CHANNELS)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"Recall channels must be a list of names ({known}), not {value!r}.")
+    unknown = [name for name in value if name not in RECALL_CHANNELS]
+    if unknown:
+        raise ValueError(f"Unknown recall channel {', '.join(map(repr, unknown))}: choose from {known} "
+                         "(an empty list means memory only).")
+    return tuple(dict.fromkeys(value)) or ("memory",)
 
 
 class Handlers:
@@ -161,9 +190,14 @@ class Handlers:
         return None
 
     def ask(self, question: str | None, session: Session, mode: str = "reread", max_new_tokens: int = 200,
-            temperature: float = 0.0) -> Iterator[Update]:
-        """Answer from memory, streaming the answer, the recall chart and the recalled passages."""
+            temperature: float = 0.0, channels: list[str] | str | None = None) -> Iterator[Update]:
+        """Answer from memory with the recall channels asked for (parse_channels), streaming the answer, the recall
+        chart (split by channel) and the recalled passages (with why each was recalled)."""
         problem = self.question_problem(question, session)
+        try:
+            wanted = parse_channels(channels)
+        except ValueError as err:
+            problem = str(err)
         if problem:
             yield {"ask_status": problem, "chat": list(session.chat), "session": session,
                    **self._chat_enabled(session.ready and not session.busy)}
@@ -172,19 +206,21 @@ class Handlers:
         state, fingerprint = session.memory, session.fingerprint
         session.busy = True
         session.chat += [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-        answer, passages, result = "", [], {"answer": "", "citations": []}
+        answer, passages, used, result = "", [], (), {"answer": "", "citations": []}
         try:
             yield {"chat": self._chat(session), "question": gr.update(value="", interactive=False),
                    "ask": gr.update(interactive=False), "ask_status": "Recalling from memory…"}
             recalled = False
             for event in self.engine.answer(state, question, fingerprint, mode, int(max_new_tokens),
-                                            float(temperature)):
+                                            float(temperature), wanted):
                 if event.kind == "recall" and not recalled:
                     recalled = True
-                    passages = event.passages or (recall_passages(state, event.weights) if event.weights is not None
-                                                  else [])
-                    yield {"chart": self._chart(state, event.weights),
-                           "passages": views.passages_html(state, passages, question),
+                    passages, detail = event.passages, event.recall
+                    used = detail.channels if detail is not None else ()
+                    windows = (self.engine.token_windows(state, question, [i for p in passages for i in p.segments],
+                                                         fingerprint) if "token" in used else {})
+                    yield {"chart": self._chart(state, event.weights, detail),
+                           "passages": views.passages_html(state, passages, question, windows),
                            "ask_status": "Answering…"}
                 elif event.kind == "token":
                     answer += event.text
@@ -200,7 +236,7 @@ class Handlers:
             shown = (answer.strip() or "(The model gave no answer.)") + (f"\n\n*{cites}*" if cites else "")
             session.chat[-1] = {"role": "assistant", "content": shown}
             self.engine.remember(state, question, answer, fingerprint)
-            result = {"answer": answer.strip(), "citations": views.citations(passages)}
+            result = {"answer": answer.strip(), "citations": views.citations(passages, used)}
             status = ""
         except EngineError as err:
             session.chat = session.chat[:-2]
@@ -217,8 +253,8 @@ class Handlers:
         return [dict(m) for m in session.chat]
 
     @staticmethod
-    def _chart(state, weights) -> dict:
-        frame = views.recall_frame(state, weights)
+    def _chart(state, weights, detail=None) -> dict:
+        frame = views.recall_frame(state, weights, detail)
         if not len(frame):
             return gr.update(value=None)
         return gr.update(value=frame, y_lim=views.y_limit(frame))
@@ -246,7 +282,16 @@ class Handlers:
         yield {"model_status": f"Loaded: {description}" + (f"\n\n{changed}" if changed else ""),
                "model_note": self.model_note(), "memory": self.memory_panel(session),
                "documents": views.documents_markdown(session), "chat": self._chat(session), "session": session,
-               **self._chat_enabled(session.ready)}
+               "channels": self.channels_update(), **self._chat_enabled(session.ready)}
+
+    def channel_choices(self) -> list[tuple[str, str]]:
+        """The Settings choices of recall channels: those the loaded model weighs."""
+        weighed = self.engine.channels()
+        return [(label, name) for label, name in CHANNEL_CHOICES if name in weighed]
+
+    def channels_update(self) -> dict:
+        """The Settings checkboxes for the loaded model: its channels offered, all of them ticked."""
+        return gr.update(choices=self.channel_choices(), value=list(self.engine.channels()))
 
     def model_note(self) -> str:
         """A line under the title saying which model is loaded and, plainly, when recall is untrained."""
@@ -258,7 +303,7 @@ class Handlers:
         session.check_model(self.engine.fingerprint)
         return {"memory": self.memory_panel(session), "model_note": self.model_note(),
                 "documents": views.documents_markdown(session), "session": session,
-                **self._chat_enabled(session.ready)}
+                "channels": self.channels_update(), **self._chat_enabled(session.ready)}
 
     # --- named API endpoints ---------------------------------------------------------------------------------
 
@@ -273,10 +318,13 @@ class Handlers:
         return "\n\n".join(lines), session
 
     def api_ask(self, question: str, mode: str, max_new_tokens: float, temperature: float,
-                session: Session) -> tuple[str, list[dict], Session]:
-        """API: answer a question from this client's memory; returns (answer, citations)."""
+                channels: list[str] | str | None = None, session: Session | None = None
+                ) -> tuple[str, list[dict], Session]:
+        """API: answer a question from this client's memory; returns (answer, citations). channels: a list of
+        recall channel names (None, the default: every channel the model weighs; [] = memory only). The session
+        (a gr.State, always given by Gradio) comes last, so channels can have a default for older clients."""
         result, status = None, ""
-        for update in self.ask(question, session, mode, max_new_tokens, temperature):
+        for update in self.ask(question, session, mode, max_new_tokens, temperature, channels):
             result = update.get("result", result)
             status = update.get("ask_status", status)
         if result is None:
@@ -337,10 +385,12 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
             with gr.Column(scale=3):
                 gr.Markdown("### What was recalled")
                 # starts empty (None): in Gradio 6.31 a plot whose first value is an empty table never draws updates
-                chart = gr.BarPlot(None, x="segment", y="weight", color="document", x_axis_format="d",
-                                   tooltip=["segment", "pages", "document", "weight"], y_lim=[0, 1],
+                chart = gr.BarPlot(None, x="segment", y="weight", color="channel", color_map=CHANNEL_COLORS,
+                                   x_axis_format="d", y_lim=[0, 1],
+                                   tooltip=["segment", "document", "pages", "channel", "weight", "recall"],
                                    x_title="segment read (in order)", y_title="recall attention",
-                                   label="Recall attention over every segment read", elem_id="recall-chart")
+                                   color_title="recall channel", elem_id="recall-chart",
+                                   label="Recall attention over every segment read, each bar split by channel")
                 passages = gr.HTML(views.passages_html(None, [], ""), elem_id="passages")
             with gr.Column(scale=2):
                 gr.Markdown("### Memory")
@@ -351,6 +401,8 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
                 max_tokens = gr.Slider(16, 512, value=200, step=8, label="Max new tokens", elem_id="max-tokens")
                 temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)",
                                         elem_id="temperature")
+                channels = gr.CheckboxGroup(handlers.channel_choices(), value=list(engine.channels()),
+                                            label="Recall channels", info=CHANNEL_INFO, elem_id="channels")
             with gr.Row():
                 backbone = gr.Textbox(engine.backbone_name or DEFAULT_BACKBONE, label="Backbone (hub id or folder)",
                                       elem_id="backbone")
@@ -364,6 +416,7 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
             api_password = gr.Textbox(label="password")
             api_summary = gr.Textbox(label="summary")
             api_question = gr.Textbox(label="question")
+            api_channels = gr.JSON(label="channels")
             api_answer = gr.Textbox(label="answer")
             api_citations = gr.JSON(label="citations")
             api_ingest_button = gr.Button("ingest")
@@ -371,7 +424,8 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
 
         c = {"session": session, "progress": progress, "status": status, "documents": documents, "chat": chat,
              "question": question, "ask": ask, "ask_status": ask_status, "chart": chart, "passages": passages,
-             "memory": memory, "cancel": cancel, "model_status": model_status, "model_note": model_note}
+             "memory": memory, "cancel": cancel, "model_status": model_status, "model_note": model_note,
+             "channels": channels}
         model = {"concurrency_id": "model", "concurrency_limit": MODEL_CONCURRENCY}
         private = {"api_visibility": "private"}
         ingest_out = [session, progress, status, documents, memory, cancel, question, ask]
@@ -384,17 +438,18 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
                     [session, status, documents, chat, memory, chart, passages, progress, question, ask],
                     concurrency_limit=None, **private)
         ask_out = [session, chat, question, ask, ask_status, chart, passages, memory, documents]
-        ask_in = [question, session, mode, max_tokens, temperature]
+        ask_in = [question, session, mode, max_tokens, temperature, channels]
         for trigger in (question.submit, ask.click):
             trigger(_wire(handlers.ask, c), ask_in, ask_out, show_progress="minimal", show_progress_on=[ask_status],
                     **model, **private)
         load.click(_wire(handlers.load_model, c), [backbone, weights, device, session],
-                   [model_status, model_note, memory, documents, chat, session, question, ask], **model, **private)
-        demo.load(_wire(handlers.on_load, c), [session], [memory, model_note, documents, session, question, ask],
-                  **private)
+                   [model_status, model_note, memory, documents, chat, session, channels, question, ask], **model,
+                   **private)
+        demo.load(_wire(handlers.on_load, c), [session],
+                  [memory, model_note, documents, session, channels, question, ask], **private)
         api_ingest_button.click(handlers.api_ingest, [api_files, api_text, api_password, session],
                                 [api_summary, session], api_name="ingest", **model)
-        api_ask_button.click(handlers.api_ask, [api_question, mode, max_tokens, temperature, session],
+        api_ask_button.click(handlers.api_ask, [api_question, mode, max_tokens, temperature, api_channels, session],
                              [api_answer, api_citations, session], api_name="ask", **model)
     demo.queue(default_concurrency_limit=MODEL_CONCURRENCY)
     return demo

@@ -1,21 +1,26 @@
-"""What the page shows, built from plain data: the progress bar, the recall chart's table, the recalled passages
-with question words highlighted, the memory hierarchy panel and the document list."""
+"""What the page shows, built from plain data: the progress bar, the recall chart's table (each bar split by recall
+channel), the recalled passages with why they were recalled, the memory hierarchy panel and the document list."""
 
 from __future__ import annotations
 
+import bisect
 import html
+import math
 import re
+from itertools import pairwise
 
 import pandas as pd
 import torch
 
-from hmt_core import MemoryState, Passage
 from app.session import Session
+from hmt_core import MemoryState, Passage
+from hmt_core.lexical import LexicalIndex
+from hmt_core.recall import Recall
 
-STOPWORDS = set("""a an and are as at be been but by can did do does for from had has have he her his how i if in
-into is it its me my no not of on or she so than that the their them then there these they this to was we were what
-when where which who whom why will with would you your about after before does tell much many""".split())
-CHART_COLUMNS = ["segment", "weight", "document", "pages"]
+Span = tuple[int, int]
+
+CHANNEL_NAMES = {"memory": "memory", "lexical": "words", "token": "token keys"}  # as the page names them
+CHART_COLUMNS = ["segment", "channel", "weight", "recall", "document", "pages"]
 
 
 def progress_html(fraction: float, message: str, state: str = "running") -> str:
@@ -24,26 +29,6 @@ def progress_html(fraction: float, message: str, state: str = "running") -> str:
     return (f'<div class="hmt-progress hmt-{state}" data-state="{state}">'
             f'<div class="hmt-bar"><div class="hmt-fill" style="width:{percent:.1f}%"></div></div>'
             f'<div class="hmt-progress-text">{html.escape(message)}</div></div>')
-
-
-def question_words(question: str) -> list[str]:
-    """The words of a question worth highlighting: no stopwords, at least three characters, longest first."""
-    words = {w.lower() for w in re.findall(r"[\w'’-]+", question) if len(w) >= 3}
-    return sorted(words - STOPWORDS, key=len, reverse=True)
-
-
-def highlight(text: str, words: list[str]) -> str:
-    """HTML-escaped text with <mark> around whole-word matches of words (case-insensitive)."""
-    if not words:
-        return html.escape(text)
-    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
-    out, last = [], 0
-    for match in pattern.finditer(text):
-        out.append(html.escape(text[last:match.start()]))
-        out.append(f"<mark>{html.escape(match.group())}</mark>")
-        last = match.end()
-    out.append(html.escape(text[last:]))
-    return "".join(out)
 
 
 def reflow(text: str) -> str:
@@ -60,22 +45,45 @@ def pages_label(start: int | None, end: int | None) -> str:
     return f"p. {start}" if end in (None, start) else f"pp. {start}-{end}"
 
 
-def recall_frame(state: MemoryState | None, weights: torch.Tensor | None) -> pd.DataFrame:
-    """One row per segment read: its number (from 1), recall weight, document and pages; empty without weights."""
+def channel_shares(contributions: dict[str, float]) -> dict[str, float]:
+    """Each channel's share of one segment's recall weight: its positive part of the fused recall score over the
+    sum of every channel's positive part. When no channel adds anything positive, the channel with the largest
+    contribution takes the whole bar; without contributions (no per-channel detail) it is all memory."""
+    if not contributions:
+        return {"memory": 1.0}
+    positive = {c: max(v, 0.0) for c, v in contributions.items()}
+    total = sum(positive.values())
+    if total > 0:
+        return {c: v / total for c, v in positive.items()}
+    best = max(contributions, key=contributions.get)
+    return {c: float(c == best) for c in contributions}
+
+
+def recall_frame(state: MemoryState | None, weights: torch.Tensor | None, detail: Recall | None = None
+                 ) -> pd.DataFrame:
+    """The recall chart's table: for every segment read, one row per channel that had a share in its recall weight
+    (channel_shares), `weight` = the segment's weight times that share, so a segment's rows stack to its weight
+    (`recall`); with its number (from 1), document and pages. Empty without weights."""
     if state is None or weights is None or not state.num_segments:
         return pd.DataFrame({c: [] for c in CHART_COLUMNS})
     values = weights.detach().float().cpu().tolist()
+    parts = {c: v.detach().float().cpu().tolist() for c, v in detail.contributions.items()} if detail else {}
     rows = []
     for seg in state.segments:
-        weight = values[seg.index] if seg.index < len(values) else 0.0
-        rows.append({"segment": seg.index + 1, "weight": round(weight, 5), "document": seg.source,
-                     "pages": pages_label(seg.page_start, seg.page_end) or "-"})
+        i = seg.index
+        weight = values[i] if i < len(values) else 0.0
+        shares = channel_shares({c: p[i] for c, p in parts.items() if i < len(p)})
+        for channel, share in shares.items():
+            if share > 0:
+                rows.append({"segment": i + 1, "channel": CHANNEL_NAMES[channel], "weight": round(weight * share, 6),
+                             "recall": round(weight, 6), "document": seg.source,
+                             "pages": pages_label(seg.page_start, seg.page_end) or "-"})
     return pd.DataFrame(rows, columns=CHART_COLUMNS)
 
 
 def y_limit(frame: pd.DataFrame) -> list[float]:
-    """A y axis from 0 to a little above the highest weight (weights over hundreds of segments are small)."""
-    top = float(frame["weight"].max()) if len(frame) else 0.0
+    """A y axis from 0 to a little above the highest stacked bar (weights over hundreds of segments are small)."""
+    top = float(frame.groupby("segment")["weight"].sum().max()) if len(frame) else 0.0
     return [0.0, max(top * 1.15, 0.01)]
 
 
@@ -98,25 +106,129 @@ def location(state: MemoryState, passage: Passage) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def passages_html(state: MemoryState | None, passages: list[Passage], question: str) -> str:
-    """The recalled passages, strongest first, with their place in the documents and question words marked."""
+def move_spans(spans: list[Span], raw: str, shown: str) -> list[Span]:
+    """Character spans in `raw` -> the spans of the same characters in `shown`, which is `raw` with only its
+    whitespace changed (reflow keeps every other character, in order); a span's own leading and trailing
+    whitespace is dropped, a span of whitespace only disappears."""
+    raw_solid = [i for i, ch in enumerate(raw) if not ch.isspace()]
+    shown_solid = [i for i, ch in enumerate(shown) if not ch.isspace()]
+    moved = []
+    for start, end in spans:
+        first, last = bisect.bisect_left(raw_solid, start), bisect.bisect_left(raw_solid, end) - 1
+        if first <= last:
+            moved.append((shown_solid[first], shown_solid[last] + 1))
+    return moved
+
+
+def _word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def whole_words(spans: list[Span], text: str) -> list[Span]:
+    """Spans widened at both ends to whole words: a token window can begin or end inside a word (sub-word tokens),
+    and a word marked in part is hard to read."""
+    widened = []
+    for start, end in spans:
+        while 0 < start < len(text) and _word_char(text[start - 1]) and _word_char(text[start]):
+            start -= 1
+        while 0 < end < len(text) and _word_char(text[end - 1]) and _word_char(text[end]):
+            end += 1
+        widened.append((start, end))
+    return widened
+
+
+def marked(text: str, words: list[Span], windows: list[Span]) -> str:
+    """HTML-escaped text with <mark class="hmt-word"> over the word spans and <mark class="hmt-token"> over the
+    token-window spans; where they overlap, one mark has both classes."""
+    cuts = sorted({0, len(text), *(i for span in words + windows for i in span if 0 <= i <= len(text))})
+    pieces: list[list] = []  # [classes, text]
+    for start, end in pairwise(cuts):
+        classes = " ".join(name for name, spans in (("hmt-word", words), ("hmt-token", windows))
+                           if any(a <= start and end <= b for a, b in spans))
+        if pieces and pieces[-1][0] == classes:
+            pieces[-1][1] += text[start:end]
+        else:
+            pieces.append([classes, text[start:end]])
+    return "".join(f'<mark class="{classes}">{html.escape(piece)}</mark>' if classes else html.escape(piece)
+                   for classes, piece in pieces)
+
+
+def _score(value: float, signed: bool = False) -> str:
+    """A score for the page, to two decimals; 'none' when not finite (a segment with no cached memory)."""
+    if not math.isfinite(value):
+        return "none"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def reasons(passage: Passage) -> str:
+    """Why a passage was recalled: each channel's part of the fused recall score, then (with more than one
+    channel) the channels' raw scores, e.g. 'memory +0.80 · words +2.10 · token keys +0.40'."""
+    parts = " · ".join(f"{CHANNEL_NAMES[c]} {_score(v, signed=True)}" for c, v in passage.contributions.items())
+    if len(passage.scores) < 2:
+        return parts
+    raw = " · ".join(f"{CHANNEL_NAMES[c]} {_score(v)}" for c, v in passage.scores.items())
+    return f"{parts} (raw scores: {raw})"
+
+
+def passage_body(state: MemoryState, passage: Passage, question: str,
+                 windows: dict[int, list[Span]] | None = None) -> str:
+    """A passage's text as HTML, reflowed, with the words the question's terms match (LexicalIndex.matches) and
+    the token windows (spans in the source's text, per segment; widened to whole words) marked. The marks are placed
+    on the raw text and moved through the reflow, so the text reads exactly as reflow() gives it."""
+    raw = state.sources[passage.source].text[passage.char_start:passage.char_end]
+    start = passage.char_start + len(raw) - len(raw.lstrip())  # passage.text is the stripped span
+    n = len(passage.text)
+    spans = [(max(a - start, 0), min(b - start, n)) for i in passage.segments for a, b in (windows or {}).get(i, [])]
+    spans = whole_words([s for s in spans if s[0] < s[1]], passage.text)
+    shown = reflow(passage.text)
+    words = move_spans(LexicalIndex.matches(question, passage.text), passage.text, shown)
+    return marked(shown, words, move_spans(spans, passage.text, shown))
+
+
+def legend(channels: list[str]) -> str:
+    """What the marks and the numbers in the passages mean, for the channels this recall used."""
+    found = "that the word index matched" if "lexical" in channels else "(the word index was not used for this recall)"
+    marks = [f'<mark class="hmt-word">words</mark> of the question {found}']
+    if "token" in channels:
+        marks.append('<mark class="hmt-token">token windows</mark> whose token keys matched the question best')
+    return ('<div class="hmt-legend">Marked: ' + " · ".join(marks)
+            + ". “why”: each recall channel's part of the passage's recall score.</div>")
+
+
+def passages_html(state: MemoryState | None, passages: list[Passage], question: str,
+                  windows: dict[int, list[Span]] | None = None) -> str:
+    """The recalled passages, strongest first, with their place in the documents, why each was recalled (the
+    recall channels' parts) and the matched words and token windows marked, under a legend."""
     if state is None or not passages:
         return '<div class="hmt-passages hmt-empty">Ask a question to see which passages the memory recalled.</div>'
-    words = question_words(question)
+    channels = list(dict.fromkeys(c for p in passages for c in p.contributions)) or ["memory"]
     blocks = []
     for n, passage in enumerate(sorted(passages, key=lambda p: -p.weight), 1):
+        why = reasons(passage)
         blocks.append(
             f'<div class="hmt-passage"><div class="hmt-where"><b>[{n}] {html.escape(where(passage))}</b> · '
             f'{html.escape(location(state, passage))} · '
             f'recall weight {passage.weight:.3f}</div>'
-            f'<div class="hmt-text">{highlight(reflow(passage.text), words)}</div></div>')
-    return '<div class="hmt-passages">' + "".join(blocks) + "</div>"
+            + (f'<div class="hmt-why">why: {html.escape(why)}</div>' if why else "")
+            + f'<div class="hmt-text">{passage_body(state, passage, question, windows)}</div></div>')
+    return '<div class="hmt-passages">' + legend(channels) + "".join(blocks) + "</div>"
 
 
-def citations(passages: list[Passage]) -> list[dict]:
-    """The passages as plain data for the API: source, pages, segments (from 1), weight and text."""
-    return [{"source": p.source, "pages": p.pages if p.source != "chat" else f"turn {p.page_start}", "segments": [i + 1 for i in p.segments],
-             "weight": round(p.weight, 5), "text": p.text} for p in sorted(passages, key=lambda p: -p.weight)]
+def _number(value: float) -> float | None:
+    """A score for JSON: rounded, None when not finite (a segment with no cached memory has no memory score)."""
+    return round(value, 5) if math.isfinite(value) else None
+
+
+def citations(passages: list[Passage], channels: tuple[str, ...] | list[str] | None = None) -> list[dict]:
+    """The passages as plain data for the API: source, pages, segments (from 1), weight and text, each channel's
+    raw score and part of the fused recall score ("channels"), and the channels the recall used
+    ("recall_channels"; default: those the passages carry)."""
+    used = list(channels) if channels is not None else list(dict.fromkeys(c for p in passages for c in p.scores))
+    return [{"source": p.source, "pages": p.pages if p.source != "chat" else f"turn {p.page_start}",
+             "segments": [i + 1 for i in p.segments], "weight": round(p.weight, 5), "text": p.text,
+             "channels": {c: {"score": _number(p.scores.get(c, math.nan)),
+                              "contribution": _number(p.contributions.get(c, math.nan))} for c in p.scores},
+             "recall_channels": used} for p in sorted(passages, key=lambda p: -p.weight)]
 
 
 def citation_line(passages: list[Passage]) -> str:
@@ -139,8 +251,18 @@ def documents_markdown(session: Session) -> str:
     return "\n".join(lines)
 
 
+def size_label(nbytes: int) -> str:
+    """'512 B', '18.0 KB', '1.2 MB'."""
+    for unit in ("B", "KB", "MB"):
+        if nbytes < 1024:
+            return f"{nbytes} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GB"
+
+
 def memory_html(session: Session, sensory_text: str, describe_model: str) -> str:
-    """The memory hierarchy: sensory memory (decoded), the newest memory embedding, the long-term cache and the
+    """The memory hierarchy, one row per level with its size: sensory memory (decoded), the newest memory
+    embedding, the long-term cache of memory embeddings, the token keys and the word index; then the segments and
     documents, under a line naming the model."""
     model = f'<div class="hmt-model">{html.escape(describe_model)}</div>'
     state = session.memory
@@ -149,13 +271,24 @@ def memory_html(session: Session, sensory_text: str, describe_model: str) -> str
     rows = []
     sensory = html.escape(sensory_text) if sensory_text else "(none)"
     rows.append(("Sensory memory", f"last {len(state.sensory_ids)} tokens read: <code>{sensory}</code>"))
-    if state.cache.shape[0]:
-        newest = state.cache[-1].float()
+    cache = state.cache
+    if cache.shape[0]:
+        newest = cache[-1].float()
         first = ", ".join(f"{v:+.3f}" for v in newest[:6].tolist())
         rows.append(("Current memory", f"newest memory embedding: norm {float(newest.norm()):.2f}, "
                                        f"d = {newest.shape[0]}, first values [{first}, …]"))
-    capacity = state.meta.get("cache_size", state.cache.shape[0])
-    rows.append(("Long-term cache", f"{state.cache.shape[0]} of {capacity} memory embeddings"))
+    capacity = state.meta.get("cache_size", cache.shape[0])
+    rows.append(("Long-term cache", f"{cache.shape[0]} of {capacity} memory embeddings, d = {cache.shape[-1]}, "
+                                    f"{size_label(cache.numel() * cache.element_size())}"))
+    keys = state.token_keys
+    if keys is None:
+        rows.append(("Token keys", "none: the loaded weights have no token keys"))
+    else:
+        segments, per_segment, width = keys.shape
+        rows.append(("Token keys", f"{segments} segments × {per_segment} keys × {width} dims, "
+                                   f"{size_label(keys.numel() * keys.element_size())}"))
+    rows.append(("Word index", f"{len(state.lexical)} segments indexed, {state.lexical.num_terms:,} distinct terms "
+                               "(BM25)"))
     chat = sum(1 for s in state.segments if s.source == "chat")
     rows.append(("Segments read", f"{state.num_segments} ({state.num_segments - chat} from documents, "
                                   f"{chat} from the chat)"))

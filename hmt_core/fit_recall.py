@@ -1,10 +1,10 @@
 """Fitting multi-channel recall on training data only (issue 10, parts 2 and 3).
 
 Starting from trained HMT weights, this
-1. adds token keys at --token-key-layer: their centring and whitening are fitted on the main-pass token states of
-   --whitening-articles training SQuAD articles;
-2. reads every training article with them (each on its own, and all of them as one long document, which is what a
-   manual looks like), and reads --passkeys windows of the --texts prose with a passkey needle hidden in them (the
+1. reads the training SQuAD articles, keeping the main-pass token states after --token-key-layer, fits the token
+   keys' centring and whitening on those of --whitening-articles articles and computes every segment's keys;
+2. scores questions against each article on its own and against all of them as one long document (what a manual
+   looks like), and reads --passkeys windows of the --texts prose with a passkey needle hidden in them (the
    training passkeys of hmt_core.data, never the benchmark's filler);
 3. scores every question with each channel (memory, lexical, token) and fits the fusion weights and temperature by
    the listwise softmax likelihood of the segment that holds the answer (the recall attention itself, raw logits);
@@ -36,7 +36,7 @@ from .hmt import HMT
 from .reader import Reader
 from .recall import channel_scores, standardize
 from .state import MemoryState
-from .token_keys import fit_whitening
+from .token_keys import fit_whitening, select_keys
 
 KEEP = 100_000  # every segment stays recallable, as in the app and the benchmarks
 
@@ -62,22 +62,33 @@ def read_document(model: HMT, tokenizer, paragraphs: list[str], source: str) -> 
 
 
 @torch.no_grad()
-def token_states(model: HMT, tokenizer, documents: list[list[str]], layer: int) -> torch.Tensor:
-    """Hidden states [N, d] after `layer` of every main-pass token while reading the documents (every 3rd token)."""
-    kept: list[torch.Tensor] = []
+def read_with_token_states(model: HMT, tokenizer, paragraphs: list[str], source: str
+                           ) -> tuple[MemoryState, list[torch.Tensor]]:
+    """Read a document as read_document does, also keeping each segment's own token states [n, d] (fp16) after the
+    token-key layer, so that the whitening can be fitted and the keys recomputed without reading twice."""
+    calls: list[torch.Tensor] = []
 
     def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output  # [1, n, d]
-        if hidden.shape[1] > model.config.summary_length + 2:  # a main pass, not a summary pass
-            kept.append(hidden[0, 1:-1:3].float().cpu())
+        calls.append((output[0] if isinstance(output, tuple) else output)[0].half().cpu())  # [n, d]
 
-    handle = decoder_layers(model.backbone)[layer - 1].register_forward_hook(hook)
+    handle = decoder_layers(model.backbone)[model.config.token_key_layer - 1].register_forward_hook(hook)
     try:
-        for i, paragraphs in enumerate(documents):
-            read_document(model, tokenizer, paragraphs, f"doc{i}")
+        state = read_document(model, tokenizer, paragraphs, source)
     finally:
         handle.remove()
-    return torch.cat(kept)
+    # calls alternate summary pass, main pass; the main pass is [P, sensory, x, P]
+    states = []
+    for s, seg in enumerate(state.segments):
+        x_start = 1 + (0 if s == 0 else model.config.sensory_size)
+        states.append(calls[2 * s + 1][x_start:x_start + seg.num_tokens])
+    return state, states
+
+
+def rekey(model: HMT, state: MemoryState, states: list[torch.Tensor]) -> None:
+    """Recompute a state's token keys [S, K, r] from its segments' token states with the model's fitted whitening."""
+    cfg = model.config
+    state.token_keys = torch.stack([select_keys(t.float(), model.token_key_mean, model.token_key_proj,
+                                                cfg.token_keys_per_segment) for t in states]).half()
 
 
 def gold_segments(state: MemoryState, answers: list[str], starts: list[int], offset: int = 0) -> list[int]:
@@ -153,6 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-key-layer", type=int, default=12)
     parser.add_argument("--token-key-width", type=int, default=128)
     parser.add_argument("--token-keys", type=int, default=16, help="keys per segment")
+    parser.add_argument("--articles", type=int, default=25, help="the first N training articles")
     parser.add_argument("--whitening-articles", type=int, default=8, help="training articles the whitening sees")
     parser.add_argument("--questions-per-article", type=int, default=40)
     parser.add_argument("--passkeys", type=int, default=24, help="passkey windows of training prose")
@@ -171,23 +183,26 @@ def main(argv: list[str] | None = None) -> None:
     split = json.loads((args.squad / "split.json").read_text())
     train = set(split["train"])
     articles = [a for a in map(json.loads, (args.squad / "articles.jsonl").read_text().splitlines())
-                if a["title"] in train]
+                if a["title"] in train][:args.articles]
     paragraphs = [[a["context"][s:e] for s, e in a["paragraph_spans"]] for a in articles]
-    print(f"{len(articles)} training articles; fitting the token keys' whitening", flush=True)
-    mean, proj = fit_whitening(token_states(model, tokenizer, paragraphs[:args.whitening_articles],
-                                            args.token_key_layer), args.token_key_width)
-    model.init_token_keys(mean, proj)
+    states, token_states = [], []
+    for article, paras in zip(articles, paragraphs):
+        state, tokens = read_with_token_states(model, tokenizer, paras, article["title"])
+        states.append(state)
+        token_states.append(tokens)
+        print(f"read {article['title']}: {state.num_segments} segments ({time.time() - started:.0f} s)", flush=True)
+    sample = torch.cat([t for tokens in token_states[:args.whitening_articles] for t in tokens])[::3]
+    model.init_token_keys(*fit_whitening(sample.float(), args.token_key_width))
+    for state, tokens in zip(states, token_states):
+        rekey(model, state, tokens)
 
     sets: dict[str, list] = {"article": [], "all_articles": [], "passkey": []}
-    states, questions = [], []
-    for article, paras in zip(articles, paragraphs):
-        state = read_document(model, tokenizer, paras, article["title"])
-        states.append(state)
+    questions = []
+    for a, (article, state) in enumerate(zip(articles, states)):
         for q in article["questions"][:args.questions_per_article]:
             gold = gold_segments(state, q["answers"], q["answer_starts"])
             sets["article"].append((features(model, tokenizer, state, q["question"]), gold))
-            questions.append((len(states) - 1, q))
-        print(f"read {article['title']}: {state.num_segments} segments ({time.time() - started:.0f} s)", flush=True)
+            questions.append((a, q))
     pooled, offsets = states[0], [0]
     for state in states[1:]:
         offsets.append(pooled.num_segments)
@@ -197,11 +212,12 @@ def main(argv: list[str] | None = None) -> None:
         gold = gold_segments(states[a], q["answers"], q["answer_starts"], offsets[a])
         sets["all_articles"].append((features(model, tokenizer, pooled, q["question"]), gold))
     texts = read_text_files(args.texts)
-    for text, at, _key in passkey_documents(texts, args.passkeys, args.passkey_chars, rng):
+    for text, at, key in passkey_documents(texts, args.passkeys, args.passkey_chars, rng):
         state = read_document(model, tokenizer, [text], "prose")
-        needle = max(s.index for s in state.segments if s.char_start <= at)
+        end = at + len(PasskeyQA.NEEDLE.format(key=key))
+        needle = [s.index for s in state.segments if s.char_start < end and at < s.char_end]  # may straddle a cut
         for question in PasskeyQA.QUESTIONS:
-            sets["passkey"].append((features(model, tokenizer, state, question), [needle]))
+            sets["passkey"].append((features(model, tokenizer, state, question), needle))
     print(f"features done ({time.time() - started:.0f} s); fitting the fusion", flush=True)
     theta = fit_fusion(sets)
     total = float(theta.clamp(min=1e-6).sum())

@@ -80,6 +80,11 @@ class LexicalIndex:
     def __len__(self) -> int:
         return len(self._docs)
 
+    @property
+    def num_terms(self) -> int:
+        """Distinct terms indexed so far."""
+        return len(self._vocab)
+
     def add(self, text: str) -> None:
         """Append one segment's text (empty text is an empty segment)."""
         ids = [self._vocab.setdefault(t, len(self._vocab)) for t in terms(text)]

@@ -78,9 +78,7 @@ def channel_scores(model, tokenizer, state: MemoryState, question: str, query_id
     if "lexical" in channels:
         scores["lexical"] = state.lexical.scores(question).float()
     if "token" in channels:
-        ids = tokenizer(question, add_special_tokens=False)["input_ids"]
-        query = model.question_keys(ids, question_token_mask(tokenizer, ids))
-        scores["token"] = maxsim(query, state.token_keys)
+        scores["token"] = maxsim(question_keys(model, tokenizer, question), state.token_keys)
     return scores
 
 
@@ -123,14 +121,21 @@ def key_windows(tokenizer, text: str, keys: int) -> list[tuple[int, int]]:
     return [(offsets[int(w[0])][0], offsets[int(w[-1])][1]) for w in windows]
 
 
-def matched_windows(model, tokenizer, state: MemoryState, segment: int, question: str, top: int = 2
-                    ) -> list[tuple[int, int]]:
+def question_keys(model, tokenizer, question: str) -> torch.Tensor:
+    """The question's token keys [q, r] for the token-key channel: its content tokens, bare (no chat template)."""
+    ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    return model.question_keys(ids, question_token_mask(tokenizer, ids))
+
+
+def matched_windows(model, tokenizer, state: MemoryState, segment: int, question: str, top: int = 2,
+                    query: torch.Tensor | None = None) -> list[tuple[int, int]]:
     """Why the token-key channel recalled a segment: character spans (in its source's text) of the `top` token
-    windows whose keys gave the question's tokens their best matches, by summed similarity; [] without keys."""
+    windows whose keys gave the question's tokens their best matches, by summed similarity; [] without keys.
+    `query` is question_keys(model, tokenizer, question), computed once for all the passages of an answer."""
     if state.token_keys is None or not model.config.token_key_layer or segment >= state.token_keys.shape[0]:
         return []
-    ids = tokenizer(question, add_special_tokens=False)["input_ids"]
-    query = model.question_keys(ids, question_token_mask(tokenizer, ids))  # [q, r]
+    if query is None:
+        query = question_keys(model, tokenizer, question)  # [q, r]
     keys = state.token_keys[segment].float()  # [K, r]
     if query.shape[0] == 0:
         return []

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from apptools import cache, engine, handlers, pdf, ready, run  # noqa: F401 (fixtures)
+from apptools import (cache, engine, fused, fused_handlers, handlers, notes_read, notes_ready, pdf,  # noqa: F401
+                      ready, run)
 from pdf_factory import make_pdf
 from pypdf import PdfWriter
 
+from app.cache import STATE_DIR
 from app.session import Session
 from app.ui import MAX_QUESTION_CHARS
+from hmt_core.state import LEXICAL_DIR
 
 
 def assert_kept(session: Session, segments: int) -> None:
@@ -138,3 +141,27 @@ def test_question_while_reading(handlers, ready):
     final = run(handlers.ask("What is the passkey?", ready))
     assert_clear(final["ask_status"], "Wait until reading finishes")
     ready.busy = False
+
+
+@pytest.mark.parametrize("question", ["the of and", "?!? ...", "这是什么", "🙂"])
+def test_a_question_with_no_words_to_match_still_answers_from_memory(fused_handlers, notes_ready, question):
+    final = run(fused_handlers.ask(question, notes_ready, "reread", 4, 0.0))
+    assert final["ask_status"] == ""
+    citations = final["result"]["citations"]
+    assert citations and citations[0]["recall_channels"] == ["memory", "lexical", "token"]
+    assert all(c["channels"]["lexical"]["score"] == 0 for c in citations)  # no word matched: memory (and keys) chose
+    assert 'class="hmt-word"' not in final["passages"].split("</div>", 1)[1]
+    assert final["chat"][-1]["role"] == "assistant" and final["chat"][-1]["content"]
+
+
+def test_a_cached_memory_whose_word_index_was_rebuilt_says_so(handlers, pdf):
+    run(handlers.ingest([str(pdf)], "", "", Session()))
+    (entry,) = [p for p in handlers.cache.root.iterdir() if p.is_dir()]
+    for path in (entry / STATE_DIR / LEXICAL_DIR).iterdir():
+        path.write_bytes(b"damaged")
+    session = Session()
+    final = run(handlers.ingest([str(pdf)], "", "", session))
+    assert session.documents[0].from_cache
+    assert "ℹ️ “keeper.pdf”: Rebuilt the word index from the text" in final["status"]
+    assert len(session.memory.lexical) == session.memory.num_segments
+    assert float(session.memory.lexical.scores("passkey").max()) > 0

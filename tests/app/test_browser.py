@@ -1,9 +1,15 @@
 """The real app (SmolLM2-135M-Instruct backbone) in a subprocess: driven in Debian chromium with Playwright, and
-through its named API endpoints with gradio_client. Screenshots go to docs/screenshots/ for the README."""
+through its named API endpoints with gradio_client. Screenshots go to docs/screenshots/ for the README.
+
+The app runs with the shipped HMT weights; when they weigh HMT's memory recall only (checkpoints from before the
+recall channels), the test gives a copy of them a lexical weight too, so that the page shows recall split by
+channel and words matched by the word index."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +21,8 @@ import pytest
 from pdf_factory import make_pdf
 
 ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS = ROOT / "assets" / "hmt-smollm2-135m"
+LEXICAL_FUSION = {"memory": 0.5, "lexical": 0.5}  # for weights that weigh memory only
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
@@ -42,15 +50,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def with_channels(folder: Path) -> Path:
+    """The shipped weights if they weigh more than HMT's memory recall, else a copy in `folder` whose config also
+    weighs the lexical channel (which needs no fitted parameters)."""
+    meta = json.loads((WEIGHTS / "memory_config.json").read_text())
+    if meta["config"].get("recall_fusion"):
+        return WEIGHTS
+    shutil.copytree(WEIGHTS, folder)
+    meta["config"]["recall_fusion"] = LEXICAL_FUSION
+    (folder / "memory_config.json").write_text(json.dumps(meta, indent=1))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`python app.py` on a free port with its own cache folder; yields the base URL."""
+    """`python app.py` on a free port with its own cache folder and weights with recall channels; yields the base
+    URL."""
     port = free_port()
     cache = tmp_path_factory.mktemp("memories")
+    weights = with_channels(tmp_path_factory.mktemp("weights") / "hmt-smollm2-135m-with-lexical")
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--cache-dir", str(cache)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--cache-dir", str(cache),
+                             "--hmt-weights", str(weights)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -125,13 +147,21 @@ def test_upload_read_ask_and_see_the_recall(page, lighthouse_pdf):
     # what the page promises is a checkable citation: the recalled passage holds the answer (whether the 135M model
     # then words it is not something the app controls)
     assert "blue heron" in passages.lower()
-    assert page.locator("#passages mark").count() >= 2  # question words highlighted
+    assert page.locator("#passages .hmt-text mark.hmt-word").count() >= 2  # the question's words, as matched
+    assert "why: memory" in passages and "· words" in passages and "word index matched" in passages
+    chart = page.inner_text("#recall-chart")
+    assert "memory" in chart and "words" in chart  # the legend of the bars split by channel
     memory = page.inner_text("#memory")
     assert "Sensory memory" in memory and "Long-term cache" in memory
+    assert "Token keys" in memory and "Word index" in memory
     page.wait_for_selector("#question textarea:not([disabled])", timeout=20_000)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "app.png"), full_page=True)
     assert page.outside == []  # no telemetry, fonts or scripts from other hosts
+    page.locator("#settings").get_by_text("Settings", exact=True).first.click()  # after the screenshot
+    page.wait_for_selector("#channels", state="visible", timeout=10_000)
+    settings = page.inner_text("#channels")
+    assert "HMT memory" in settings and "Words (lexical index)" in settings and "memory only" in settings
 
 
 @pytest.mark.slow
@@ -144,9 +174,17 @@ def test_named_api_endpoints_with_gradio_client(server, lighthouse_pdf, tmp_path
     answer, citations = alice.predict(question="Who built the lighthouse on Gull Island?", api_name="/ask")
     assert answer.strip()
     assert citations and citations[0]["source"] == "gull_island.pdf" and citations[0]["pages"].startswith("p")
+    assert citations[0]["recall_channels"] == ["memory", "lexical"] or "token" in citations[0]["recall_channels"]
+    assert set(citations[0]["channels"]) == set(citations[0]["recall_channels"])
     sentences = [x.strip() for x in " ".join(" ".join(PAGES).split()).split(". ") if len(x.strip()) > 30]
     for c in citations:  # passages quoted from the PDF (which ones depends on recall, not on the API)
         assert any(x in " ".join(c["text"].split()) for x in sentences), c["text"]
+
+    _, citations = alice.predict(question="Who kept the lamp?", max_new_tokens=16, channels=["memory"],
+                                 api_name="/ask")
+    assert citations and all(c["recall_channels"] == ["memory"] for c in citations)
+    with pytest.raises(Exception, match="Unknown recall channel 'bm25'"):
+        alice.predict(question="Who kept the lamp?", channels=["bm25"], api_name="/ask")
 
     bob = Client(server, verbose=False)  # another session: sees nothing of alice's
     with pytest.raises(Exception, match="Add a document first"):

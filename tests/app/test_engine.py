@@ -64,6 +64,7 @@ def test_untrained_memory_is_the_same_after_a_restart(tokenizer):
 
 def test_missing_weights_are_said_plainly(engine, tmp_path):
     assert not engine.trained and engine.weights_note.startswith(UNTRAINED_NOTE)
+    assert engine.channels() == ("memory",)  # untrained weights weigh HMT's own recall only
     other = Engine()
     other.attach(make_backbone("llama"), engine.tokenizer, str(tmp_path / "nowhere"), "tiny")
     assert UNTRAINED_NOTE in other.weights_note and "nowhere" in other.weights_note
@@ -95,7 +96,9 @@ def test_answer_streams_tokens_cites_pages_and_remembers_the_turn(handlers, read
     final = run(iter(updates))
     assert final["result"]["citations"] and final["result"]["citations"][0]["source"] == "keeper.pdf"
     assert "Recalled from: keeper.pdf" in final["chat"][-1]["content"]
-    assert "<mark>" in final["passages"] and "passkey" in final["passages"].lower()
+    assert '<mark class="hmt-word">passkey</mark>' in final["passages"].lower()
+    assert "not used for this recall" in final["passages"]  # these weights weigh memory only
+    assert final["result"]["citations"][0]["recall_channels"] == ["memory"]
     assert "Sensory memory" in final["memory"]
     assert ready.memory.sources["chat"].page_numbers == [1]
     run(handlers.ask("And the storm?", ready, "faithful", 8, 0.0))

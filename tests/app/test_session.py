@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from apptools import FACTS, cache, engine, handlers, run  # noqa: F401 (fixtures)
+from apptools import (FACTS, NOTES, cache, engine, fused, fused_handlers, handlers, notes_read,  # noqa: F401
+                      notes_ready, run)
 
-from app.session import Session, append_memory
-from hmt_core import read_text
+from app.session import Session, append_memory, rename_source
+from hmt_core import MemoryState, read_text
 
 
 def test_two_sessions_never_see_each_other(handlers, tmp_path):
@@ -55,3 +56,32 @@ def test_same_name_different_bytes_gets_a_new_name(handlers, tmp_path):
     assert [d.name for d in session.documents] == ["notes.txt", "notes (2).txt"]
     assert "already in memory" in final["status"]
     assert set(session.memory.sources) == {"notes.txt", "notes (2).txt"}
+
+
+def test_appending_a_document_extends_the_memory_with_its_word_index_and_token_keys(fused_handlers, notes_ready,
+                                                                                 monkeypatch, tmp_path):
+    calls = []
+    extend = MemoryState.extend
+    monkeypatch.setattr(MemoryState, "extend", lambda self, other, keep: calls.append(keep) or extend(self, other,
+                                                                                                      keep))
+    first = notes_ready.memory.num_segments
+    (tmp_path / "zoo.txt").write_text("The okapi lives in the forest of the Congo. " * 8)
+    run(fused_handlers.ingest([str(tmp_path / "zoo.txt")], "", "", notes_ready))
+    assert calls == [fused_handlers.engine.memory_segments]
+    state = notes_ready.memory
+    assert state.num_segments > first and len(state.lexical) == state.num_segments
+    assert state.token_keys.shape[0] == state.num_segments
+    okapi = state.lexical.scores("okapi")
+    assert int(okapi.argmax()) >= first and float(okapi[:first].max()) == 0  # found where it was appended
+    zebra = next(i for i in range(first) if "zebra" in state.segment_text(i))
+    assert int(state.lexical.scores("zebra").argmax()) == zebra
+
+
+def test_a_renamed_source_keeps_the_word_index_token_keys_and_notes(fused):
+    state = read_text(fused.model, fused.tokenizer, NOTES, source="notes.txt")
+    state.notes.append("Rebuilt the word index from the text: a test.")
+    renamed = rename_source(state, "notes.txt", "copy.txt")
+    assert set(renamed.sources) == {"copy.txt"} and {s.source for s in renamed.segments} == {"copy.txt"}
+    assert torch.equal(renamed.token_keys, state.token_keys) and renamed.notes == state.notes
+    assert torch.equal(renamed.lexical.scores("zebra"), state.lexical.scores("zebra"))
+    assert set(state.sources) == {"notes.txt"}  # the original is untouched

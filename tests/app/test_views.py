@@ -1,4 +1,4 @@
-from app.views import highlight, reflow
+from app.views import reflow
 
 
 def test_reflow_joins_pdf_line_wraps_and_keeps_paragraphs():
@@ -9,6 +9,3 @@ def test_reflow_joins_pdf_line_wraps_and_keeps_paragraphs():
     assert reflow("one line") == "one line"
     assert reflow("\n\n") == ""
 
-
-def test_highlight_marks_whole_words_and_escapes_html():
-    assert highlight("The <guild> guilds", ["guild"]) == "The &lt;<mark>guild</mark>&gt; guilds"
