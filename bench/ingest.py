@@ -202,6 +202,8 @@ def main() -> None:
     parser.add_argument("--throughput-tokens", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only the reading rounds (no RSS or latency children); writes ingest_throughput.*")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -209,6 +211,17 @@ def main() -> None:
         return
     started = time.time()
     result = {"model": args.model, "machine": machine(), "throughput": throughput(args)}
+    if args.throughput_only:
+        t = result["throughput"]
+        lines = [f"Reading throughput only, {t['tokens']:,} tokens, {args.rounds} interleaved rounds; "
+                 f"{result['machine']['cpu']}, {result['machine']['torch_threads']} threads, fp32; "
+                 f"{time.time() - started:.0f} s.", "", "| measure | value |", "|---|---|",
+                 f"| HMT ingest / plain forward (with LM head) | {t['ratio_vs_plain']:.2f} |"]
+        if t.get("baseline_weights"):
+            lines.append(f"| HMT ingest ({args.hmt_weights}) / the same with {t['baseline_weights']} | "
+                         f"{t['ratio_vs_baseline']:.2f} |")
+        write_results("ingest_throughput", result, "\n".join(lines) + "\n")
+        return
     result["short"] = run_child(args, args.short)
     result["long"] = run_child(args, args.long)
     model, _ = load_model(args)

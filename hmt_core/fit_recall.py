@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         report[name] = {"fused": metrics(groups, theta), "memory+token": metrics(groups, memory_only),
                         **{c: metrics(groups, v) for c, v in alone.items()}}
     print(json.dumps(report, indent=1), flush=True)
-    extra = {**read_checkpoint_meta(args.init).get("extra", {}), "recall_fit": {
-        "command": "python -m hmt_core.fit_recall " + " ".join(sys.argv[1:] if argv is None else argv), "report": report}}
+    command = "python -m hmt_core.fit_recall " + " ".join(sys.argv[1:] if argv is None else argv)
+    extra = {**read_checkpoint_meta(args.init).get("extra", {}), "recall_fit": {"command": command, "report": report}}
     save_checkpoint(model, args.out, extra=extra)
     (args.out / "recall_fit.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
 

@@ -9,8 +9,17 @@ import re
 import gradio as gr
 import pytest
 import torch
-from apptools import (NOTES, cache, engine, fused, fused_handlers, handlers, notes_read, notes_ready,  # noqa: F401
-                      run)
+from apptools import (  # noqa: F401
+    NOTES,
+    cache,
+    engine,
+    fused,
+    fused_handlers,
+    handlers,
+    notes_read,
+    notes_ready,
+    run,
+)
 from conftest import make_backbone
 
 from app import views
