@@ -75,6 +75,9 @@ class MemoryState:
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
     token_keys: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
+    # Rows that token_keys is the head of, so that reading appends in amortised O(1) instead of copying every key
+    # so far per segment; owned by this state only (a copy, a load or an extend starts without one).
+    _key_buffer: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_segments(self) -> int:
@@ -96,8 +99,16 @@ class MemoryState:
         if token_keys is None or (self.token_keys is None and not first):
             self.token_keys = None
             return
-        keys = token_keys.detach().to("cpu", torch.float16)[None]  # [1, K, r]
-        self.token_keys = keys if first else torch.cat([self.token_keys, keys], 0)
+        keys = token_keys.detach().to("cpu", torch.float16)  # [K, r]
+        n = 0 if first else self.token_keys.shape[0]
+        buffer = self._key_buffer
+        if buffer is None or buffer.shape[0] <= n or buffer.shape[1:] != keys.shape:
+            buffer = keys.new_zeros((max(n + n // 2, 16), *keys.shape))  # [capacity, K, r]
+            if n:
+                buffer[:n] = self.token_keys
+            self._key_buffer = buffer
+        buffer[n] = keys
+        self.token_keys = buffer[:n + 1]
 
     def extend(self, other: MemoryState, keep: int) -> MemoryState:
         """A new state: this one's memory followed by other's (read on its own), segments renumbered, the newest
@@ -152,7 +163,7 @@ class MemoryState:
         tmp.mkdir(parents=True)
         tensors = {"cache": self.cache.detach().contiguous().cpu()}
         if self.token_keys is not None:
-            tensors["token_keys"] = self.token_keys.contiguous()
+            tensors["token_keys"] = self.token_keys.clone()  # its rows only, not the buffer behind them
         save_file(tensors, str(tmp / "memory.safetensors"))
         (tmp / LEXICAL_DIR).mkdir()
         self.lexical.save(tmp / LEXICAL_DIR)
