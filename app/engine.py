@@ -13,20 +13,8 @@ from pathlib import Path
 
 import torch
 
-from hmt_core import (
-    DEFAULT_BACKBONE,
-    HMT,
-    AnswerEvent,
-    BackboneError,
-    CheckpointError,
-    HMTConfig,
-    MemoryState,
-    Reader,
-    load_backbone,
-    load_checkpoint,
-    remember_turn,
-    stream_answer,
-)
+from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryState,
+                      Reader, load_backbone, load_checkpoint, remember_turn, stream_answer)
 from hmt_core.backbone import backbone_identity
 from hmt_core.recall import matched_windows, question_keys
 
