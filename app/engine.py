@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryState,
-                      Reader, load_backbone, load_checkpoint, remember_turn, stream_answer)
-from hmt_core.backbone import backbone_identity
-from hmt_core.recall import matched_windows, question_keys
+from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryModel,
+                      MemoryState, Reader, SegmentInfo, load_backbone, load_checkpoint, remember_turn, stream_answer)
+from hmt_core.backbone import backbone_identity, cache_root
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "hmt-smollm2-135m"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS = PROJECT_ROOT / "assets" / "hmt-smollm2-135m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MEMORY_SEGMENTS = 4096  # cached memories kept per session: about a million tokens, so whole books stay recallable
 UNTRAINED_NOTE = "No trained HMT weights for this backbone: recall is untrained."
@@ -53,25 +53,32 @@ class PieceText:
 
 
 @gpu
-def _read_pieces(reader: Reader, pieces: list[PieceText], source: str, max_segments: int) -> int:
-    """Feed pieces until at least max_segments segments were read; returns how many pieces were used.
-    The state goes back to the CPU so that a GPU is needed only during this call."""
-    read, used = 0, 0
+def _read_pieces(reader: Reader, pieces: Iterator[PieceText], source: str, max_segments: int) -> list[SegmentInfo]:
+    """Feed pieces from the iterator until at least max_segments segments were read or it runs out; returns the
+    segments read. The state goes back to the CPU so that a GPU is needed only during this call."""
+    read: list[SegmentInfo] = []
     for piece in pieces:
-        read += len(reader.feed(piece.text, source=source, page=piece.page))
-        used += 1
-        if read >= max_segments:
+        read += [segment.info for segment in reader.feed(piece.text, source=source, page=piece.page)]
+        if len(read) >= max_segments:
             break
     reader.state.to("cpu")
-    return used
+    return read
 
 
 @gpu
-def _finish(reader: Reader) -> int:
-    """Read the last partial segment of the current document; returns how many segments that was."""
-    done = len(reader.finish())
+def _finish(reader: Reader) -> list[SegmentInfo]:
+    """Read the last partial segment of the current document; returns the segments that made."""
+    done = [segment.info for segment in reader.finish()]
     reader.state.to("cpu")
     return done
+
+
+def without_paths(message: str) -> str:
+    """A message for the page with the server's own folders (the app, the cache, the home folder) named by
+    placeholders, since every visitor sees it; the full message goes to the server's log."""
+    for folder, label in ((PROJECT_ROOT, "<app>"), (cache_root(), "<cache>"), (Path.home(), "~")):
+        message = message.replace(str(folder), label)
+    return message
 
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:
@@ -80,7 +87,7 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @gpu
-def _answer(model, tokenizer, state: MemoryState, question: str, mode: str, max_new_tokens: int,
+def _answer(model: MemoryModel, tokenizer, state: MemoryState, question: str, mode: str, max_new_tokens: int,
             temperature: float, channels: tuple[str, ...] | None) -> Iterator[AnswerEvent]:
     """stream_answer with its recall weights and per-channel scores on the CPU."""
     for event in stream_answer(model, tokenizer, state, question, mode=mode, max_new_tokens=max_new_tokens,
@@ -96,22 +103,13 @@ def _answer(model, tokenizer, state: MemoryState, question: str, mode: str, max_
 
 
 @gpu
-def _windows(model, tokenizer, state: MemoryState, segments: list[int], question: str
-             ) -> dict[int, list[tuple[int, int]]]:
-    """matched_windows for each segment: the character spans whose token keys matched the question best (the
-    question's keys computed once)."""
-    query = question_keys(model, tokenizer, question)
-    return {i: matched_windows(model, tokenizer, state, i, question, query=query) for i in segments}
-
-
-@gpu
-def _remember(model, tokenizer, state: MemoryState, question: str, answer: str) -> None:
+def _remember(model: MemoryModel, tokenizer, state: MemoryState, question: str, answer: str) -> None:
     """remember_turn, leaving the state on the CPU."""
     remember_turn(model, tokenizer, state, question, answer)
     state.to("cpu")
 
 
-def _parameters_digest(model: torch.nn.Module) -> str:
+def _parameters_digest(model: MemoryModel) -> str:
     """sha256 of the memory parameters' values, so cached memories from other weights are never used."""
     digest = hashlib.sha256()
     for name, param in sorted(model.memory_parameters().items()):
@@ -133,7 +131,7 @@ class Engine:
     def __init__(self, memory_segments: int = MEMORY_SEGMENTS) -> None:
         self.memory_segments = memory_segments
         self.lock = threading.RLock()
-        self.model = None
+        self.model: MemoryModel | None = None
         self.tokenizer = None
         self.backbone_name = ""
         self.device = "auto"
@@ -146,8 +144,9 @@ class Engine:
         return self.model is not None
 
     @property
-    def is_hmt(self) -> bool:
-        return isinstance(self.model, HMT)
+    def has_recall(self) -> bool:
+        """Whether the loaded model recalls from a cache (HMT) and so can re-read passages and use recall channels."""
+        return self.model.has_recall
 
     @property
     def segment_length(self) -> int:
@@ -167,7 +166,8 @@ class Engine:
         try:
             model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
         except (BackboneError, ValueError, OSError, RuntimeError) as err:
-            raise EngineError(f"Could not load the backbone {backbone!r}: {err}") from err
+            logger.warning("could not load the backbone %r: %s", backbone, err)
+            raise EngineError(f"Could not load the backbone {backbone!r}: {without_paths(str(err))}") from err
         with self.lock:
             self.attach(model, tokenizer, weights, backbone, device)
         return self.describe_model()
@@ -182,11 +182,12 @@ class Engine:
         if (folder / "memory_config.json").exists():
             try:
                 model = load_checkpoint(folder, backbone_model)
-                trained, note = True, f"Trained HMT weights: {folder}"
+                trained, note = True, f"Trained HMT weights {folder.name}"
             except CheckpointError as err:
-                note = f"{UNTRAINED_NOTE} ({err})"
+                logger.warning("HMT weights in %s not used: %s", folder, err)
+                note = f"{UNTRAINED_NOTE} ({without_paths(str(err))})"
         elif weights:
-            note = f"{UNTRAINED_NOTE} (no HMT checkpoint in {folder})"
+            note = f"{UNTRAINED_NOTE} (no HMT checkpoint in the folder {folder.name})"
         if model is None:
             model = untrained_hmt(backbone_model)
         model.requires_grad_(False)
@@ -198,7 +199,8 @@ class Engine:
         logger.info("model ready: %s; %s", name, note)
 
     def _fingerprint(self) -> str:
-        """What a memory depends on besides the text: backbone identity, memory weights and config, dtype, cache size."""
+        """What a memory depends on besides the text: backbone identity, memory weights and config, dtype and
+        cache size."""
         first = next(self.model.parameters())
         data = {"format": FINGERPRINT_FORMAT, "backbone": backbone_identity(self.model.backbone),
                 "config": vars(self.model.config), "weights": _parameters_digest(self.model),
@@ -206,10 +208,12 @@ class Engine:
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
     def describe_model(self) -> str:
-        """'SmolLM2-135M-Instruct on cpu · HMT, L = 256 · trained weights' style summary."""
+        """'HuggingFaceTB/SmolLM2-135M-Instruct on cpu (float32) · HMT, 256 tokens per segment · trained HMT weights
+        hmt-smollm2-135m': names only, never a server path (a local backbone folder is named by its last part)."""
         first = next(self.model.parameters())
-        kind = "HMT" if self.is_hmt else "RMT"
-        return (f"{self.backbone_name} on {first.device.type} ({str(first.dtype).replace('torch.', '')}) · {kind}, "
+        kind = type(self.model).__name__
+        name = Path(self.backbone_name).name if Path(self.backbone_name).is_dir() else self.backbone_name
+        return (f"{name} on {first.device.type} ({str(first.dtype).replace('torch.', '')}) · {kind}, "
                 f"{self.segment_length} tokens per segment · {self.weights_note}")
 
     def new_reader(self) -> Reader:
@@ -220,16 +224,16 @@ class Engine:
         if fingerprint != self.fingerprint:
             raise ModelChanged("The model was changed while this was running; add your documents again.")
 
-    def read(self, reader: Reader, pieces: list[PieceText], source: str, fingerprint: str,
-             max_segments: int = 8) -> int:
-        """Read pieces into reader's memory until about max_segments segments are done (one bounded model call);
-        returns how many pieces were used."""
+    def read(self, reader: Reader, pieces: Iterator[PieceText], source: str, fingerprint: str,
+             max_segments: int = 8) -> list[SegmentInfo]:
+        """Read pieces from the iterator into reader's memory until about max_segments segments are done (one
+        bounded model call); returns the segments read, [] once the pieces have run out."""
         with self.lock:
             self._check(fingerprint)
             return _read_pieces(reader, pieces, source, max_segments)
 
-    def finish(self, reader: Reader, fingerprint: str) -> int:
-        """Flush the reader's last partial segment."""
+    def finish(self, reader: Reader, fingerprint: str) -> list[SegmentInfo]:
+        """Flush the reader's last partial segment; returns the segments that made."""
         with self.lock:
             self._check(fingerprint)
             return _finish(reader)
@@ -240,14 +244,14 @@ class Engine:
 
     def channels(self) -> tuple[str, ...]:
         """The recall channels the loaded model weighs (memory always, for HMT); none for RMT, which has no recall."""
-        return tuple(self.model.config.channels) if self.is_hmt else ()
+        return self.model.recall_channels
 
     def answer(self, state: MemoryState, question: str, fingerprint: str, mode: str = "reread",
                max_new_tokens: int = 200, temperature: float = 0.0,
                channels: tuple[str, ...] | None = None) -> Iterator[AnswerEvent]:
         """Stream an answer from memory, recalling with `channels` (None: every channel the model weighs; memory
         alone is the paper's HMT); the lock is held for one step at a time, never across a yield."""
-        if not self.is_hmt:
+        if not self.has_recall:
             mode = "faithful"
         with self.lock:
             self._check(fingerprint)
@@ -260,14 +264,6 @@ class Engine:
             if event is None:
                 return
             yield event
-
-    def token_windows(self, state: MemoryState, question: str, segments: list[int], fingerprint: str
-                      ) -> dict[int, list[tuple[int, int]]]:
-        """For each of these segments, the character spans (in its source's text) of the token windows whose keys
-        matched the question best: why the token-key channel recalled it ([] without token keys)."""
-        with self.lock:
-            self._check(fingerprint)
-            return _windows(self.model, self.tokenizer, state, list(segments), question)
 
     def remember(self, state: MemoryState, question: str, answer: str, fingerprint: str) -> None:
         """Write a chat turn into the memory so later questions can recall it."""

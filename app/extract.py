@@ -1,16 +1,19 @@
 """Extract text, page by page, from uploaded documents (PDF, plain text, Markdown, EPUB, HTML) or pasted text.
 
 Pages keep the numbers a reader sees (PDF pages, EPUB chapters, form-feed pages or ~3000-character
-pseudo-pages of plain text) so answers can cite them. Every problem a user can cause raises
-ExtractionError with a message fit for the web page and a short machine code. Extraction only reads.
+pseudo-pages of plain text) so answers can cite them. open_document (and open_text for pasted text) is the one door:
+it checks and opens an upload once. Every problem a user can cause raises ExtractionError with a message fit for the
+web page and a short machine code. Extraction only reads.
 """
 
 from __future__ import annotations
 
 import codecs
+import hashlib
+import io
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,51 +75,26 @@ class ExtractionError(ValueError):
         self.message = message
 
 
-def extract(
-    path: str | Path,
-    name: str | None = None,
-    password: str | None = None,
-    max_bytes: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> Document:
-    """Read the file at path into a Document of its non-empty pages; progress(done, total) is called after each page."""
+@dataclass
+class OpenedDocument:
+    """An upload checked and opened once: its name, kind, page count, the sha256 of its bytes (what the memory cache
+    is keyed by) and its pages, extracted lazily in reading order (empty ones too, so progress can count them).
+
+    Problems found on opening (type, size, password, damage) raise in open_document; a document with no text at
+    all raises after its last page."""
+
+    name: str
+    kind: str
+    page_count: int
+    digest: str
+    pages: Iterator[Page]
+
+
+def open_document(path: str | Path, name: str | None = None, password: str | None = None,
+                  max_bytes: int | None = None) -> OpenedDocument:
+    """Check and open the file at path (read from disk once), shown under `name` (default: the file's name)."""
     path = Path(path)
     name = name or path.name
-    kind, total, pages = _open(path, name, password, max_bytes)
-    kept = []
-    for page in pages:
-        if page.text:
-            kept.append(page)
-        if progress is not None:
-            progress(page.number, total)
-    return Document(name, kept, kind)
-
-
-def extract_text(text: str, name: str = "pasted text") -> Document:
-    """Turn pasted text into a Document of ~3000-character pseudo-pages so citations can point somewhere."""
-    pages = [Page(number, page) for number, page in enumerate(_split_pages(text), start=1) if page]
-    if not pages:
-        raise ExtractionError("empty", "There is no text to read. Paste some text and try again.")
-    return Document(name, pages, "paste")
-
-
-def iter_pages(path: str | Path, password: str | None = None, max_bytes: int | None = None) -> Iterator[Page]:
-    """Yield every page of the file in order as soon as it is extracted, empty ones too, for progress display.
-
-    Problems found on opening raise here; a document with no text at all raises after its last page.
-    """
-    path = Path(path)
-    return _open(path, path.name, password, max_bytes)[2]
-
-
-def page_count(path: str | Path, password: str | None = None, max_bytes: int | None = None) -> int:
-    """Number of pages iter_pages will yield; cheap for PDFs, whose text is not extracted for this."""
-    path = Path(path)
-    return _open(path, path.name, password, max_bytes)[1]
-
-
-def _open(path: Path, name: str, password: str | None, max_bytes: int | None) -> tuple[str, int, Iterator[Page]]:
-    """Check the file and return its kind, its page count and a lazy iterator over its pages."""
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
         raise ExtractionError(
@@ -133,19 +111,31 @@ def _open(path: Path, name: str, password: str | None, max_bytes: int | None) ->
             f"“{name}” is {size / MB:.1f} MB, over the {max_bytes / MB:g} MB limit. "
             "Upload a smaller file, for example only the chapters you need.",
         )
-    with path.open("rb") as file:
-        head = file.read(1024)
+    data = path.read_bytes()
     if kind == "pdf":
-        count, texts = _open_pdf(path, name, head, password)
+        count, texts = _open_pdf(data, name, password)
     elif kind == "epub":
-        count, texts = _open_epub(path, name, head)
+        count, texts = _open_epub(data, name)
     else:
-        data = path.read_bytes()
         _reject_binary(data, name)
         text = _html_to_text(data) if kind == "html" else _decode(data, name)
         pages = _split_pages(text)
         count, texts = len(pages), iter(pages)
-    return kind, count, _numbered(texts, kind, name)
+    digest = hashlib.sha256(data).hexdigest()
+    return OpenedDocument(name, kind, count, digest, _numbered(texts, kind, name))
+
+
+def open_text(text: str, name: str = "pasted text") -> OpenedDocument:
+    """Pasted text as a document of ~3000-character pseudo-pages, so citations can point somewhere."""
+    pages = [Page(number, page) for number, page in enumerate(_split_pages(text), start=1) if page]
+    if not pages:
+        raise ExtractionError("empty", "There is no text to read. Paste some text and try again.")
+    return OpenedDocument(name, "paste", len(pages), text_digest(text), iter(pages))
+
+
+def text_digest(text: str) -> str:
+    """sha256 of pasted text (UTF-8), marked so it can never equal a file's digest."""
+    return hashlib.sha256(b"pasted-text\0" + text.encode("utf-8")).hexdigest()
 
 
 def _numbered(texts: Iterator[str], kind: str, name: str) -> Iterator[Page]:
@@ -165,16 +155,16 @@ def _numbered(texts: Iterator[str], kind: str, name: str) -> Iterator[Page]:
     raise ExtractionError("empty", f"“{name}” contains no text to read.")
 
 
-def _open_pdf(path: Path, name: str, head: bytes, password: str | None) -> tuple[int, Iterator[str]]:
+def _open_pdf(data: bytes, name: str, password: str | None) -> tuple[int, Iterator[str]]:
     """Open and if needed decrypt a PDF; return its page count and a lazy iterator over page texts."""
-    if b"%PDF-" not in head:
+    if b"%PDF-" not in data[:1024]:
         raise ExtractionError(
             "corrupt",
             f"“{name}” is not a real PDF: it lacks the PDF signature at its start. It may be another kind of "
             "file renamed to .pdf, or damaged. Open it in the program that made it and export it as PDF again.",
         )
     try:
-        reader = PdfReader(path)
+        reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             _decrypt(reader, name, password)
         count = len(reader.pages)
@@ -269,16 +259,16 @@ def _corrupt_pdf(name: str) -> ExtractionError:
     )
 
 
-def _open_epub(path: Path, name: str, head: bytes) -> tuple[int, Iterator[str]]:
+def _open_epub(data: bytes, name: str) -> tuple[int, Iterator[str]]:
     """Open an EPUB; return its number of spine documents (chapters) and a lazy iterator over their texts."""
     corrupt = ExtractionError(
         "corrupt",
         f"“{name}” is damaged or not a real EPUB and cannot be read. Download it again or convert it to PDF.",
     )
-    if not head.startswith(b"PK\x03\x04"):
+    if not data.startswith(b"PK\x03\x04"):
         raise corrupt
     try:
-        book = epub.read_epub(str(path), options={"ignore_ncx": True})
+        book = epub.read_epub(io.BytesIO(data), options={"ignore_ncx": True})
         items = [book.get_item_with_id(idref) for idref, _linear in book.spine]
     except Exception as exc:  # ebooklib and lxml raise many types on damaged files
         raise corrupt from exc

@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.cache import MemoryCache, entry_key, file_digest, text_digest
+from app.cache import MemoryCache, entry_key
 from app.engine import Engine, EngineError, PieceText
-from app.extract import Document, ExtractionError, extract_text, iter_pages, page_count
+from app.extract import Document, ExtractionError, OpenedDocument, open_document, open_text
 from app.session import DocumentRecord, Session
+from hmt_core import Reader, SegmentInfo
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +33,46 @@ class Upload:
 
 
 @dataclass
+class RunReport:
+    """One ingest run's bookkeeping: the problems and notes for the page, and what was read so far (segments,
+    tokens and seconds spent in model calls) out of the tokens to read."""
+
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    total_tokens: int = 0
+    segments: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def count(self, segments: list[SegmentInfo], seconds: float) -> None:
+        """Add segments just read, and the time their model call took."""
+        self.segments += len(segments)
+        self.tokens += sum(s.num_tokens for s in segments)
+        self.seconds += seconds
+
+    @property
+    def rate(self) -> float:
+        """Tokens read per second of model calls (0 before anything was read)."""
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+@dataclass
 class Progress:
     """One report of the work: phase ('extract', 'read', 'done'), fraction done of that phase, a one-line message,
-    and the problems and notes collected so far."""
+    and the run's report so far (its errors and notes are what the page lists)."""
 
     phase: str
     fraction: float
     message: str
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    report: RunReport = field(default_factory=RunReport)
+
+    @property
+    def errors(self) -> list[str]:
+        return self.report.errors
+
+    @property
+    def notes(self) -> list[str]:
+        return self.report.notes
 
 
 @dataclass
@@ -73,11 +105,10 @@ def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads:
            batch_segments: int = BATCH_SEGMENTS) -> Iterator[Progress]:
     """Add uploads to the session's memory, yielding Progress; a bad upload is reported and skipped, a cancel
     keeps what was read (the document being read stays, marked as partly read), and nothing read before is lost."""
-    errors: list[str] = []
-    notes: list[str] = []
+    report = RunReport()
     changed = session.check_model(engine.fingerprint)
     if changed:
-        notes.append(changed)
+        report.notes.append(changed)
     fingerprint = engine.fingerprint
     session.cancel_requested = False
     pending: list[_Pending] = []
@@ -86,109 +117,91 @@ def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads:
         if session.cancel_requested:
             break
         try:
-            if upload.path is not None:
-                pages = page_count(upload.path, password or None, max_bytes)  # type, size, password, damage first
-                digest = file_digest(upload.path)
-            else:
-                digest = text_digest(upload.text or "")
-            known = session.has_digest(digest)
-            if known is not None or digest in seen:
-                notes.append(f"“{upload.name}” is already in memory{' as “' + known.name + '”' if known else ''}.")
+            if upload.path is None:
+                opened = open_text(upload.text or "", upload.name)
+            else:  # type, size, password and damage are checked here, before any page is extracted
+                opened = open_document(upload.path, upload.name, password or None, max_bytes)
+            known = session.has_digest(opened.digest)
+            if known is not None or opened.digest in seen:
+                report.notes.append(f"“{upload.name}” is already in memory"
+                                    f"{' as “' + known.name + '”' if known else ''}.")
                 continue
-            seen.add(digest)
-            key = entry_key(digest, fingerprint)
+            seen.add(opened.digest)
+            key = entry_key(opened.digest, fingerprint)
             hit = cache.get(key) if cache is not None else None
             if hit is not None:
                 state, info = hit
-                record = DocumentRecord(session.unique_name(upload.name), digest, info.get("kind", "?"),
+                record = DocumentRecord(session.unique_name(upload.name), opened.digest, info.get("kind", "?"),
                                         info.get("pages", 0), 0, 0, info.get("tokens", 0), from_cache=True)
                 session.add(state, record, engine.memory_segments)
-                notes.append(f"“{upload.name}” was read before: loaded its memory from the cache.")
-                notes += [f"“{upload.name}”: {note}" for note in state.notes]  # what loading had to repair
-                yield Progress("extract", (n + 1) / len(uploads), f"Loaded “{upload.name}” from the cache.",
-                               errors, notes)
+                report.notes.append(f"“{upload.name}” was read before: loaded its memory from the cache.")
+                report.notes.extend(f"“{upload.name}”: {note}" for note in state.notes)  # what loading repaired
+                yield Progress("extract", (n + 1) / len(uploads), f"Loaded “{upload.name}” from the cache.", report)
                 continue
-            if upload.path is None:
-                document = extract_text(upload.text or "", upload.name)
-            else:
-                document = None
-                for progress in _extract(session, upload, pages, password, max_bytes, n / len(uploads),
-                                         1 / len(uploads), errors, notes):
-                    if isinstance(progress, Document):
-                        document = progress
-                    else:
-                        yield progress
-                if document is None:
-                    break
-            pending.append(_Pending(document, digest, key))
+            document = yield from _extract(session, opened, n / len(uploads), 1 / len(uploads), report)
+            if document is None:
+                break
+            pending.append(_Pending(document, opened.digest, key))
         except ExtractionError as err:
-            errors.append(err.message)
+            report.errors.append(err.message)
         except Exception:  # a bug or an unforeseen file problem must not lose the other files
             logger.exception("could not read %s", upload.name)
-            errors.append(f"“{upload.name}” could not be read because of an unexpected problem in the app. "
-                          "Try another copy of the file, or save it as PDF or text first.")
+            report.errors.append(f"“{upload.name}” could not be read because of an unexpected problem in the app. "
+                                 "Try another copy of the file, or save it as PDF or text first.")
     if session.cancel_requested:
-        yield _cancelled(session, errors, notes)
+        yield _cancelled(session, report)
         return
     if pending:
-        yield from _read_all(session, engine, cache, pending, fingerprint, batch_segments, errors, notes)
+        yield from _read_all(session, engine, cache, pending, fingerprint, batch_segments, report)
         return
-    yield Progress("done", 1.0, _summary(session, 0, 0.0), errors, notes)
+    yield Progress("done", 1.0, _summary(session, report), report)
 
 
-def _extract(session: Session, upload: Upload, total: int, password: str | None, max_bytes: int | None,
-             start: float, share: float, errors: list[str], notes: list[str]) -> Iterator[Progress | Document]:
-    """Extract one file page by page, yielding Progress now and then and the Document last (none if cancelled)."""
+def _extract(session: Session, opened: OpenedDocument, start: float, share: float,
+             report: RunReport) -> Generator[Progress, None, Document | None]:
+    """Extract an opened document page by page, yielding Progress now and then; returns the Document (None if
+    cancelled)."""
     pages, last = [], 0.0
-    for page in iter_pages(upload.path, password or None, max_bytes):
+    for page in opened.pages:
         if session.cancel_requested:
-            return
+            return None
         if page.text:
             pages.append(page)
         if time.monotonic() - last > PROGRESS_SECONDS:
             last = time.monotonic()
-            yield Progress("extract", start + share * page.number / max(total, 1),
-                           f"Extracting “{upload.name}”: page {page.number} of {total}", errors, notes)
-    kind = upload.path.suffix.lower().lstrip(".")
-    yield Document(upload.name, pages, {"htm": "html", "markdown": "md"}.get(kind, kind))
+            yield Progress("extract", start + share * page.number / max(opened.page_count, 1),
+                           f"Extracting “{opened.name}”: page {page.number} of {opened.page_count}", report)
+    return Document(opened.name, pages, opened.kind)
 
 
 def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pending: list[_Pending],
-              fingerprint: str, batch_segments: int, errors: list[str], notes: list[str]) -> Iterator[Progress]:
+              fingerprint: str, batch_segments: int, report: RunReport) -> Iterator[Progress]:
     """Read the extracted documents one by one, each into its own memory, then into the session and the cache."""
     L = engine.segment_length
     for item in pending:
         item.tokens = engine.count_tokens(item.document.text)
     total_segments = sum(max(1, math.ceil(item.tokens / L)) for item in pending)
-    total_tokens = sum(item.tokens for item in pending)
-    done_segments, done_tokens, reading_time = 0, 0, 0.0
+    report.total_tokens = sum(item.tokens for item in pending)
     for number, item in enumerate(pending, 1):
         doc = item.document
         reader = engine.new_reader()
-        pieces = pieces_of(doc)
-        position = 0
+        pieces = iter(pieces_of(doc))
         label = f"“{doc.name}”" + (f" ({number} of {len(pending)})" if len(pending) > 1 else "")
         try:
-            while position < len(pieces) and not session.cancel_requested:
-                start, before = time.monotonic(), reader.state.num_segments
-                position += engine.read(reader, pieces[position:], doc.name, fingerprint, batch_segments)
-                reading_time += time.monotonic() - start
-                new = reader.state.segments[before:]
-                done_segments += len(new)
-                done_tokens += sum(s.num_tokens for s in new)
-                yield Progress("read", min(done_segments / total_segments, 0.99),
-                               _reading_line(label, reader, doc, done_tokens, total_tokens, reading_time),
-                               errors, notes)
+            while not session.cancel_requested:
+                start = time.monotonic()
+                new = engine.read(reader, pieces, doc.name, fingerprint, batch_segments)
+                report.count(new, time.monotonic() - start)
+                if not new:  # the pieces ran out
+                    break
+                yield Progress("read", min(report.segments / total_segments, 0.99),
+                               _reading_line(label, reader, doc, report), report)
             cancelled = session.cancel_requested
-            before, start = reader.state.num_segments, time.monotonic()
-            engine.finish(reader, fingerprint)
-            reading_time += time.monotonic() - start
-            new = reader.state.segments[before:]
-            done_segments += len(new)
-            done_tokens += sum(s.num_tokens for s in new)
+            start = time.monotonic()
+            report.count(engine.finish(reader, fingerprint), time.monotonic() - start)
         except EngineError as err:
-            errors.append(str(err))
-            yield Progress("done", 1.0, "Stopped: the model was changed.", errors, notes)
+            report.errors.append(str(err))
+            yield Progress("done", 1.0, "Stopped: the model was changed.", report)
             return
         state = reader.state
         last_page = state.segments[-1].page_end if state.segments else None
@@ -201,40 +214,40 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
                                             "tokens": record.tokens})
             session.add(state, record, engine.memory_segments)
         if cancelled:
-            yield _cancelled(session, errors, notes, record if state.num_segments else None)
+            yield _cancelled(session, report, record if state.num_segments else None)
             return
-    rate = done_tokens / reading_time if reading_time else 0.0
-    yield Progress("done", 1.0, _summary(session, done_tokens, rate), errors, notes)
+    yield Progress("done", 1.0, _summary(session, report), report)
 
 
-def _reading_line(label: str, reader, doc: Document, done_tokens: int, total_tokens: int, seconds: float) -> str:
+def _reading_line(label: str, reader: Reader, doc: Document, report: RunReport) -> str:
     """'Reading “book.pdf”: segment 12 (p. 7 of 29) · 430 tokens/s · about 25 s left'."""
     state = reader.state
     page = state.segments[-1].page_end if state.segments else None
     where = f"p. {page} of {doc.pages[-1].number}" if page is not None else ""
-    rate = done_tokens / seconds if seconds else 0.0
-    left = f"about {_duration((total_tokens - done_tokens) / rate)} left" if rate else "estimating time left"
+    rate = report.rate
+    left = (f"about {_duration((report.total_tokens - report.tokens) / rate)} left" if rate
+            else "estimating time left")
     return f"Reading {label}: segment {state.num_segments} ({where}) · {rate:.0f} tokens/s · {left}"
 
 
-def _cancelled(session: Session, errors: list[str], notes: list[str],
-               partial: DocumentRecord | None = None) -> Progress:
+def _cancelled(session: Session, report: RunReport, partial: DocumentRecord | None = None) -> Progress:
     """The report after a cancel: what was kept."""
     if partial is not None:
         upto = f" up to p. {partial.last_page}" if partial.last_page is not None else ""
-        notes.append(f"Cancelled: “{partial.name}” was read{upto} and kept; the files after it were not read.")
+        report.notes.append(f"Cancelled: “{partial.name}” was read{upto} and kept; the files after it were not read.")
     else:
-        notes.append("Cancelled: nothing new was read; the memory is as it was.")
+        report.notes.append("Cancelled: nothing new was read; the memory is as it was.")
     session.cancel_requested = False
-    return Progress("done", 1.0, "Cancelled. " + _summary(session, 0, 0.0), errors, notes)
+    return Progress("done", 1.0, "Cancelled. " + _summary(session), report)
 
 
-def _summary(session: Session, tokens: int, rate: float) -> str:
+def _summary(session: Session, report: RunReport | None = None) -> str:
     """'Memory ready: 2 documents, 57 segments.' plus the reading speed when something was read."""
     if not session.ready:
         return "No documents in memory yet."
     n_docs = len(session.documents)
-    speed = f" Read {tokens:,} tokens at {rate:.0f} tokens/s." if tokens and rate else ""
+    speed = (f" Read {report.tokens:,} tokens at {report.rate:.0f} tokens/s."
+             if report is not None and report.tokens and report.rate else "")
     n_segments = session.memory.num_segments
     return (f"Memory ready: {n_docs} document{'s' if n_docs != 1 else ''}, "
             f"{n_segments} segment{'s' if n_segments != 1 else ''}.{speed}")

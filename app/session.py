@@ -6,10 +6,9 @@ which is what makes a document cacheable on its own) followed by the chat turns 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from hmt_core import MemoryState
-from hmt_core.state import SourceText
 
 
 @dataclass
@@ -60,12 +59,12 @@ class Session:
         return candidate
 
     def add(self, state: MemoryState, record: DocumentRecord, keep: int) -> None:
-        """Append a document's memory (read on its own) to the session memory, under record.name."""
-        source = next(iter(state.sources), record.name)
-        state = rename_source(state, source, record.name)
+        """Append a document's memory (read on its own) to the session memory, under record.name, keeping the
+        newest `keep` cached memories (MemoryState.extend)."""
+        state = state.renamed(next(iter(state.sources), record.name), record.name)
         record.first_segment = self.memory.num_segments if self.memory is not None else 0
         record.segments = state.num_segments
-        self.memory = append_memory(self.memory, state, keep)
+        self.memory = state.copy().to("cpu") if self.memory is None else self.memory.extend(state, keep)
         self.documents.append(record)
 
     def check_model(self, fingerprint: str) -> str | None:
@@ -86,26 +85,3 @@ class Session:
         self.documents = []
         self.chat = []
 
-
-def rename_source(state: MemoryState, old: str, new: str) -> MemoryState:
-    """A copy of state whose source `old` is called `new` (a cached document uploaded under another name). The copy
-    (state.copy()) keeps the lexical index, token keys and notes; the index and keys have one entry per segment, in
-    order, so renaming a source leaves them valid."""
-    if old == new or old not in state.sources:
-        return state
-    out = state.copy()
-    src = out.sources.pop(old)
-    out.sources[new] = SourceText(new, src.text, list(src.page_starts), list(src.page_numbers))
-    out.segments = [replace(s, source=new) if s.source == old else s for s in out.segments]
-    return out
-
-
-def append_memory(base: MemoryState | None, extra: MemoryState, keep: int) -> MemoryState:
-    """base's memory followed by extra's (MemoryState.extend: segments renumbered, the lexical index and token keys
-    appended, the newest `keep` cached memories kept, the sensory memory taken from extra); a copy of extra, on the
-    CPU, when there is no base yet."""
-    if base is None:
-        out = extra.copy().to("cpu")
-        out.meta["cache_size"] = keep
-        return out
-    return base.extend(extra, keep)

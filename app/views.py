@@ -170,15 +170,14 @@ def reasons(passage: Passage) -> str:
     return f"{parts} (raw scores: {raw})"
 
 
-def passage_body(state: MemoryState, passage: Passage, question: str,
-                 windows: dict[int, list[Span]] | None = None) -> str:
+def passage_body(state: MemoryState, passage: Passage, question: str) -> str:
     """A passage's text as HTML, reflowed, with the words the question's terms match (LexicalIndex.matches) and
-    the token windows (spans in the source's text, per segment; widened to whole words) marked. The marks are placed
-    on the raw text and moved through the reflow, so the text reads exactly as reflow() gives it."""
+    its token windows (Passage.token_windows, spans in the source's text; widened to whole words) marked. The marks
+    are placed on the raw text and moved through the reflow, so the text reads exactly as reflow() gives it."""
     raw = state.sources[passage.source].text[passage.char_start:passage.char_end]
     start = passage.char_start + len(raw) - len(raw.lstrip())  # passage.text is the stripped span
     n = len(passage.text)
-    spans = [(max(a - start, 0), min(b - start, n)) for i in passage.segments for a, b in (windows or {}).get(i, [])]
+    spans = [(max(a - start, 0), min(b - start, n)) for a, b in passage.token_windows]
     spans = whole_words([s for s in spans if s[0] < s[1]], passage.text)
     shown = reflow(passage.text)
     words = move_spans(LexicalIndex.matches(question, passage.text), passage.text, shown)
@@ -195,8 +194,7 @@ def legend(channels: list[str]) -> str:
             + ". “why”: each recall channel's part of the passage's recall score.</div>")
 
 
-def passages_html(state: MemoryState | None, passages: list[Passage], question: str,
-                  windows: dict[int, list[Span]] | None = None) -> str:
+def passages_html(state: MemoryState | None, passages: list[Passage], question: str) -> str:
     """The recalled passages, strongest first, with their place in the documents, why each was recalled (the
     recall channels' parts) and the matched words and token windows marked, under a legend."""
     if state is None or not passages:
@@ -210,7 +208,7 @@ def passages_html(state: MemoryState | None, passages: list[Passage], question: 
             f'{html.escape(location(state, passage))} · '
             f'recall weight {passage.weight:.3f}</div>'
             + (f'<div class="hmt-why">why: {html.escape(why)}</div>' if why else "")
-            + f'<div class="hmt-text">{passage_body(state, passage, question, windows)}</div></div>')
+            + f'<div class="hmt-text">{passage_body(state, passage, question)}</div></div>')
     return '<div class="hmt-passages">' + legend(channels) + "".join(blocks) + "</div>"
 
 
@@ -277,7 +275,7 @@ def memory_html(session: Session, sensory_text: str, describe_model: str) -> str
         first = ", ".join(f"{v:+.3f}" for v in newest[:6].tolist())
         rows.append(("Current memory", f"newest memory embedding: norm {float(newest.norm()):.2f}, "
                                        f"d = {newest.shape[0]}, first values [{first}, …]"))
-    capacity = state.meta.get("cache_size", cache.shape[0])
+    capacity = state.capacity or cache.shape[0]
     rows.append(("Long-term cache", f"{cache.shape[0]} of {capacity} memory embeddings, d = {cache.shape[-1]}, "
                                     f"{size_label(cache.numel() * cache.element_size())}"))
     keys = state.token_keys

@@ -1,4 +1,4 @@
-"""Answering from a memory state, streaming tokens (design notes section 4), and writing chat turns into memory.
+"""Answering from a memory state, streaming tokens, and writing chat turns into memory.
 
 Two modes: 'faithful' is HMT as published (the question is the final segment: summary, recall over the whole cache,
 generate from [P, sensory, question], rolling over into new segments); 'reread' ranks past segments by the same
@@ -16,8 +16,9 @@ from typing import Iterator
 import torch
 
 from .backbone import final_hidden_states, lm_logits
+from .memory_model import MemoryModel
 from .reader import Reader
-from .recall import Recall, recall
+from .recall import Recall, matched_windows, recall
 from .state import MemoryState
 
 MODES = ("reread", "faithful")
@@ -27,7 +28,9 @@ _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
 
 @dataclass
 class Passage:
-    """A recalled stretch of a source: the segment(s) it covers, widened to sentence boundaries."""
+    """A recalled stretch of a source: the segment(s) it covers, widened to sentence boundaries, with its recall
+    weight, its strongest segment's per-channel scores and contributions, and the token windows whose keys matched
+    the question (why the token channel recalled it)."""
 
     segments: list[int]
     source: str
@@ -39,6 +42,7 @@ class Passage:
     weight: float
     scores: dict[str, float] = field(default_factory=dict)
     contributions: dict[str, float] = field(default_factory=dict)
+    token_windows: list[tuple[int, int]] = field(default_factory=list)  # spans in the source's text (matched_windows)
 
     @property
     def pages(self) -> str:
@@ -74,7 +78,7 @@ def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def stop_ids(model, tokenizer) -> set[int]:
+def stop_ids(model: MemoryModel, tokenizer) -> set[int]:
     """Token ids that end an answer: eos, the chat template's end-of-turn token and the generation config's eos."""
     ids = {tokenizer.eos_token_id}
     eos = getattr(getattr(model.backbone, "generation_config", None), "eos_token_id", None)
@@ -83,6 +87,17 @@ def stop_ids(model, tokenizer) -> set[int]:
     if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id:
         ids.add(end_turn)
     return {i for i in ids if i is not None}
+
+
+def cut_repetition(text: str, tail: int = 40, times: int = 3) -> str | None:
+    """When text ends in a loop (its last `tail` characters occur `times` times), the text up to the end of the
+    loop's first round; else None. Small models decoding greedily often loop, and a loop adds nothing."""
+    if len(text) < tail * times:
+        return None
+    end = text[-tail:]
+    if text.count(end) < times:
+        return None
+    return text[:text.find(end) + tail]
 
 
 def widen_to_sentences(text: str, start: int, end: int, reach: int = 300) -> tuple[int, int]:
@@ -134,6 +149,18 @@ def recall_passages(state: MemoryState, weights: torch.Tensor, top: int = 3, det
     return passages
 
 
+def mark_token_windows(model, tokenizer, state: MemoryState, passages: list[Passage], question: str,
+                       detail: Recall | None) -> None:
+    """Fill each passage's token_windows when the recall used the token channel (with the question's keys it
+    already computed)."""
+    if detail is None or detail.query_keys is None:
+        return
+    for passage in passages:
+        passage.token_windows = sorted(span for i in passage.segments
+                                       for span in matched_windows(model, tokenizer, state, i, question,
+                                                                   query=detail.query_keys))
+
+
 def reread_messages(question: str, passages: list[Passage]) -> list[dict]:
     """The recall-and-re-read prompt: numbered passages with their source and pages, then the question."""
     blocks = []
@@ -179,16 +206,19 @@ class _Decoder:
 
 
 @torch.no_grad()  # as a decorator it switches grad off around each step only, never in the caller between yields
-def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str = "reread",
+def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: str, mode: str = "reread",
                   max_new_tokens: int = 200, temperature: float = 0.0, top_p: float = 0.9, top_segments: int = 3,
                   repetition_penalty: float = 1.1, seed: int | None = None, ranking: torch.Tensor | None = None,
-                  channels: tuple[str, ...] | list[str] | None = None) -> Iterator[AnswerEvent]:
+                  channels: tuple[str, ...] | list[str] | None = None, cut_loops: bool = True
+                  ) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The question recalls with the channels asked for (default: every channel the model's config weighs; memory
     only is HMT's own recall); in both modes the fused weights rank the passages, and in faithful mode they also mix
     P. The state is not changed (a copy takes any segments written while answering); write the turn into memory with
-    remember_turn(). RMT has no recall weights, so it answers in faithful mode only. `ranking` (non-negative scores
+    remember_turn(). A model without recall (RMT) answers in faithful mode only. With cut_loops, generation stops
+    when the answer starts to repeat itself (cut_repetition), and 'done' carries the answer up to the first round of
+    the loop, marked with ' …'. `ranking` (non-negative scores
     over every segment) picks the re-read passages instead of the recall weights, to compare retrievers under the
     same prompt and decoding.
     """
@@ -196,14 +226,15 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
         raise ValueError(f"mode must be one of {MODES}")
     if not question.strip():
         raise ValueError("the question is empty")
-    if mode == "reread" and (state.num_segments == 0 or state.kind != "hmt"):
-        raise ValueError("recall-and-re-read needs an HMT memory with at least one segment read")
+    if mode == "reread" and (state.num_segments == 0 or not model.has_recall):
+        raise ValueError("recall-and-re-read needs a model with recall (HMT) and at least one segment read")
     work = state.copy()
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length
     if mode == "reread":
         detail = recall(model, tokenizer, work, question, question_ids, channels)
         passages = recall_passages(work, detail.weights if ranking is None else ranking, top_segments, detail)
+        mark_token_windows(model, tokenizer, work, passages, question, detail)
         yield AnswerEvent("recall", weights=detail.weights, passages=passages, recall=detail)
         # The prompt is the passages and the question alone: a recalled P in front of it cost answers (contains-match
         # 0.16 with P vs 0.25 without, 32 questions of training articles, the same BM25 passages).
@@ -216,11 +247,12 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
             reader.feed_ids(prompt[:L], source="question")
             prompt = prompt[L:]
         reader.finish()
-        if state.kind == "hmt" and work.num_segments:
+        if model.has_recall and work.num_segments:
             detail = recall(model, tokenizer, work, question, prompt, channels)
             embeds, weights = model.begin_segment(work, prompt, weights=detail.weights)
-            yield AnswerEvent("recall", weights=weights, passages=recall_passages(work, weights, top_segments, detail),
-                              recall=detail)
+            passages = recall_passages(work, weights, top_segments, detail)
+            mark_token_windows(model, tokenizer, work, passages, question, detail)
+            yield AnswerEvent("recall", weights=weights, passages=passages, recall=detail)
         else:
             embeds, weights = model.begin_segment(work, prompt)
             yield AnswerEvent("recall", weights=weights)
@@ -230,6 +262,7 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     stops = stop_ids(model, tokenizer)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     decoder = _Decoder(tokenizer)
+    answer = None  # the answer cut short at a loop, when it loops
     hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
     length = embeds.shape[1]
     for _ in range(max_new_tokens):
@@ -240,12 +273,16 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
         delta = decoder.add(token)
         if delta:
             yield AnswerEvent("token", text=delta)
+            looped = cut_repetition(decoder.text) if cut_loops else None
+            if looped is not None:
+                answer = looped.rstrip() + " …"
+                break
         if segment is not None:
             segment.append(token)
         if segment is not None and len(segment) == L:
             Reader(model, tokenizer, work).feed_ids(segment, source="answer")
             # A rolled-over segment has no question text, so it recalls with HMT's memory channel alone.
-            query = segment[-getattr(model.config, "summary_length", L):]
+            query = segment[-model.config.summary_length:] if model.has_recall else None
             embeds, weights = model.begin_segment(work, [], query_ids=query)
             yield AnswerEvent("recall", weights=weights)
             segment = []
@@ -257,10 +294,10 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
             step = model.embed(torch.tensor([[token]]))
             hidden, kv = final_hidden_states(backbone, step, cache=kv, use_cache=True)
             length += 1
-    yield AnswerEvent("done", text=decoder.text, ids=decoder.ids)
+    yield AnswerEvent("done", text=decoder.text if answer is None else answer, ids=decoder.ids)
 
 
-def remember_turn(model, tokenizer, state: MemoryState, question: str, answer: str) -> None:
+def remember_turn(model: MemoryModel, tokenizer, state: MemoryState, question: str, answer: str) -> None:
     """Write one chat turn into the memory state as its own segment(s) of the source 'chat', page = turn number,
     so that later questions can recall what was said."""
     chat = state.sources.get("chat")

@@ -125,7 +125,10 @@ def segments_needing_grad(seg_labels: list[torch.Tensor], bptt_depth: int | None
 
 
 class HMT(nn.Module):
-    """HMT: summary prompt T [1, d], initial memory [1, d], Wq and Wk [d -> h], around a frozen or trainable backbone."""
+    """HMT: summary prompt T [1, d], initial memory [1, d], Wq and Wk [d -> h], around a frozen or trainable backbone.
+    A MemoryModel (memory_model.py) with recall."""
+
+    has_recall = True
 
     def __init__(self, backbone: nn.Module, config: HMTConfig | None = None):
         super().__init__()
@@ -153,6 +156,11 @@ class HMT(nn.Module):
     @property
     def segment_length(self) -> int:
         return self.config.segment_length
+
+    @property
+    def recall_channels(self) -> tuple[str, ...]:
+        """The recall channels this model's config weighs: memory always, lexical and token where fitted."""
+        return tuple(self.config.channels)
 
     @property
     def device(self) -> torch.device:
@@ -337,7 +345,7 @@ class HMT(nn.Module):
         """
         d = self.initial_memory.shape[1]
         return MemoryState("hmt", self.initial_memory.new_zeros(0, d).detach(),
-                           meta={"cache_size": max(keep or 0, self.config.cache_size)})
+                           capacity=max(keep or 0, self.config.cache_size))
 
     def _recall_state(self, state: MemoryState, query_ids: list[int], window: int | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -357,7 +365,7 @@ class HMT(nn.Module):
 
     def _write(self, state: MemoryState, memory: torch.Tensor, ids: list[int], segment_index: int) -> None:
         """Append a memory embedding [d] to the cache (keeping the newest N) and update the sensory ids."""
-        n_keep = int(state.meta.get("cache_size", self.config.cache_size))
+        n_keep = state.capacity or self.config.cache_size
         cache = torch.cat([state.cache.to(memory.device, memory.dtype), memory[None].detach()], 0)
         state.cache = cache[-n_keep:]
         state.cache_segments = (state.cache_segments + [segment_index])[-n_keep:]

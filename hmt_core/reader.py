@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .memory_model import MemoryModel
 from .state import MemoryState, SegmentInfo, SourceText
 
 SOFT_CHUNK = 2000
@@ -64,7 +65,7 @@ class Reader:
     partial segment. A new source always starts a new segment, so that no segment spans two documents.
     """
 
-    def __init__(self, model, tokenizer, state: MemoryState | None = None):
+    def __init__(self, model: MemoryModel, tokenizer, state: MemoryState | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.state = state if state is not None else model.new_state()
@@ -143,7 +144,7 @@ class Reader:
         return ReadSegment(info, result.memory, result.recall_weights)
 
 
-def read_text(model, tokenizer, text: str, source: str = "document", state: MemoryState | None = None
+def read_text(model: MemoryModel, tokenizer, text: str, source: str = "document", state: MemoryState | None = None
               ) -> MemoryState:
     """Read a whole text at once (convenience for scripts and tests)."""
     reader = Reader(model, tokenizer, state)

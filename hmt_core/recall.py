@@ -1,4 +1,4 @@
-"""Multi-channel recall (design notes section 10): which past segments a question recalls, and why.
+"""Multi-channel recall: which past segments a question recalls, and why.
 
 Each channel scores every segment read so far:
 - memory: HMT's own recall score S Wq (M Wk)^T / sqrt(h) of the question's summary against the cached memories;
@@ -24,13 +24,15 @@ from .token_keys import maxsim, question_token_mask
 @dataclass
 class Recall:
     """A question's recall over every segment read so far [S]: the weights (softmax of the fused score), each
-    channel's raw score, and each channel's part of the fused score (what the page shows as the channel's share)."""
+    channel's raw score, each channel's part of the fused score (what the page shows as the channel's share), the
+    question's lexical terms, and its token keys [q, r] when the token channel was used (for matched_windows)."""
 
     weights: torch.Tensor
     channels: tuple[str, ...]
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
     contributions: dict[str, torch.Tensor] = field(default_factory=dict)
     query_terms: list[str] = field(default_factory=list)
+    query_keys: torch.Tensor | None = None
 
 
 def standardize(scores: torch.Tensor) -> torch.Tensor:
@@ -70,15 +72,17 @@ def available_channels(model, state: MemoryState, wanted: tuple[str, ...] | list
 
 
 def channel_scores(model, tokenizer, state: MemoryState, question: str, query_ids: list[int],
-                   channels: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Raw scores [S] of each channel asked for (float32, -inf for memory where a segment is not cached)."""
+                   channels: tuple[str, ...], query_keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Raw scores [S] of each channel asked for (float32, -inf for memory where a segment is not cached);
+    query_keys: the question's token keys when already computed (question_keys)."""
     scores = {}
     if "memory" in channels:
         scores["memory"] = model.memory_scores(state, query_ids)
     if "lexical" in channels:
         scores["lexical"] = state.lexical.scores(question).float()
     if "token" in channels:
-        scores["token"] = maxsim(question_keys(model, tokenizer, question), state.token_keys)
+        keys = question_keys(model, tokenizer, question) if query_keys is None else query_keys
+        scores["token"] = maxsim(keys, state.token_keys)
     return scores
 
 
@@ -105,10 +109,11 @@ def recall(model, tokenizer, state: MemoryState, question: str, query_ids: list[
     if state.num_segments == 0:
         return Recall(torch.zeros(0), ("memory",))
     used = available_channels(model, state, channels)
-    scores = channel_scores(model, tokenizer, state, question, query_ids, used)
+    keys = question_keys(model, tokenizer, question) if "token" in used else None
+    scores = channel_scores(model, tokenizer, state, question, query_ids, used, keys)
     weights, contributions = fuse(scores, model.config.recall_fusion, model.config.recall_temperature)
     terms = state.lexical.query_terms(question) if "lexical" in used else []
-    return Recall(weights, used, scores, contributions, terms)
+    return Recall(weights, used, scores, contributions, terms, keys)
 
 
 def key_windows(tokenizer, text: str, keys: int) -> list[tuple[int, int]]:

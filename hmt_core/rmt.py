@@ -16,7 +16,11 @@ from .state import MemoryState
 
 
 class RMT(nn.Module):
-    """RMT: m learned memory tokens [m, d] read at the start of each segment and written at its end."""
+    """RMT: m learned memory tokens [m, d] read at the start of each segment and written at its end. A MemoryModel
+    (memory_model.py) without recall."""
+
+    has_recall = False
+    recall_channels: tuple[str, ...] = ()
 
     def __init__(self, backbone: nn.Module, config: RMTConfig | None = None):
         super().__init__()
@@ -111,9 +115,9 @@ class RMT(nn.Module):
         return SegmentResult(state.cache, None, logits)
 
     @torch.no_grad()
-    def begin_segment(self, state: MemoryState, ids: list[int], query_ids: list[int] | None = None
-                      ) -> tuple[torch.Tensor, None]:
-        """Inputs for generating after ids: [mem, emb(ids)]; RMT has no recall weights."""
+    def begin_segment(self, state: MemoryState, ids: list[int], query_ids: list[int] | None = None,
+                      weights: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        """Inputs for generating after ids: [mem, emb(ids)]; RMT has no recall, so query_ids and weights are unused."""
         x = torch.tensor([ids], dtype=torch.long, device=self.device).reshape(1, -1)
         embeds, _, _ = self.main_embeds(state.cache[None].to(self.device, self.memory.dtype), x, trailing=False)
         return embeds, None

@@ -59,6 +59,7 @@ class MemoryState:
 
     HMT: `cache` [n, d] holds the newest N memory embeddings, row i written by segment `cache_segments[i]`;
     RMT: `cache` [m, d] is the current memory tokens and `cache_segments` is empty.
+    `capacity` is how many memory embeddings the cache keeps (HMT; the newest are kept); 0 for RMT, which has none.
     `sensory_ids` are the last k token ids read; `segments` and `sources` say where every segment came from.
     The finer levels, one entry per segment read: `lexical` indexes every segment's text (the lexical recall channel)
     and `token_keys` [num_segments, K, r] (fp16) holds each segment's token keys, or None when the model leaves none.
@@ -71,7 +72,7 @@ class MemoryState:
     sensory_ids: list[int] = field(default_factory=list)
     segments: list[SegmentInfo] = field(default_factory=list)
     sources: dict[str, SourceText] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
+    capacity: int = 0
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
     token_keys: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
@@ -87,7 +88,7 @@ class MemoryState:
         """A copy that can be extended (answering, chat) without touching this one; tensors are shared, never
         modified in place."""
         return MemoryState(self.kind, self.cache, list(self.cache_segments), list(self.sensory_ids),
-                           list(self.segments), dict(self.sources), dict(self.meta), self.lexical.copy(),
+                           list(self.segments), dict(self.sources), self.capacity, self.lexical.copy(),
                            self.token_keys, list(self.notes))
 
     def add_segment(self, info: SegmentInfo, token_keys: torch.Tensor | None) -> None:
@@ -131,8 +132,20 @@ class MemoryState:
         lexical.build()
         return MemoryState(self.kind, cache, cache_segments, list(other.sensory_ids),
                            self.segments + [replace(s, index=s.index + offset) for s in other.segments],
-                           {**self.sources, **other.sources}, {**self.meta, "cache_size": keep}, lexical, keys,
+                           {**self.sources, **other.sources}, keep if self.kind == "hmt" else 0, lexical, keys,
                            self.notes + other.notes)
+
+    def renamed(self, old: str, new: str) -> MemoryState:
+        """This state with its source `old` called `new` (a copy; self when there is nothing to rename), e.g. a
+        cached document uploaded under another name. The lexical index and token keys have one entry per segment,
+        in order, so renaming a source leaves them valid."""
+        if old == new or old not in self.sources:
+            return self
+        out = self.copy()
+        src = out.sources.pop(old)
+        out.sources[new] = SourceText(new, src.text, list(src.page_starts), list(src.page_numbers))
+        out.segments = [replace(s, source=new) if s.source == old else s for s in out.segments]
+        return out
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> MemoryState:
         """Move the cache to a device (and dtype); returns self."""
@@ -170,7 +183,7 @@ class MemoryState:
         data = {
             "format": STATE_FORMAT, "kind": self.kind, "cache_segments": self.cache_segments,
             "sensory_ids": self.sensory_ids, "segments": [asdict(s) for s in self.segments],
-            "sources": [asdict(s) for s in self.sources.values()], "meta": self.meta,
+            "sources": [asdict(s) for s in self.sources.values()], "capacity": self.capacity,
         }
         (tmp / "state.json").write_text(json.dumps(data), encoding="utf-8")
         if folder.exists():
@@ -198,8 +211,9 @@ class MemoryState:
         if data.get("format") not in (1, STATE_FORMAT):
             raise ValueError(f"memory state in {folder} has format {data.get('format')}, expected {STATE_FORMAT}")
         sources = {s["name"]: SourceText(**s) for s in data["sources"]}
+        capacity = data.get("capacity", data.get("meta", {}).get("cache_size", cache.shape[0]))  # older: in meta
         state = cls(data["kind"], cache, data["cache_segments"], data["sensory_ids"],
-                    [SegmentInfo(**s) for s in data["segments"]], sources, data["meta"])
+                    [SegmentInfo(**s) for s in data["segments"]], sources, int(capacity))
         keys = tensors.get("token_keys")
         if keys is not None and keys.shape[0] != state.num_segments:
             raise ValueError(f"memory state in {folder} has token keys for {keys.shape[0]} of "

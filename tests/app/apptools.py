@@ -15,7 +15,7 @@ from pdf_factory import make_pdf
 from app.cache import MemoryCache
 from app.engine import Engine
 from app.session import Session
-from app.ui import Handlers
+from app.handlers import Handlers
 from hmt_core import HMT, HMTConfig, save_checkpoint
 
 FACTS = [

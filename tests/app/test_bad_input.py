@@ -12,7 +12,7 @@ from pypdf import PdfWriter
 
 from app.cache import STATE_DIR
 from app.session import Session
-from app.ui import MAX_QUESTION_CHARS
+from app.handlers import MAX_QUESTION_CHARS
 from hmt_core.state import LEXICAL_DIR
 
 

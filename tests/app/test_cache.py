@@ -9,7 +9,8 @@ import pytest
 import torch
 from apptools import FACTS, engine  # noqa: F401 (fixture)
 
-from app.cache import TMP_MARK, MemoryCache, entry_key, file_digest, text_digest
+from app.cache import TMP_MARK, MemoryCache, entry_key
+from app.extract import open_document, text_digest
 from hmt_core import read_text
 
 
@@ -38,9 +39,9 @@ def test_miss_for_unknown_key_and_entry_survives_a_restart(tmp_path, state):
 def test_key_depends_on_content_and_model(tmp_path):
     path = tmp_path / "a.txt"
     path.write_text("same text")
-    digest = file_digest(path)
+    digest = open_document(path).digest
     assert entry_key(digest, "model-a") != entry_key(digest, "model-b")
-    assert entry_key(digest, "model-a") == entry_key(file_digest(path), "model-a")
+    assert entry_key(digest, "model-a") == entry_key(open_document(path).digest, "model-a")
     assert text_digest("same text") != digest
 
 

@@ -24,7 +24,8 @@ from conftest import make_backbone
 
 from app import views
 from app.session import Session
-from app.ui import build_ui, parse_channels
+from app.handlers import parse_channels
+from app.ui import build_ui
 from hmt_core import save_checkpoint
 from hmt_core.answer import chat_ids
 from hmt_core.recall import recall

@@ -8,7 +8,7 @@ from conftest import make_backbone
 from pdf_factory import make_pdf
 
 from app.engine import UNTRAINED_NOTE, Engine, untrained_hmt
-from app.extract import extract
+from app.extract import Document, open_document
 from app.ingest import Upload, ingest, pieces_of
 from app.session import Session
 from hmt_core import save_checkpoint
@@ -31,7 +31,8 @@ def test_ingest_reports_progress_then_a_ready_memory(engine, cache, pdf):
 
 
 def test_reading_in_pieces_matches_reading_at_once(engine, pdf):
-    document = extract(pdf)
+    opened = open_document(pdf)
+    document = Document(opened.name, [page for page in opened.pages if page.text], opened.kind)
     reader = engine.new_reader()
     for piece in pieces_of(document):
         reader.feed(piece.text, source="keeper.pdf", page=piece.page)
@@ -131,7 +132,7 @@ def test_changing_the_model_clears_memories_with_a_message(handlers, ready, toke
 
 
 def test_a_looping_answer_is_cut_after_its_first_round():
-    from app.ui import cut_repetition
+    from hmt_core.answer import cut_repetition
 
     loop = "but to be considered the proper morary of his character is not to be considered, "
     assert cut_repetition("Mr. Bingley is a rich young man who has taken Netherfield Park.") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -11,7 +12,24 @@ from pdf_factory import make_pdf, paginate
 from pypdf import PageObject, PdfReader, PdfWriter
 from pypdf.errors import DependencyError
 
-from app.extract import PAGE_CHARS, Document, ExtractionError, extract, extract_text, iter_pages, page_count
+from app.extract import PAGE_CHARS, Document, ExtractionError, OpenedDocument, open_document, open_text
+
+
+
+def whole(opened: OpenedDocument) -> Document:
+    """Every page of an opened document that holds text, as ingest collects them."""
+    return Document(opened.name, [page for page in opened.pages if page.text], opened.kind)
+
+
+def extract(path: Path, **kwargs) -> Document:
+    """The whole document through the app's one door, open_document."""
+    return whole(open_document(path, **kwargs))
+
+
+def extract_text(text: str) -> Document:
+    """Pasted text through open_text."""
+    return whole(open_text(text))
+
 
 THREE_PAGES = [
     "Chapter One\nThe lighthouse keeper counted ships every evening.",
@@ -67,13 +85,12 @@ def test_pdf_blank_page_is_skipped_but_numbers_stay(tmp_path):
     assert [page.number for page in doc.pages] == [1, 3]
 
 
-def test_iter_pages_page_count_and_progress_agree(tmp_path):
+def test_open_document_gives_kind_page_count_digest_and_pages(tmp_path):
     path = make_pdf(tmp_path / "three.pdf", THREE_PAGES)
-    assert page_count(path) == 3
-    assert [(page.number, page.text) for page in iter_pages(path)] == list(enumerate(THREE_PAGES, start=1))
-    calls = []
-    extract(path, progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(1, 3), (2, 3), (3, 3)]
+    opened = open_document(path)
+    assert (opened.name, opened.kind, opened.page_count) == ("three.pdf", "pdf", 3)
+    assert opened.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [(page.number, page.text) for page in opened.pages] == list(enumerate(THREE_PAGES, start=1))
 
 
 def test_pdf_text_is_tidied(tmp_path):

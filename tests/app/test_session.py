@@ -6,7 +6,7 @@ import torch
 from apptools import (FACTS, NOTES, cache, engine, fused, fused_handlers, handlers, notes_read,  # noqa: F401
                       notes_ready, run)
 
-from app.session import Session, append_memory, rename_source
+from app.session import Session
 from hmt_core import MemoryState, read_text
 
 
@@ -24,24 +24,24 @@ def test_two_sessions_never_see_each_other(handlers, tmp_path):
 
 
 def test_new_sessions_start_empty():
-    from app.ui import new_session
+    from app.handlers import new_session
 
     a, b = new_session(), new_session()
     a.documents.append("x")
     assert b.documents == [] and not b.ready
 
 
-def test_append_memory_renumbers_segments_and_keeps_sources(engine):
+def test_extending_a_memory_renumbers_segments_and_keeps_sources(engine):
     one = read_text(engine.model, engine.tokenizer, FACTS[0] * 3, source="one.txt")
     two = read_text(engine.model, engine.tokenizer, FACTS[1] * 3, source="two.txt")
-    both = append_memory(append_memory(None, one, 100), two, 100)
+    both = one.copy().extend(two, 100)
     assert both.num_segments == one.num_segments + two.num_segments
     assert [s.index for s in both.segments] == list(range(both.num_segments))
     assert both.cache_segments == list(range(both.num_segments))
     assert both.segment_text(one.num_segments) == two.segment_text(0)
     assert torch.equal(both.cache[one.num_segments:], two.cache)
     assert both.sensory_ids == two.sensory_ids
-    kept = append_memory(append_memory(None, one, 3), two, 3)
+    kept = one.copy().extend(two, 3)
     assert kept.cache.shape[0] == 3 and kept.cache_segments[-1] == kept.num_segments - 1
 
 
@@ -80,7 +80,7 @@ def test_appending_a_document_extends_the_memory_with_its_word_index_and_token_k
 def test_a_renamed_source_keeps_the_word_index_token_keys_and_notes(fused):
     state = read_text(fused.model, fused.tokenizer, NOTES, source="notes.txt")
     state.notes.append("Rebuilt the word index from the text: a test.")
-    renamed = rename_source(state, "notes.txt", "copy.txt")
+    renamed = state.renamed("notes.txt", "copy.txt")
     assert set(renamed.sources) == {"copy.txt"} and {s.source for s in renamed.segments} == {"copy.txt"}
     assert torch.equal(renamed.token_keys, state.token_keys) and renamed.notes == state.notes
     assert torch.equal(renamed.lexical.scores("zebra"), state.lexical.scores("zebra"))

@@ -1,0 +1,281 @@
+"""What the page can ask the server to do: reading uploads, answering, the model and the panels. Each handler
+takes plain values and a Session and yields (or returns) {name: value} dicts of only what changes, so tests drive
+the whole flow without a browser; ui.py lays out the page and wires these to its components by name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from app import views
+from app.cache import MemoryCache
+from app.engine import Engine, EngineError
+from app.extract import MB
+from app.ingest import Progress, Upload, ingest
+from app.session import Session
+from hmt_core import DEFAULT_BACKBONE
+from hmt_core.config import RECALL_CHANNELS
+
+logger = logging.getLogger(__name__)
+
+MAX_QUESTION_CHARS = 2000
+EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "pride_and_prejudice_ch1-7.pdf"
+CHANNEL_CHOICES = [("HMT memory", "memory"), ("Words (lexical index)", "lexical"), ("Token keys", "token")]
+Update = dict[str, Any]
+
+
+def parse_channels(value: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...] | None:
+    """The recall channels asked for, checked: None = every channel the model weighs; else names from
+    RECALL_CHANNELS (a list, or one comma-separated string), where none at all means memory only (the paper's HMT).
+    Raises ValueError with a message for the page on anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [name.strip() for name in value.split(",") if name.strip()]
+    known = ", ".join(RECALL_CHANNELS)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"Recall channels must be a list of names ({known}), not {value!r}.")
+    unknown = [name for name in value if name not in RECALL_CHANNELS]
+    if unknown:
+        raise ValueError(f"Unknown recall channel {', '.join(map(repr, unknown))}: choose from {known} "
+                         "(an empty list means memory only).")
+    return tuple(dict.fromkeys(value)) or ("memory",)
+
+
+class Handlers:
+    """Everything the page can ask the server to do, for one shared engine and disk cache."""
+
+    def __init__(self, engine: Engine, cache: MemoryCache | None, max_file_mb: float = 100.0) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.max_bytes = int(max_file_mb * MB)
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def ingest(self, files: list[str] | None, text: str | None, password: str | None,
+               session: Session) -> Iterator[Update]:
+        """Read uploaded files and pasted text into the session's memory, yielding progress."""
+        uploads = [Upload(Path(f).name, path=Path(f)) for f in files or []]
+        if text and text.strip():
+            uploads.append(Upload("pasted text", text=text))
+        if not uploads:
+            yield {"status": "Add a file (or paste text) first, then press **Read into memory**.", "session": session}
+            return
+        if session.busy:
+            yield {"status": "Still busy with the previous request; wait for it or press **Cancel**.",
+                   "session": session}
+            return
+        session.busy = True
+        try:
+            yield {"progress": views.progress_html(0.0, "Starting…"), "status": "", "cancel": gr.update(visible=True),
+                   **self._chat_enabled(False)}
+            last = Progress("done", 1.0, "")
+            for last in ingest(session, self.engine, self.cache, uploads, password, self.max_bytes):
+                state = "done" if last.phase == "done" else "running"
+                yield {"progress": views.progress_html(last.fraction, last.message, state),
+                       "status": self._status(last), "documents": views.documents_markdown(session),
+                       "session": session}
+        finally:
+            session.busy = False
+        yield {"progress": views.progress_html(1.0 if session.ready else 0.0, last.message,
+                                               "done" if session.ready else "idle"),
+               "status": self._status(last), "documents": views.documents_markdown(session),
+               "memory": self.memory_panel(session), "cancel": gr.update(visible=False), "session": session,
+               **self._chat_enabled(session.ready)}
+
+    def ingest_example(self, session: Session) -> Iterator[Update]:
+        """Read the bundled example document (Pride and Prejudice, chapters 1-7)."""
+        yield from self.ingest([str(EXAMPLE)], None, None, session)
+
+    def cancel(self, session: Session) -> Update:
+        """Ask a running read to stop after its current step; what was read is kept."""
+        if not session.busy:
+            return {"status": "Nothing is being read right now."}
+        session.cancel_requested = True
+        return {"status": "Cancelling after the current step…"}
+
+    def clear(self, session: Session) -> Update:
+        """Forget this session's documents and chat."""
+        if session.busy:
+            return {"status": "Still busy; press **Cancel** first."}
+        session.clear()
+        return {"status": "Memory cleared.", "documents": views.documents_markdown(session), "chat": [],
+                "memory": self.memory_panel(session), "chart": self._chart(None, None), "passages":
+                views.passages_html(None, [], ""), "progress": views.progress_html(0.0, "", "idle"),
+                "session": session, **self._chat_enabled(False)}
+
+    @staticmethod
+    def _status(progress: Progress) -> str:
+        """Problems first (one line each), then notes."""
+        lines = [f"⚠️ {e}" for e in progress.errors] + [f"ℹ️ {n}" for n in progress.notes]
+        return "\n\n".join(lines)
+
+    @staticmethod
+    def _chat_enabled(enabled: bool) -> Update:
+        placeholder = ("Ask about your documents…" if enabled
+                       else "Add a document first; chat opens when memory is ready.")
+        return {"question": gr.update(interactive=enabled, placeholder=placeholder),
+                "ask": gr.update(interactive=enabled)}
+
+    # --- answering -------------------------------------------------------------------------------------------
+
+    def question_problem(self, question: str | None, session: Session) -> str | None:
+        """Why a question cannot be answered now, or None."""
+        changed = session.check_model(self.engine.fingerprint)
+        if changed:
+            return changed
+        question = (question or "").strip()
+        if session.busy:
+            return "Wait until reading finishes (or press **Cancel**), then ask."
+        if not session.ready:
+            return "Add a document first: drop a file on the left or paste text, then ask about it."
+        if not question:
+            return "Type a question first."
+        if len(question) > MAX_QUESTION_CHARS:
+            return (f"Your question is {len(question):,} characters long; the limit is {MAX_QUESTION_CHARS:,}. "
+                    "Shorten it and ask again.")
+        return None
+
+    def ask(self, question: str | None, session: Session, mode: str = "reread", max_new_tokens: int = 200,
+            temperature: float = 0.0, channels: list[str] | str | None = None) -> Iterator[Update]:
+        """Answer from memory with the recall channels asked for (parse_channels), streaming the answer, the recall
+        chart (split by channel) and the recalled passages (with why each was recalled)."""
+        problem = self.question_problem(question, session)
+        try:
+            wanted = parse_channels(channels)
+        except ValueError as err:
+            problem = str(err)
+        if problem:
+            yield {"ask_status": problem, "chat": list(session.chat), "session": session,
+                   **self._chat_enabled(session.ready and not session.busy)}
+            return
+        question = question.strip()
+        state, fingerprint = session.memory, session.fingerprint
+        session.busy = True
+        session.chat += [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        answer, passages, used, result = "", [], (), {"answer": "", "citations": []}
+        try:
+            yield {"chat": self._chat(session), "question": gr.update(value="", interactive=False),
+                   "ask": gr.update(interactive=False), "ask_status": "Recalling from memory…"}
+            recalled = False
+            for event in self.engine.answer(state, question, fingerprint, mode, int(max_new_tokens),
+                                            float(temperature), wanted):
+                if event.kind == "recall" and not recalled:  # the question's own recall (not a roll-over's)
+                    recalled = True
+                    passages, detail = event.passages, event.recall
+                    used = detail.channels if detail is not None else ()
+                    yield {"chart": self._chart(state, event.weights, detail),
+                           "passages": views.passages_html(state, passages, question), "ask_status": "Answering…"}
+                elif event.kind == "token":
+                    answer += event.text
+                    session.chat[-1] = {"role": "assistant", "content": answer}
+                    yield {"chat": self._chat(session)}
+                elif event.kind == "done":
+                    answer = event.text  # cut short, marked with " …", when the model started to loop
+            cites = views.citation_line(passages)
+            shown = (answer.strip() or "(The model gave no answer.)") + (f"\n\n*{cites}*" if cites else "")
+            session.chat[-1] = {"role": "assistant", "content": shown}
+            self.engine.remember(state, question, answer, fingerprint)
+            result = {"answer": answer.strip(), "citations": views.citations(passages, used)}
+            status = ""
+        except EngineError as err:
+            session.chat = session.chat[:-2]
+            status = str(err)
+            session.check_model(self.engine.fingerprint)
+        finally:
+            session.busy = False
+        yield {"chat": self._chat(session), "ask_status": status, "memory": self.memory_panel(session),
+               "result": result, "session": session, "documents": views.documents_markdown(session),
+               **self._chat_enabled(session.ready)}
+
+    @staticmethod
+    def _chat(session: Session) -> list[dict]:
+        return [dict(m) for m in session.chat]
+
+    @staticmethod
+    def _chart(state, weights, detail=None) -> dict:
+        frame = views.recall_frame(state, weights, detail)
+        if not len(frame):
+            return gr.update(value=None)
+        return gr.update(value=frame, y_lim=views.y_limit(frame))
+
+    # --- model and panels ------------------------------------------------------------------------------------
+
+    def memory_panel(self, session: Session) -> str:
+        """The memory hierarchy panel for this session."""
+        state = session.memory
+        sensory = self.engine.decode(state.sensory_ids) if state is not None else ""
+        return views.memory_html(session, sensory, self.engine.describe_model())
+
+    def load_model(self, backbone: str, weights: str, device: str, session: Session) -> Iterator[Update]:
+        """Load another backbone or HMT weights for everyone; memories built with the old model are cleared."""
+        if session.busy:
+            yield {"model_status": "Still busy; wait or press **Cancel** first."}
+            return
+        yield {"model_status": f"Loading {backbone or DEFAULT_BACKBONE}…"}
+        try:
+            description = self.engine.load(backbone, weights or None, device)
+        except EngineError as err:
+            yield {"model_status": f"⚠️ {err} The previous model is still loaded."}
+            return
+        changed = session.check_model(self.engine.fingerprint)
+        yield {"model_status": f"Loaded: {description}" + (f"\n\n{changed}" if changed else ""),
+               "model_note": self.model_note(), "memory": self.memory_panel(session),
+               "documents": views.documents_markdown(session), "chat": self._chat(session), "session": session,
+               "channels": self.channels_update(), **self._chat_enabled(session.ready)}
+
+    def channel_choices(self) -> list[tuple[str, str]]:
+        """The Settings choices of recall channels: those the loaded model weighs."""
+        weighed = self.engine.channels()
+        return [(label, name) for label, name in CHANNEL_CHOICES if name in weighed]
+
+    def channels_update(self) -> dict:
+        """The Settings checkboxes for the loaded model: its channels offered, all of them ticked."""
+        return gr.update(choices=self.channel_choices(), value=list(self.engine.channels()))
+
+    def model_note(self) -> str:
+        """A line under the title saying which model is loaded and, plainly, when recall is untrained."""
+        warn = "" if self.engine.trained else "⚠️ "
+        return f"{warn}{self.engine.describe_model()}"
+
+    def on_load(self, session: Session) -> Update:
+        """Fill the per-session panels when a page opens."""
+        session.check_model(self.engine.fingerprint)
+        return {"memory": self.memory_panel(session), "model_note": self.model_note(),
+                "documents": views.documents_markdown(session), "session": session,
+                "channels": self.channels_update(), **self._chat_enabled(session.ready)}
+
+    # --- named API endpoints ---------------------------------------------------------------------------------
+
+    def api_ingest(self, files: list[str] | None, text: str, password: str, session: Session) -> tuple[str, Session]:
+        """API: read files (and/or text) into this client's memory; returns a summary of what is in memory."""
+        last: Update = {}
+        for update in self.ingest(files, text, password, session):
+            last.update({k: v for k, v in update.items() if k in ("progress", "status")})
+        lines = [views.documents_markdown(session)]
+        if last.get("status"):
+            lines.append(last["status"])
+        return "\n\n".join(lines), session
+
+    def api_ask(self, question: str, mode: str, max_new_tokens: float, temperature: float,
+                channels: list[str] | str | None = None, session: Session | None = None
+                ) -> tuple[str, list[dict], Session]:
+        """API: answer a question from this client's memory; returns (answer, citations). channels: a list of
+        recall channel names (None, the default: every channel the model weighs; [] = memory only). The session
+        (a gr.State, always given by Gradio) comes last, so channels can have a default for older clients."""
+        result, status = None, ""
+        for update in self.ask(question, session, mode, max_new_tokens, temperature, channels):
+            result = update.get("result", result)
+            status = update.get("ask_status", status)
+        if result is None:
+            raise gr.Error(status.replace("**", ""))
+        return result["answer"], result["citations"], session
+
+
+def new_session() -> Session:
+    """A fresh session for each browser tab (gr.State calls this on page load)."""
+    return Session()
