@@ -6,7 +6,7 @@ and fused recall) takes an HMT. `has_recall` is the one switch between the two k
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .hmt import SegmentResult
 
 
+@runtime_checkable
 class MemoryModel(Protocol):
     """A memory-augmented wrapper around an unchanged causal LM (`backbone`), reading in segments of L tokens.
 

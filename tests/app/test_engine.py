@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from apptools import cache, engine, handlers, pdf, ready, run, tiny_engine  # noqa: F401 (fixtures)
 from conftest import make_backbone
@@ -138,3 +141,29 @@ def test_a_looping_answer_is_cut_after_its_first_round():
     assert cut_repetition("Mr. Bingley is a rich young man who has taken Netherfield Park.") is None
     cut = cut_repetition("The answer is that " + loop * 4)
     assert cut is not None and cut.startswith("The answer is that") and cut.count("morary") == 1
+
+
+def test_engine_reads_in_bounded_calls_and_returns_the_segments_it_read(engine, pdf):
+    opened = open_document(pdf)
+    document = Document(opened.name, [page for page in opened.pages if page.text], opened.kind)
+    reader = engine.new_reader()
+    pieces = iter(pieces_of(document))
+    calls = []
+    while new := engine.read(reader, pieces, "keeper.pdf", engine.fingerprint, 2):
+        calls.append(new)
+    calls.append(engine.finish(reader, engine.fingerprint))
+    assert len(calls) > 2 and all(len(call) >= 2 for call in calls[:-2])  # each call reads about max_segments
+    read = [segment for call in calls for segment in call]
+    assert read == reader.state.segments  # every segment reported once, in order
+    assert engine.read(reader, pieces, "keeper.pdf", engine.fingerprint, 2) == []  # the pieces have run out
+
+
+def test_the_page_never_shows_server_paths(handlers):
+    from app.engine import PROJECT_ROOT
+    from app.ui import build_ui
+
+    note = handlers.model_note()
+    assert "HMT weights" in note or "untrained" in note
+    page = json.dumps(build_ui(handlers).config, default=str)
+    for text in (note, page):
+        assert str(PROJECT_ROOT) not in text and str(Path.home()) not in text

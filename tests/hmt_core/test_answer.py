@@ -152,3 +152,31 @@ def test_a_paused_answer_leaves_grad_mode_alone_for_the_caller(read, tokenizer):
     assert torch.is_grad_enabled()
     list(events)
     assert torch.is_grad_enabled()
+
+
+def test_an_answer_that_loops_is_cut_after_its_first_round(read, tokenizer, monkeypatch):
+    """The core stops generating when the answer repeats itself, and 'done' holds the answer up to the loop."""
+    import hmt_core.answer as answer
+
+    model, state = read
+    phrase = tokenizer(" the keeper counted ships every evening and", add_special_tokens=False)["input_ids"]
+    calls = iter(range(10**6))
+    monkeypatch.setattr(answer, "_sample", lambda *args: phrase[next(calls) % len(phrase)])
+    events = _events(model, tokenizer, state, mode="faithful", max_new_tokens=200)
+    streamed = "".join(e.text for e in events if e.kind == "token")
+    done = events[-1].text
+    assert done.endswith(" …") and answer.cut_repetition(streamed) == done[:-2]
+    assert len(streamed) < 200 * 3  # stopped early, long before max_new_tokens
+    uncut = _events(model, tokenizer, state, mode="faithful", max_new_tokens=60, cut_loops=False)
+    assert uncut[-1].text == "".join(e.text for e in uncut if e.kind == "token")
+
+
+def test_hmt_and_rmt_keep_the_memory_model_contract(backbone):
+    from hmt_core import MemoryModel
+
+    hmt = HMT(backbone, HMTConfig(segment_length=8, sensory_size=2))
+    rmt = RMT(backbone, RMTConfig(segment_length=8, num_memory_tokens=2))
+    for model in (hmt, rmt):
+        assert isinstance(model, MemoryModel)
+    assert hmt.has_recall and hmt.recall_channels == ("memory",)
+    assert not rmt.has_recall and rmt.recall_channels == ()

@@ -20,6 +20,24 @@ def test_memory_state_round_trips_exactly(backbone, tokenizer, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mem"]
 
 
+def test_the_cache_capacity_is_kept_and_read_from_older_states(backbone, tokenizer, tmp_path):
+    import json
+
+    model = HMT(backbone, HMTConfig(segment_length=16, sensory_size=4, cache_size=3))
+    state = model.new_state(keep=500)
+    assert state.capacity == 500
+    state = read_text(model, tokenizer, " ".join(CORPUS * 3), source="a.txt", state=state)
+    assert state.cache.shape[0] == state.num_segments  # 500 kept, though reading recalls over the newest 3
+    state.save(tmp_path / "mem")
+    assert MemoryState.load(tmp_path / "mem").capacity == 500
+    data = json.loads((tmp_path / "mem" / "state.json").read_text())
+    data["meta"] = {"cache_size": 7}  # how states saved before the capacity field said it
+    del data["capacity"]
+    (tmp_path / "mem" / "state.json").write_text(json.dumps(data))
+    assert MemoryState.load(tmp_path / "mem").capacity == 7
+    assert RMT(backbone, RMTConfig(segment_length=16)).new_state().capacity == 0
+
+
 def test_memory_state_moves_between_devices_and_dtypes(backbone, tokenizer):
     state = read_text(HMT(backbone, HMTConfig(segment_length=16)), tokenizer, CORPUS[0])
     moved = state.copy().to("cpu", torch.bfloat16)
