@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from apptools import FACTS, engine  # noqa: F401 (fixture)
+from apptools import FACTS
 
 from app.cache import TMP_MARK, MemoryCache, entry_key, file_digest, text_digest
 from hmt_core import read_text
