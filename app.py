@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-cache", action="store_true", help="do not keep memories of read documents on disk")
     parser.add_argument("--memory-segments", type=int, default=MEMORY_SEGMENTS,
                         help="cached memories kept per session (default: %(default)s, about a million tokens)")
+    parser.add_argument("--check", action="store_true",
+                        help="load the backbone and HMT weights, print what was loaded and exit without serving (1 "
+                             "when no trained weights fit the backbone); CI runs the README's app command with it")
     return parser.parse_args(argv)
 
 
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         print(engine.load(args.model, args.hmt_weights, args.device), flush=True)
     except EngineError as err:
         raise SystemExit(str(err)) from err
+    if args.check:  # the app would start: say whether it has trained HMT weights, and exit
+        if not engine.trained:
+            raise SystemExit(f"--check: the backbone loaded, but without trained HMT weights ({engine.weights_note})")
+        return
     cache = None if args.no_cache else MemoryCache(Path(args.cache_dir).expanduser())
     demo = build_ui(Handlers(engine, cache, args.max_file_size))
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS,

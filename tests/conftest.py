@@ -1,35 +1,19 @@
-"""Shared fixtures: a tiny byte-level BPE tokenizer trained in memory and tiny random backbones of several families."""
+"""Shared fixtures (a tiny tokenizer and a tiny random backbone, from tiny_models) and the skip of the browser tests
+where Debian's chromium is missing."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
-                          Qwen2ForCausalLM)
+from tiny_models import make_backbone, make_tokenizer
+from transformers import PreTrainedTokenizerFast
 
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.",
-    "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse.",
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune must be in want of a wife.",
-    "Question: what is the passkey? Answer: the passkey is 12345. Numbers 0 1 2 3 4 5 6 7 8 9.",
-]
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE like SmolLM2's (offsets, leading-space tokens, ChatML specials), trained on a few lines."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+NO_CHROMIUM = ("browser tests skipped: Debian's chromium is not installed; get it with `sudo apt-get install chromium` "
+               "(CI installs it)")
+SKIPPED_BROWSER = pytest.StashKey[int]()  # how many browser tests were skipped for want of chromium
 
 
 @pytest.fixture(scope="session")
@@ -37,35 +21,26 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()
 
 
-FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "opt")
-
-
-def make_backbone(family: str = "llama", vocab_size: int = 400, seed: int = 0) -> torch.nn.Module:
-    """A tiny random causal LM of the given family (d = 32, 2 layers)."""
-    torch.manual_seed(seed)
-    if family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=1024))
-    elif family == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=1024))
-    elif family == "mistral":
-        model = MistralForCausalLM(MistralConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                                 max_position_embeddings=1024))
-    elif family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=1024,
-                                                   bos_token_id=0, eos_token_id=0))
-    elif family == "opt":
-        model = OPTForCausalLM(OPTConfig(vocab_size=vocab_size, hidden_size=32, word_embed_proj_dim=16, ffn_dim=64,
-                                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=1024))
-    else:
-        raise ValueError(family)
-    return model.eval()
-
-
 @pytest.fixture
 def backbone() -> torch.nn.Module:
     return make_backbone("llama")
+
+
+def have_chromium() -> bool:
+    """Debian's chromium, which the browser tests drive with Playwright (never a browser Playwright downloads)."""
+    return Path("/usr/bin/chromium").exists() or shutil.which("chromium") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without chromium, skip the `browser` tests (everything else runs) and say so once at the end."""
+    if have_chromium():
+        return
+    browser = [item for item in items if "browser" in item.keywords]
+    for item in browser:
+        item.add_marker(pytest.mark.skip(reason=NO_CHROMIUM))
+    config.stash[SKIPPED_BROWSER] = len(browser)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if config.stash.get(SKIPPED_BROWSER, 0):
+        terminalreporter.write_line(NO_CHROMIUM)

@@ -1,21 +1,15 @@
-"""Shared fixtures for the app tests (import them by name): an engine around a tiny random backbone, a disk cache,
-handlers, a small PDF and a session that has read it; and the same with a tiny model that weighs every recall
-channel (memory, lexical, token keys)."""
+"""Helpers for the app tests, imported by name: small documents, an engine around a tiny random backbone, one whose
+tiny model weighs every recall channel (memory, lexical, token keys), and a driver for handler generators. The
+fixtures built from them are in conftest.py."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-import pytest
 import torch
-from conftest import make_backbone
-from pdf_factory import make_pdf
+from tiny_models import make_backbone
 
-from app.cache import MemoryCache
 from app.engine import Engine
-from app.session import Session
-from app.handlers import Handlers
 from hmt_core import HMT, HMTConfig, save_checkpoint
 
 FACTS = [
@@ -51,64 +45,9 @@ def fused_engine(tokenizer, folder: Path) -> Engine:
     return engine
 
 
-@pytest.fixture
-def engine(tokenizer) -> Engine:
-    return tiny_engine(tokenizer)
-
-
-@pytest.fixture
-def cache(tmp_path) -> MemoryCache:
-    return MemoryCache(tmp_path / "cache")
-
-
-@pytest.fixture
-def handlers(engine, cache) -> Handlers:
-    return Handlers(engine, cache, max_file_mb=1.0)
-
-
-@pytest.fixture(scope="session")
-def fused(tokenizer, tmp_path_factory) -> Engine:
-    """The all-channel engine, shared by the tests (none of them changes it)."""
-    return fused_engine(tokenizer, tmp_path_factory.mktemp("weights") / "fused")
-
-
-@pytest.fixture
-def fused_handlers(fused, cache) -> Handlers:
-    return Handlers(fused, cache, max_file_mb=1.0)
-
-
-@pytest.fixture(scope="session")
-def notes_read(fused) -> Session:
-    """NOTES (pasted) read once with the all-channel model."""
-    session = Session()
-    run(Handlers(fused, None).ingest([], NOTES, "", session))
-    assert session.ready
-    return session
-
-
-@pytest.fixture
-def notes_ready(notes_read) -> Session:
-    """A session of its own that has read NOTES with the all-channel model (a copy of notes_read)."""
-    return Session(notes_read.memory.copy(), notes_read.fingerprint, [replace(d) for d in notes_read.documents])
-
-
-@pytest.fixture
-def pdf(tmp_path) -> Path:
-    return make_pdf(tmp_path / "keeper.pdf", FACTS)
-
-
 def run(gen) -> dict:
     """Drive a handler generator to its end; returns every update merged, later values winning."""
     merged: dict = {}
     for update in gen:
         merged.update(update)
     return merged
-
-
-@pytest.fixture
-def ready(handlers, pdf) -> Session:
-    """A session that has read keeper.pdf."""
-    session = Session()
-    run(handlers.ingest([str(pdf)], "", "", session))
-    assert session.ready
-    return session

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from apptools import (cache, engine, fused, fused_handlers, handlers, notes_read, notes_ready, pdf,  # noqa: F401
-                      ready, run)
+from apptools import run
 from pdf_factory import make_pdf
 from pypdf import PdfWriter
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "assets" / "hmt-smollm2-135m"
 LEXICAL_FUSION = {"memory": 0.5, "lexical": 0.5}  # for weights that weigh memory only
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's; tests/conftest.py skips without it
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 LIGHTHOUSE = [

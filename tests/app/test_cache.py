@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from apptools import FACTS, engine  # noqa: F401 (fixture)
+from apptools import FACTS
 
 from app.cache import TMP_MARK, MemoryCache, entry_key
 from app.extract import open_document, text_digest

@@ -9,18 +9,8 @@ import re
 import gradio as gr
 import pytest
 import torch
-from apptools import (  # noqa: F401
-    NOTES,
-    cache,
-    engine,
-    fused,
-    fused_handlers,
-    handlers,
-    notes_read,
-    notes_ready,
-    run,
-)
-from conftest import make_backbone
+from apptools import NOTES, run
+from tiny_models import make_backbone
 
 from app import views
 from app.session import Session

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import torch
-from apptools import cache, engine, handlers, pdf, ready, run, tiny_engine  # noqa: F401 (fixtures)
-from conftest import make_backbone
+from apptools import run, tiny_engine
 from pdf_factory import make_pdf
+from tiny_models import make_backbone
 
 from app.engine import UNTRAINED_NOTE, Engine, untrained_hmt
 from app.extract import Document, open_document

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-from apptools import (FACTS, NOTES, cache, engine, fused, fused_handlers, handlers, notes_read,  # noqa: F401
-                      notes_ready, run)
+from apptools import FACTS, NOTES, run
 
 from app.session import Session
 from hmt_core import MemoryState, read_text

@@ -1,10 +1,9 @@
 import pytest
 import torch
+from tiny_models import CORPUS
 
 from hmt_core import HMT, RMT, HMTConfig, RMTConfig, read_text, remember_turn, stream_answer
 from hmt_core.answer import _sample, chat_ids, recall_passages, reread_messages, widen_to_sentences
-
-from conftest import CORPUS
 
 
 def _events(model, tokenizer, state, question="what is the passkey?", **kwargs):

@@ -1,10 +1,9 @@
 import pytest
 import torch
+from tiny_models import CORPUS, make_backbone
 
 from hmt_core import HMT, HMTConfig, BackboneError, load_backbone, read_text, stream_answer
 from hmt_core.backbone import pick_device, pick_dtype
-
-from conftest import CORPUS, make_backbone
 
 
 def test_a_missing_local_model_says_how_to_fix_it(tmp_path, monkeypatch):

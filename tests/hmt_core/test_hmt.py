@@ -1,11 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import FAMILIES, make_backbone
 
 from hmt_core import HMT, HMTConfig
 from hmt_core.backbone import final_hidden_states, lm_logits
-
-from conftest import FAMILIES, make_backbone
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -2,11 +2,10 @@ import random
 
 import pytest
 import torch
+from tiny_models import CORPUS
 
 from hmt_core import HMT, HMTConfig, Reader, read_text
 from hmt_core.reader import HARD_CHUNK, SOFT_CHUNK, TextChunker
-
-from conftest import CORPUS
 
 TEXT = "\n".join(CORPUS * 12) + " " + "word " * 900 + "x" * (HARD_CHUNK + 50) + " tail."
 

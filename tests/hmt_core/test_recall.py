@@ -5,14 +5,13 @@ import json
 
 import pytest
 import torch
+from tiny_models import CORPUS, make_backbone
 
 from hmt_core import HMT, HMTConfig, MemoryState, load_checkpoint, read_text, save_checkpoint, stream_answer
 from hmt_core.answer import chat_ids
 from hmt_core.backbone import capture_hidden, final_hidden_states
 from hmt_core.recall import available_channels, fuse, key_windows, matched_windows, recall, standardize
 from hmt_core.token_keys import fit_whitening, maxsim, select_keys
-
-from conftest import CORPUS, make_backbone
 
 FUSION = {"memory": 0.3, "lexical": 0.5, "token": 0.2}
 TEXT = "".join(f"Page {n}. " + CORPUS[n % 3] + "\n" for n in range(9)) + "The passkey is 12345. Remember it.\n" + \

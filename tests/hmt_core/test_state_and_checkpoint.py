@@ -1,11 +1,10 @@
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_models import CORPUS, make_backbone
 
 from hmt_core import (HMT, RMT, CheckpointError, HMTConfig, MemoryState, RMTConfig, import_reference,
                       load_checkpoint, read_text, save_checkpoint)
-
-from conftest import CORPUS, make_backbone
 
 
 def test_memory_state_round_trips_exactly(backbone, tokenizer, tmp_path):

@@ -4,12 +4,11 @@ import random
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import CORPUS, make_backbone
 
 from hmt_core import load_checkpoint
 from hmt_core.data import LMWindows, PasskeyQA, SquadQA, collate, read_text_files
 from hmt_core.train import build_model, main, parse_args, recall_loss
-
-from conftest import CORPUS, make_backbone
 
 
 @pytest.fixture
