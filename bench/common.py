@@ -31,7 +31,7 @@ def machine() -> dict:
 
 def long_text(min_chars: int) -> str:
     """Real public-domain prose of at least min_chars characters: Moby-Dick and Austen, fetched offline once."""
-    from hmt_core.corpora import fetch, load_texts
+    from hmt_core.training.corpora import fetch, load_texts
 
     fetch(DATA, ["mobydick", "austen"])
     texts = load_texts(DATA)

@@ -1,7 +1,7 @@
-"""Lexical recall engines for a 4,096-segment memory: bm25s (hmt_core.lexical) vs tantivy over the same terms.
+"""Lexical recall engines for a 4,096-segment memory: bm25s (hmt_core.recall.lexical) vs tantivy over the same terms.
 
 Real prose (Moby-Dick, Austen) cut into ~1,100-character segments (about 256 tokens each). Both engines see the same
-terms (hmt_core.lexical.terms; tantivy gets them joined by spaces, through its whitespace tokenizer) and the same
+terms (hmt_core.recall.lexical.terms; tantivy gets them joined by spaces, through its whitespace tokenizer) and the same
 BM25 parameters (k1 1.2, b 0.75). Measured: indexing every segment, adding one segment and searching again, search
 latency of question-like queries returning a score for every segment, size on disk, load time, and how far the
 top-10 rankings agree.
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench.common import long_text, machine, write_results
-from hmt_core.lexical import K1, B, LexicalIndex, terms
+from hmt_core.recall.lexical import K1, B, LexicalIndex, terms
 
 try:
     import tantivy
@@ -204,7 +204,7 @@ def table(r: dict) -> str:
             f"{r['mean_terms_per_segment']:.0f} terms each; {r['vocabulary']:,} distinct terms), {r['queries']} "
             f"question-like queries, each returning a score for every segment; k1 {r['params']['k1']}, "
             f"b {r['params']['b']}; {r['machine']['cpu']}, {r['machine']['cores']} cores, one thread. Tokenising "
-            f"(hmt_core.lexical.terms, the same for both): {r['tokenise_all_s']:.2f} s for all segments, "
+            f"(hmt_core.recall.lexical.terms, the same for both): {r['tokenise_all_s']:.2f} s for all segments, "
             f"{1000 * r['tokenise_all_s'] / r['segments']:.2f} ms per segment.")
     rows = [
         (f"index all {r['segments']:,} segments (incl. tokenising)",
@@ -218,7 +218,7 @@ def table(r: dict) -> str:
         ("load", ms(bm["load_s"]), ms(ta["load_s"])),
         ("load, then first search", ms(bm["load_and_first_search_s"]), ms(ta["load_and_first_search_s"])),
     ]
-    lines = [head, "", f"| measure | bm25s {bm['version']} (hmt_core.lexical) | tantivy {ta['version']} |",
+    lines = [head, "", f"| measure | bm25s {bm['version']} (hmt_core.recall.lexical) | tantivy {ta['version']} |",
              "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += ["", (f"Top-10 agreement over the {r['queries']} queries: {100 * ag['mean_top10_overlap']:.1f}% of the "

@@ -31,7 +31,7 @@ HELD_OUT = "austen_persuasion"
 
 def held_out_ids(tokenizer, tokens: int) -> list[int]:
     """The first `tokens` token ids of the held-out novel, fetched offline once."""
-    from hmt_core.corpora import fetch, load_texts
+    from hmt_core.training.corpora import fetch, load_texts
 
     fetch(DATA, ["austen"])
     ids = tokenizer(load_texts(DATA)[HELD_OUT], add_special_tokens=False)["input_ids"]

@@ -78,7 +78,7 @@ class MiniLM:
 
 def eval_articles() -> list[dict]:
     """The held-out SQuAD articles (never used in training), fetched offline once."""
-    from hmt_core.corpora import fetch, load_squad
+    from hmt_core.training.corpora import fetch, load_squad
 
     fetch(DATA, ["squad"])
     split = json.loads((DATA / "squad" / "split.json").read_text())

@@ -24,14 +24,14 @@ from bench.common import DATA, ROOT, describe_weights, machine, write_results
 from bench.recall import add_model_arguments, gold_segments, load_model, read_article
 from hmt_core.answer import chat_ids
 from hmt_core.backbone import decoder_layers
-from hmt_core.token_keys import fit_whitening, maxsim, project, question_token_mask, select_keys
+from hmt_core.recall.token_keys import fit_whitening, maxsim, project, question_token_mask, select_keys
 
 LAYERS = [4, 8, 12, 16, 20, 24, 28]
 FEATURES = ROOT / "runs" / "token_keys" / "features.pt"
 
 
 def train_articles() -> list[dict]:
-    from hmt_core.corpora import fetch, load_squad
+    from hmt_core.training.corpora import fetch, load_squad
 
     fetch(DATA, ["squad"])
     split = json.loads((DATA / "squad" / "split.json").read_text())

@@ -15,7 +15,7 @@ from torch import nn
 from .backbone import backbone_identity, identity_mismatch
 from .config import HMTConfig, config_from_dict, config_to_dict
 from .hmt import HMT
-from .lora import load_lora, lora_settings, lora_state_dict
+from .training.lora import load_lora, lora_settings, lora_state_dict
 from .rmt import RMT
 
 CHECKPOINT_FORMAT = 1

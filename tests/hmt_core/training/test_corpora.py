@@ -1,4 +1,4 @@
-"""Offline tests of hmt_core.corpora: SQuAD records, the article split, R lazy-load decoding, archive reading."""
+"""Offline tests of hmt_core.training.corpora: SQuAD records, the article split, R lazy-load decoding, archive reading."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hmt_core import corpora
-from hmt_core.corpora import CorpusError, RReader, build_squad_articles, fetch, read_lazyload, split_articles
+from hmt_core.training import corpora
+from hmt_core.training.corpora import CorpusError, RReader, build_squad_articles, fetch, read_lazyload, split_articles
 
 RAW_SQUAD = {
     "version": "v2.0",

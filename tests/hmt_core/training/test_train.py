@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from hmt_core import load_checkpoint
-from hmt_core.data import LMWindows, PasskeyQA, SquadQA, collate, read_text_files
-from hmt_core.train import build_model, main, parse_args, recall_loss
+from hmt_core.training.data import LMWindows, PasskeyQA, SquadQA, collate, read_text_files
+from hmt_core.training.train import build_model, main, parse_args, recall_loss
 
 from conftest import CORPUS, make_backbone
 
@@ -138,7 +138,7 @@ def test_passkey_steps_are_logged_as_such(tiny_folder, data, tmp_path):
 
 def test_init_recall_summarises_questions_in_padded_batches_as_one_at_a_time(tokenizer, data):
     from hmt_core import HMT, HMTConfig
-    from hmt_core.train import init_recall_from_windows, read_window
+    from hmt_core.training.train import init_recall_from_windows, read_window
     article = json.loads((data / "squad" / "articles.jsonl").read_text())
     article["questions"] += [{"id": "2", "question": "Which number did the story give as the passkey, please?",
                               "answers": ["4711"], "answer_starts": [article["context"].index("4711")]}]
@@ -163,7 +163,7 @@ def test_init_recall_summarises_questions_in_padded_batches_as_one_at_a_time(tok
 
 def test_continuing_from_a_read_memory_equals_reading_in_one_forward(backbone):
     from hmt_core import HMT, HMTConfig
-    from hmt_core.train import read_window
+    from hmt_core.training.train import read_window
     model = HMT(backbone, HMTConfig(segment_length=8, sensory_size=2))
     ids = torch.randint(0, 400, (1, 30))
     whole = model(ids, return_logits=True)

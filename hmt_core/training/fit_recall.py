@@ -5,12 +5,12 @@ Starting from trained HMT weights, this
    keys' centring and whitening on those of --whitening-articles articles and computes every segment's keys;
 2. scores questions against each article on its own and against all of them as one long document (what a manual
    looks like), and reads --passkeys windows of the --texts prose with a passkey needle hidden in them (the
-   training passkeys of hmt_core.data, never the benchmark's filler);
+   training passkeys of hmt_core.training.data, never the benchmark's filler);
 3. scores every question with each channel (memory, lexical, token) and fits the fusion weights and temperature by
    the listwise softmax likelihood of the segment that holds the answer (the recall attention itself, raw logits);
 4. saves the checkpoint with the fitted channels in its config and the fit's numbers in its metadata.
 
-    python -m hmt_core.fit_recall --init assets/hmt-smollm2-135m --squad data/squad --texts data/text/austen_emma.txt \\
+    python -m hmt_core.training.fit_recall --init assets/hmt-smollm2-135m --squad data/squad --texts data/text/austen_emma.txt \\
         --out runs/recall --token-key-layer 12
 
 The held-out SQuAD articles (split.json's "eval") are never read here.
@@ -27,16 +27,16 @@ from pathlib import Path
 
 import torch
 
-from .answer import chat_ids
-from .backbone import DEFAULT_BACKBONE, decoder_layers, load_backbone
-from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from .config import RECALL_CHANNELS, HMTConfig
+from ..answer import chat_ids
+from ..backbone import DEFAULT_BACKBONE, decoder_layers, load_backbone
+from ..checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from ..config import RECALL_CHANNELS, HMTConfig
 from .data import PasskeyQA, read_text_files
-from .hmt import HMT
-from .reader import Reader
-from .recall import channel_scores, standardize
-from .state import MemoryState
-from .token_keys import fit_whitening, select_keys
+from ..hmt import HMT
+from ..reader import Reader
+from ..recall import channel_scores, standardize
+from ..state import MemoryState
+from ..recall.token_keys import fit_whitening, select_keys
 
 KEEP = 100_000  # every segment stays recallable, as in the app and the benchmarks
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         report[name] = {"fused": metrics(groups, theta), "memory+token": metrics(groups, memory_only),
                         **{c: metrics(groups, v) for c, v in alone.items()}}
     print(json.dumps(report, indent=1), flush=True)
-    command = "python -m hmt_core.fit_recall " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m hmt_core.training.fit_recall " + " ".join(sys.argv[1:] if argv is None else argv)
     extra = {**read_checkpoint_meta(args.init).get("extra", {}), "recall_fit": {"command": command, "report": report}}
     save_checkpoint(model, args.out, extra=extra)
     (args.out / "recall_fit.json").write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from hmt_core import HMT, RMT, CheckpointError, HMTConfig, RMTConfig, load_checkpoint, save_checkpoint
-from hmt_core.lora import add_lora, linear_layer_names, lora_parameters, lora_settings
-from hmt_core.train import trainable_parameters
+from hmt_core.training.lora import add_lora, linear_layer_names, lora_parameters, lora_settings
+from hmt_core.training.train import trainable_parameters
 
 from conftest import make_backbone
 

@@ -10,7 +10,7 @@ from hmt_core import HMT, HMTConfig, MemoryState, load_checkpoint, read_text, sa
 from hmt_core.answer import chat_ids
 from hmt_core.backbone import capture_hidden, final_hidden_states
 from hmt_core.recall import available_channels, fuse, key_windows, matched_windows, recall, standardize
-from hmt_core.token_keys import fit_whitening, maxsim, select_keys
+from hmt_core.recall.token_keys import fit_whitening, maxsim, select_keys
 
 from conftest import CORPUS, make_backbone
 
