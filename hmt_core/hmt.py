@@ -15,8 +15,8 @@ from torch import nn
 
 from .backbone import capture_hidden, embedding_norm, embedding_size, final_hidden_states, lm_logits, to_norm
 from .config import HMTConfig
-from .state import MemoryState
 from .recall.token_keys import project, select_keys
+from .state import MemoryState
 
 MODES = ("recall", "direct", "segment")
 

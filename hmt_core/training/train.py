@@ -31,10 +31,10 @@ from tqdm import tqdm
 from ..backbone import DEFAULT_BACKBONE, load_backbone
 from ..checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from ..config import MEMORY_INPUT_NORMS, HMTConfig, RMTConfig
-from .data import Example, LMWindows, PasskeyQA, SquadQA, collate, read_text_files
 from ..hmt import HMT
-from .lora import add_lora, lora_parameters
 from ..rmt import RMT
+from .data import Example, LMWindows, PasskeyQA, SquadQA, collate, read_text_files
+from .lora import add_lora, lora_parameters
 
 
 def build_model(args: argparse.Namespace, backbone) -> HMT | RMT:
