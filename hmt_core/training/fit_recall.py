@@ -10,8 +10,8 @@ Starting from trained HMT weights, this
    the listwise softmax likelihood of the segment that holds the answer (the recall attention itself, raw logits);
 4. saves the checkpoint with the fitted channels in its config and the fit's numbers in its metadata.
 
-    python -m hmt_core.training.fit_recall --init assets/hmt-smollm2-135m --squad data/squad --texts data/text/austen_emma.txt \\
-        --out runs/recall --token-key-layer 12
+    python -m hmt_core.training.fit_recall --init assets/hmt-smollm2-135m --squad data/squad \\
+        --texts data/text/austen_emma.txt --out runs/recall --token-key-layer 12
 
 The held-out SQuAD articles (split.json's "eval") are never read here.
 """

@@ -3,7 +3,7 @@
     python -m hmt_core.training.train --stage 1 --texts data/text --out runs/stage1 --steps 200
     python -m hmt_core.training.train --stage 2 --init runs/stage1/final --texts data/text --squad data/squad \\
         --out runs/stage2 --steps 300 --segments 6 --recall-loss 1.0
-    python -m hmt_core.training.train ... --tune lora --lora-rank 8 --lora-alpha 16   # LoRA adapters on the backbone too
+    python -m hmt_core.training.train ... --tune lora --lora-rank 8 --lora-alpha 16  # LoRA adapters on the backbone
     accelerate launch -m hmt_core.training.train ...      # several GPUs; --mixed-precision bf16 on GPU
 
 Stage 1 passes each memory embedding straight to the next segment (no recall) over 2 segments; stage 2 starts from
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import Accelerator
 
     args = parse_args(argv)
-    args.command = "python -m hmt_core.training.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    args.command = "python -m hmt_core.training.train " + " ".join(argv if argv is not None
+                                                                  else __import__("sys").argv[1:])
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -1,4 +1,5 @@
-"""Offline tests of hmt_core.training.corpora: SQuAD records, the article split, R lazy-load decoding, archive reading."""
+"""Offline tests of hmt_core.training.corpora: SQuAD records, the article split, R lazy-load decoding, archive
+reading."""
 
 from __future__ import annotations
 
