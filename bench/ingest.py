@@ -24,22 +24,12 @@ from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, long_text, machine, write_results
-from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, Reader, load_backbone, load_checkpoint, stream_answer
+from bench.common import ROOT, add_model_arguments, load_model, long_text, machine, write_results
+from hmt_core import Reader, load_checkpoint, stream_answer
 
 PAGE_CHARS = 3000
 WARMUP_CHARS = 100_000  # read once before measuring; RSS settles after about this much (see README)
 QUESTION = "What did the captain say about the white whale?"
-
-
-def load_model(args: argparse.Namespace):
-    """(memory model, tokenizer) for the benchmark: the given HMT weights, else fresh parameters of the default
-    config (speed and memory do not depend on the parameter values)."""
-    backbone, tokenizer = load_backbone(args.model, device=args.device)
-    if args.hmt_weights:
-        return load_checkpoint(args.hmt_weights, backbone), tokenizer
-    torch.manual_seed(0)
-    return HMT(backbone, HMTConfig()), tokenizer
 
 
 def text_of_tokens(tokenizer, text: str, n_tokens: int, step: int = 20_000) -> str:
@@ -73,7 +63,7 @@ def plain_forward(backbone, ids: list[int], window: int, logits: bool) -> None:
 
 def throughput(args: argparse.Namespace) -> dict:
     """tokens/s of HMT reading and of the plain backbone, interleaved over several rounds; ratios per round."""
-    model, tokenizer = load_model(args)
+    model, tokenizer = load_model(args, args.device)
     text = text_of_tokens(tokenizer, long_text(200_000), args.throughput_tokens)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     baseline = load_checkpoint(args.baseline_weights, model.backbone) if args.baseline_weights else None
@@ -118,7 +108,7 @@ def child(args: argparse.Namespace) -> dict:
     """In a fresh process: read n tokens while sampling RSS, then time the first token of answers."""
     import resource
 
-    model, tokenizer = load_model(args)
+    model, tokenizer = load_model(args, args.device)
     source = long_text(int(args.child * 5) + WARMUP_CHARS)
     read(model, tokenizer, source[-WARMUP_CHARS:])  # the same warm-up for both lengths: the allocator's first growth
     text = text_of_tokens(tokenizer, source, args.child)
@@ -155,7 +145,8 @@ def child(args: argparse.Namespace) -> dict:
 
 def run_child(args: argparse.Namespace, n_tokens: int) -> dict:
     cmd = [sys.executable, "-m", "bench.ingest", "--child", str(n_tokens), "--model", args.model,
-           "--device", args.device, "--latency-repeats", str(args.latency_repeats)]
+           "--segment-length", str(args.segment_length), "--device", args.device,
+           "--latency-repeats", str(args.latency_repeats)]
     if args.hmt_weights:
         cmd += ["--hmt-weights", args.hmt_weights]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
@@ -193,8 +184,7 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_BACKBONE)
-    parser.add_argument("--hmt-weights", default=None)
+    add_model_arguments(parser)  # without weights: fresh parameters (speed and memory do not depend on their values)
     parser.add_argument("--baseline-weights", default=None, help="other HMT weights to read with in the same rounds")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--short", type=int, default=10_000)
@@ -224,7 +214,7 @@ def main() -> None:
         return
     result["short"] = run_child(args, args.short)
     result["long"] = run_child(args, args.long)
-    model, _ = load_model(args)
+    model, _ = load_model(args, args.device)
     result["config"] = {k: v for k, v in vars(model.config).items()}
     result["wall_seconds"] = time.time() - started
     write_results("ingest", result, table(result))

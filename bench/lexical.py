@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import long_text, machine, write_results
+from bench.common import long_text, machine, table_head, table_row, write_results
 from hmt_core.recall.lexical import K1, B, LexicalIndex, terms
 
 try:
@@ -218,9 +218,9 @@ def table(r: dict) -> str:
         ("load", ms(bm["load_s"]), ms(ta["load_s"])),
         ("load, then first search", ms(bm["load_and_first_search_s"]), ms(ta["load_and_first_search_s"])),
     ]
-    lines = [head, "", f"| measure | bm25s {bm['version']} (hmt_core.recall.lexical) | tantivy {ta['version']} |",
-             "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines = [head, "", *table_head("measure", f"bm25s {bm['version']} (hmt_core.recall.lexical)",
+                                   f"tantivy {ta['version']}")]
+    lines += [table_row(*row) for row in rows]
     lines += ["", (f"Top-10 agreement over the {r['queries']} queries: {100 * ag['mean_top10_overlap']:.1f}% of the "
                    f"top 10 shared, {100 * ag['identical_top10']:.0f}% identical top-10 lists, "
                    f"{100 * ag['same_top1']:.0f}% the same top segment. Score ratio tantivy / bm25s where both "

@@ -19,14 +19,13 @@ import argparse
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.common import RESULTS, machine, training_steps, write_results
-from bench.qa import full_context_messages, plain_answer
-from bench.recall import add_model_arguments, load_model
-from hmt_core import HMT, MemoryState, read_text, stream_answer
+from bench.common import (KEEP, PASSKEY_QUESTION, RESULTS, Haystack, add_model_arguments, full_context_messages,
+                          load_model, machine, make_haystack, needle_segment, plain_answer, rank_of, read_haystack,
+                          table_head, table_row, training_steps, write_results)
+from hmt_core import HMT, MemoryState, stream_answer
 from hmt_core.answer import MODES, chat_ids
 from hmt_core.recall import channel_scores
 
@@ -34,59 +33,10 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-FILLER = ("The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ", "There and back again. ")
-NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
-QUESTION = "What is the pass key? Answer with the number only."
-KEEP = 100_000  # memories kept recallable when answering: every segment of the longest haystack
-
-
-@dataclass
-class Haystack:
-    """One trial's document: filler with the needle starting at character `needle_start`."""
-
-    text: str
-    key: int
-    needle_start: int
-    tokens: int
-
-
-def count_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
-    """Backbone tokens of a text, without special tokens."""
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def make_haystack(tokenizer: PreTrainedTokenizerBase, target_tokens: int, rng: random.Random) -> Haystack:
-    """Filler sentences totalling about target_tokens with the needle at a uniformly drawn sentence boundary."""
-    key = rng.randint(10000, 99999)
-    needle = NEEDLE.format(key=key)
-    per_sentence = count_tokens(tokenizer, "".join(FILLER) * 8) / (8 * len(FILLER))
-    n = max(1, round((target_tokens - count_tokens(tokenizer, needle)) / per_sentence))
-    sentences = [FILLER[i % len(FILLER)] for i in range(n)]
-    cut = rng.randint(0, n)
-    before = "".join(sentences[:cut])
-    text = before + needle + "".join(sentences[cut:])
-    return Haystack(text, key, len(before), count_tokens(tokenizer, text))
-
-
-def read_haystack(model: HMT, tokenizer: PreTrainedTokenizerBase, text: str) -> MemoryState:
-    """Read the whole haystack once into a memory that keeps every segment recallable."""
-    return read_text(model, tokenizer, text, "haystack", model.new_state(keep=KEEP))
-
-
-def needle_segment(state: MemoryState, char: int) -> int:
-    """The segment whose character span covers `char` (the needle's start)."""
-    return max(s.index for s in state.segments if s.char_start <= char)
-
-
-def rank_of(weights: torch.Tensor, index: int) -> int:
-    """1-based rank of segment `index` under recall weights (ties counted in its favour)."""
-    return int((weights > weights[index]).sum()) + 1
-
-
 def hmt_answer(model: HMT, tokenizer: PreTrainedTokenizerBase, state: MemoryState, mode: str,
                max_new_tokens: int) -> tuple[str, torch.Tensor]:
     """(greedy answer, recall weights over every segment) of HMT in one mode; the state is left as it was."""
-    events = list(stream_answer(model, tokenizer, state, QUESTION, mode=mode, max_new_tokens=max_new_tokens))
+    events = list(stream_answer(model, tokenizer, state, PASSKEY_QUESTION, mode=mode, max_new_tokens=max_new_tokens))
     return events[-1].text, events[0].weights
 
 
@@ -96,7 +46,7 @@ def plain_result(backbone: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
     window = backbone.config.max_position_embeddings
     if haystack.tokens + max_new_tokens > window:
         return {"fits": False}
-    messages = full_context_messages(tokenizer, haystack.text, QUESTION, window, max_new_tokens)
+    messages = full_context_messages(tokenizer, haystack.text, PASSKEY_QUESTION, window, max_new_tokens)
     if len(chat_ids(tokenizer, messages)) + max_new_tokens > window:
         return {"fits": False}
     answer = plain_answer(backbone, tokenizer, messages, max_new_tokens)
@@ -121,8 +71,8 @@ def run_trial(model: HMT, tokenizer: PreTrainedTokenizerBase, length: int, trial
         hmt[mode] = {"answer": answer, "pass": str(haystack.key) in answer, "needle_rank": rank_of(weights, segment)}
     rank = hmt["reread" if "reread" in hmt else modes[0]]["needle_rank"]
     channels = ("memory", "lexical", "token") if state.token_keys is not None else ("memory", "lexical")
-    scores = channel_scores(model, tokenizer, state, QUESTION, chat_ids(tokenizer, [{"role": "user", "content":
-                                                                                       QUESTION}]), channels)
+    query = chat_ids(tokenizer, [{"role": "user", "content": PASSKEY_QUESTION}])
+    scores = channel_scores(model, tokenizer, state, PASSKEY_QUESTION, query, channels)
     channel_ranks = {c: rank_of(s, segment) for c, s in scores.items()}
     return {"length": length, "trial": trial, "tokens": haystack.tokens, "key": haystack.key,
             "needle_char": haystack.needle_start, "depth": haystack.needle_start / len(haystack.text),
@@ -190,14 +140,14 @@ def markdown(data: dict) -> str:
               f"summed over trials; {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads.")
     columns = ("tokens (target / mean)", "trials", "segments", "HMT reread", "HMT faithful", "plain backbone",
                "mean needle rank", "needle first (recall)", "first: memory", "first: lexical", "first: token keys")
-    lines = [header, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    lines = [header, "", *table_head(*columns)]
     for r in data["summary"]:
         rank = f"{r['mean_needle_rank']:.1f} of {r['segments']:.0f}" if r["mean_needle_rank"] is not None else "-"
-        lines.append(f"| {r['length']:,} / {r['tokens']:,.0f} | {r['trials']} | {r['segments']:.0f} | "
-                     f"{accuracy_cell(*r['hmt_reread'], '-')} | {accuracy_cell(*r['hmt_faithful'], '-')} | "
-                     f"{accuracy_cell(*r['plain'], 'does not fit')} | {rank} | "
-                     + " | ".join(accuracy_cell(*r.get(k, [0, 0]), "-") for k in
-                                  ("needle_first", "first_memory", "first_lexical", "first_token")) + " |")
+        lines.append(table_row(f"{r['length']:,} / {r['tokens']:,.0f}", r["trials"], f"{r['segments']:.0f}",
+                               accuracy_cell(*r["hmt_reread"], "-"), accuracy_cell(*r["hmt_faithful"], "-"),
+                               accuracy_cell(*r["plain"], "does not fit"), rank,
+                               *(accuracy_cell(*r.get(k, [0, 0]), "-") for k in
+                                 ("needle_first", "first_memory", "first_lexical", "first_token"))))
     return "\n".join(lines) + "\n"
 
 
@@ -231,7 +181,7 @@ def settings_for(args: argparse.Namespace, model: HMT) -> dict:
     """What a resumed run must share with the saved trials: backbone, weights, config, seed, question, decoding."""
     steps = training_steps(args.hmt_weights) if args.hmt_weights else None
     return {"model": args.model, "hmt_weights": args.hmt_weights, "hmt_steps": steps, "config": vars(model.config),
-            "seed": args.seed, "question": QUESTION, "max_new_tokens": args.max_new_tokens,
+            "seed": args.seed, "question": PASSKEY_QUESTION, "max_new_tokens": args.max_new_tokens,
             "window": model.backbone.config.max_position_embeddings, "keep": KEEP}
 
 
