@@ -26,7 +26,7 @@ from bench.common import (KEEP, PASSKEY_QUESTION, RESULTS, Haystack, add_model_a
                           load_model, machine, make_haystack, needle_segment, plain_answer, rank_of, read_haystack,
                           table_head, table_row, training_steps, write_results)
 from hmt_core import HMT, MemoryState, stream_answer
-from hmt_core.answer import MODES, chat_ids
+from hmt_core.answer import ANSWER_MODES, chat_ids
 from hmt_core.recall import channel_scores
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def summarize(trials: list[dict]) -> list[dict]:
         group = [t for t in trials if t["length"] == length]
         row = {"length": length, "trials": len(group), "tokens": sum(t["tokens"] for t in group) / len(group),
                "segments": sum(t["segments"] for t in group) / len(group)}
-        for mode in MODES:
+        for mode in ANSWER_MODES:
             done = [t["hmt"][mode]["pass"] for t in group if mode in t["hmt"]]
             row[f"hmt_{mode}"] = [sum(done), len(done)]
         fits = [t["plain"]["pass"] for t in group if t["plain"]["fits"]]
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     add_model_arguments(parser)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 4000, 16000, 64000, 128000])
     parser.add_argument("--trials", type=int, default=10, help="per length")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=ANSWER_MODES, default=list(ANSWER_MODES))
     parser.add_argument("--seed", type=int, default=0, help="of the haystacks (keys and depths)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)

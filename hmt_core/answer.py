@@ -20,7 +20,7 @@ from .reader import Reader
 from .recall import Recall, recall
 from .state import MemoryState
 
-MODES = ("reread", "faithful")
+ANSWER_MODES = ("reread", "faithful")  # stream_answer(mode=...): recall and re-read, or faithful HMT
 SYSTEM_PROMPT = "You answer questions about the user's documents. Use the passages. Answer in one or two sentences."
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
 
@@ -192,8 +192,8 @@ def stream_answer(model, tokenizer, state: MemoryState, question: str, mode: str
     over every segment) picks the re-read passages instead of the recall weights, to compare retrievers under the
     same prompt and decoding.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}")
+    if mode not in ANSWER_MODES:
+        raise ValueError(f"mode must be one of {ANSWER_MODES}")
     if not question.strip():
         raise ValueError("the question is empty")
     if mode == "reread" and (state.num_segments == 0 or state.kind != "hmt"):

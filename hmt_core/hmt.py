@@ -18,7 +18,9 @@ from .config import HMTConfig
 from .recall.token_keys import project, select_keys
 from .state import MemoryState
 
-MODES = ("recall", "direct", "segment")
+# forward(mode=...): how each segment gets its memory: recalled from the cache (HMT, stage 2), the previous
+# segment's passed straight on (stage 1), or none (the segment-only baseline)
+MEMORY_MODES = ("recall", "direct", "segment")
 
 
 @dataclass
@@ -278,8 +280,8 @@ class HMT(nn.Module):
         under no_grad and questioned by every row), instead of an empty cache. query_mask [B, T] limits what the
         summary pass sees (for QA: the question, never the answer it is trained to produce).
         """
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"mode must be one of {MEMORY_MODES}")
         cfg = self.config
         seg_ids, seg_masks, seg_labels = split_segments(input_ids, attention_mask, labels, cfg.segment_length)
         seg_queries = seg_masks if query_mask is None else [q & m for q, m in
