@@ -1,4 +1,4 @@
-"""The Hierarchical Memory Transformer around an unchanged causal LM (design notes sections 1-3).
+"""The Hierarchical Memory Transformer around an unchanged causal LM (see README, 'What HMT computes here').
 
 Shapes: B batch, L segment length, j summary length, k sensory length, n cached memories, d embedding width,
 h recall width.
@@ -114,7 +114,7 @@ def split_segments(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
     if labels is None:
         labels = input_ids.masked_fill(attention_mask == 0, -100)
     labels = labels.masked_fill(attention_mask == 0, -100)
-    cut = lambda t: list(t.split(segment_length, dim=1))  # noqa: E731
+    cut = lambda t: list(t.split(segment_length, dim=1))
     return cut(input_ids), cut(attention_mask.bool()), cut(labels)
 
 
