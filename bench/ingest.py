@@ -1,5 +1,6 @@
-"""Ingest benchmark (issue 2): HMT reading throughput as a ratio to the plain backbone over the same text, peak RSS
-while reading a short vs a long document, and first-token latency of an answer after each.
+"""Ingest benchmark (README, 'Reading cost, memory and latency'): HMT reading throughput as a ratio to the plain
+backbone over the same text, peak RSS while reading a short vs a long document, and first-token latency of an answer
+after each.
 
     python -m bench.ingest                       # SmolLM2-135M-Instruct, 10k vs 200k tokens, CPU
     python -m bench.ingest --short 2000 --long 8000 --rounds 1   # a quick look

@@ -1,4 +1,5 @@
-"""Does a segment's memory embedding register a passkey needle? The diagnostic behind table 4's failures.
+"""Does a segment's memory embedding register a passkey needle? The diagnostic behind memory recall's passkey
+failures (README, 'Passkey retrieval, memory recall only').
 
 Reads the passkey benchmark's haystacks (same filler, needle and question) and reports, per trial, for the segment
 holding the needle:

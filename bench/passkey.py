@@ -1,4 +1,5 @@
-"""Passkey retrieval (issue 3, table 4): a 5-digit key hidden once in a long run of filler sentences.
+"""Passkey retrieval: a 5-digit key hidden once in a long run of filler sentences (README, 'Passkey retrieval with
+the fused recall').
 
 Per length and trial a seeded haystack of the standard filler ("The grass is green. The sky is blue. ...") with one
 needle ("The pass key is 12345. Remember it. 12345 is the pass key.") at a random sentence boundary. HMT reads it once

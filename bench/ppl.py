@@ -1,4 +1,4 @@
-"""Long-text perplexity (issue 3, table 1) on a novel no training run reads: Austen's Persuasion.
+"""Long-text perplexity (README, 'Long-text perplexity') on a novel no training run reads: Austen's Persuasion.
 
 Every method scores the same tokens (all but the text's first) with the same backbone:
 - segment-only: each segment of L tokens alone, after the tokenizer's start token (no memory at all);

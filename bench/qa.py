@@ -1,4 +1,4 @@
-"""Long-document QA (issues 3 and 10) on the held-out SQuAD articles, the whole article as the document.
+"""Long-document QA (README, 'Long-document QA') on the held-out SQuAD articles, the whole article as the document.
 
 Methods, all on the same backbone with the same greedy decoding: full context (the article in the prompt, cut to the
 backbone's 8k window; the article's part of the prompt is computed once per article and reused, which gives the same

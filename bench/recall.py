@@ -1,4 +1,4 @@
-"""Recall quality (issues 3 and 10): does a top-ranked segment hold the gold answer?
+"""Recall quality (README, 'Recall quality'): does a top-ranked segment hold the gold answer?
 
 Every question of the held-out SQuAD articles (never read in training or fitting), in two settings: each article read
 as its own document, and all of them read as one document (every question then competes with every article's

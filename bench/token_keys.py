@@ -1,4 +1,5 @@
-"""Choosing the token-key channel (issue 10, part 2) on the training SQuAD articles only.
+"""Choosing the token-key channel on the training SQuAD articles only (README, 'Recall quality': how the token keys
+were chosen).
 
 Reads every training article with the HMT weights while keeping the hidden states of several middle layers for every
 token of every main pass, and the same layers for each training question (the bare question, as recall runs it).

@@ -1,10 +1,10 @@
-"""Answering from a memory state, streaming tokens (design notes section 4), and writing chat turns into memory.
+"""Answering from a memory state, streaming tokens, and writing chat turns into memory.
 
-Two modes: 'faithful' is HMT as published (the question is the final segment: summary, recall over the whole cache,
-generate from [P, sensory, question], rolling over into new segments); 'reread' ranks past segments by the same
-recall weights and puts the top ones' text, widened to sentence boundaries, in the backbone's prompt (without P), so
-the answer can cite pages. Neither re-reads the document through the model's memory path: only the recalled
-passages' text is re-read.
+Two modes (see README, 'What HMT computes here'): 'faithful' is HMT as published (the question is the final
+segment: summary, recall over the whole cache, generate from [P, sensory, question], rolling over into new
+segments); 'reread' ranks past segments by the same recall weights and puts the top ones' text, widened to sentence
+boundaries, in the backbone's prompt (without P), so the answer can cite pages. Neither re-reads the document
+through the model's memory path: only the recalled passages' text is re-read.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ python -m hmt_core.training.train --stage 2 --init "$RUNS/stage1/final" --texts 
     --memory-input-norm none
 # Multi-channel recall: token keys (layer, width and count chosen by bench.token_keys on training articles), then
 # the fusion weights and temperature fitted on the training articles and on passkeys hidden in the training prose.
-python -m hmt_core.training.fit_recall --init "$RUNS/stage2/final" --squad data/squad --texts $TEXTS --out "$RUNS/recall" \
-    --token-key-layer 4 --token-key-width 256 --token-keys 64 --articles 14 --questions-per-article 30 --passkeys 16
+python -m hmt_core.training.fit_recall --init "$RUNS/stage2/final" --squad data/squad --texts $TEXTS \
+    --out "$RUNS/recall" --token-key-layer 4 --token-key-width 256 --token-keys 64 --articles 14 --questions-per-article 30 --passkeys 16
 mkdir -p assets/hmt-smollm2-135m
 cp "$RUNS/recall/"* assets/hmt-smollm2-135m/
 cat "$RUNS/stage1/log.jsonl" "$RUNS/stage2/log.jsonl" > assets/hmt-smollm2-135m/train_log.jsonl

@@ -1,4 +1,4 @@
-"""Multi-channel recall (design notes section 10): which past segments a question recalls, and why.
+"""Multi-channel recall: which past segments a question recalls, and why (see README, 'What HMT computes here').
 
 Each channel scores every segment read so far:
 - memory: HMT's own recall score S Wq (M Wk)^T / sqrt(h) of the question's summary against the cached memories;

@@ -1,4 +1,4 @@
-"""Fitting multi-channel recall on training data only (issue 10, parts 2 and 3).
+"""Fitting multi-channel recall on training data only (see README, 'Training', the recall fit).
 
 Starting from trained HMT weights, this
 1. reads the training SQuAD articles, keeping the main-pass token states after --token-key-layer, fits the token

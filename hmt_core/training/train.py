@@ -1,4 +1,4 @@
-"""Multi-stage BPTT training of HMT (design notes section 3) on one CPU, one GPU or several GPUs (accelerate).
+"""Multi-stage BPTT training of HMT on one CPU, one GPU or several GPUs (accelerate); see README, 'Training'.
 
     python -m hmt_core.training.train --stage 1 --texts data/text --out runs/stage1 --steps 200
     python -m hmt_core.training.train --stage 2 --init runs/stage1/final --texts data/text --squad data/squad \\
