@@ -14,8 +14,8 @@ import torch
 
 from app.session import Session
 from hmt_core import MemoryState, Passage
-from hmt_core.lexical import LexicalIndex
 from hmt_core.recall import Recall
+from hmt_core.recall.lexical import LexicalIndex
 
 Span = tuple[int, int]
 

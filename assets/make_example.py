@@ -2,7 +2,7 @@
 
 The text is chapters 1-7 of Jane Austen's "Pride and Prejudice" (1813), public domain. It comes,
 offline, from the Project Gutenberg text shipped in Debian's r-cran-janeaustenr package, fetched and
-decoded by hmt_core.corpora into data/text/. Each chapter starts a new page; pages have ~40 lines
+decoded by hmt_core.training.corpora into data/text/. Each chapter starts a new page; pages have ~40 lines
 and a page number at the foot; Gutenberg's _underscore_ italics are dropped.
 
 Run from the repository root: python assets/make_example.py
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
 
-from hmt_core.corpora import fetch  # noqa: E402
+from hmt_core.training.corpora import fetch  # noqa: E402 (after the path set-up above)
 from pdf_factory import make_pdf, paginate  # noqa: E402
 
 CHAPTERS = 7

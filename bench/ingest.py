@@ -1,5 +1,6 @@
-"""Ingest benchmark (issue 2): HMT reading throughput as a ratio to the plain backbone over the same text, peak RSS
-while reading a short vs a long document, and first-token latency of an answer after each.
+"""Ingest benchmark (README, 'Reading cost, memory and latency'): HMT reading throughput as a ratio to the plain
+backbone over the same text, peak RSS while reading a short vs a long document, and first-token latency of an answer
+after each.
 
     python -m bench.ingest                       # SmolLM2-135M-Instruct, 10k vs 200k tokens, CPU
     python -m bench.ingest --short 2000 --long 8000 --rounds 1   # a quick look
@@ -24,22 +25,12 @@ from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, long_text, machine, write_results
-from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, Reader, load_backbone, load_checkpoint, stream_answer
+from bench.common import ROOT, add_model_arguments, load_model, long_text, machine, write_results
+from hmt_core import Reader, load_checkpoint, stream_answer
 
 PAGE_CHARS = 3000
 WARMUP_CHARS = 100_000  # read once before measuring; RSS settles after about this much (see README)
 QUESTION = "What did the captain say about the white whale?"
-
-
-def load_model(args: argparse.Namespace):
-    """(memory model, tokenizer) for the benchmark: the given HMT weights, else fresh parameters of the default
-    config (speed and memory do not depend on the parameter values)."""
-    backbone, tokenizer = load_backbone(args.model, device=args.device)
-    if args.hmt_weights:
-        return load_checkpoint(args.hmt_weights, backbone), tokenizer
-    torch.manual_seed(0)
-    return HMT(backbone, HMTConfig()), tokenizer
 
 
 def text_of_tokens(tokenizer, text: str, n_tokens: int, step: int = 20_000) -> str:
@@ -73,7 +64,7 @@ def plain_forward(backbone, ids: list[int], window: int, logits: bool) -> None:
 
 def throughput(args: argparse.Namespace) -> dict:
     """tokens/s of HMT reading and of the plain backbone, interleaved over several rounds; ratios per round."""
-    model, tokenizer = load_model(args)
+    model, tokenizer = load_model(args, args.device)
     text = text_of_tokens(tokenizer, long_text(200_000), args.throughput_tokens)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     baseline = load_checkpoint(args.baseline_weights, model.backbone) if args.baseline_weights else None
@@ -118,7 +109,7 @@ def child(args: argparse.Namespace) -> dict:
     """In a fresh process: read n tokens while sampling RSS, then time the first token of answers."""
     import resource
 
-    model, tokenizer = load_model(args)
+    model, tokenizer = load_model(args, args.device)
     source = long_text(int(args.child * 5) + WARMUP_CHARS)
     read(model, tokenizer, source[-WARMUP_CHARS:])  # the same warm-up for both lengths: the allocator's first growth
     text = text_of_tokens(tokenizer, source, args.child)
@@ -155,7 +146,8 @@ def child(args: argparse.Namespace) -> dict:
 
 def run_child(args: argparse.Namespace, n_tokens: int) -> dict:
     cmd = [sys.executable, "-m", "bench.ingest", "--child", str(n_tokens), "--model", args.model,
-           "--device", args.device, "--latency-repeats", str(args.latency_repeats)]
+           "--segment-length", str(args.segment_length), "--device", args.device,
+           "--latency-repeats", str(args.latency_repeats)]
     if args.hmt_weights:
         cmd += ["--hmt-weights", args.hmt_weights]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
@@ -163,8 +155,8 @@ def run_child(args: argparse.Namespace, n_tokens: int) -> dict:
 
 
 def table(result: dict) -> str:
-    t, s, l = result["throughput"], result["short"], result["long"]
-    rss = l["peak_rss_during_read_mb"] / s["peak_rss_during_read_mb"]
+    t, s, long = result["throughput"], result["short"], result["long"]
+    rss = long["peak_rss_during_read_mb"] / s["peak_rss_during_read_mb"]
     lines = [
         f"Backbone {result['model']}, HMT segment {result['config']['segment_length']}, "
         f"k {result['config']['sensory_size']}, N {result['config']['cache_size']}; {result['machine']['cpu']}, "
@@ -172,20 +164,23 @@ def table(result: dict) -> str:
         "",
         "| measure | value | goal |",
         "|---|---|---|",
-        f"| HMT ingest / plain forward (with LM head), same tokens, same run | {t['ratio_vs_plain']:.2f} | >= 0.6 |",
-        f"| HMT ingest / plain forward (hidden states only) | {t['ratio_vs_plain_hidden']:.2f} | (bound ~0.61 at k=32) |",
-        f"| HMT ingest tokens/s (median round) | {statistics.median(r['hmt_tokens_per_s'] for r in t['rounds']):.0f} | |",
+        f"| HMT ingest / plain forward (with LM head), same tokens, same run | {t['ratio_vs_plain']:.2f} "
+        "| >= 0.6 |",
+        f"| HMT ingest / plain forward (hidden states only) | {t['ratio_vs_plain_hidden']:.2f} "
+        "| (bound ~0.61 at k=32) |",
+        f"| HMT ingest tokens/s (median round) | {statistics.median(r['hmt_tokens_per_s'] for r in t['rounds']):.0f} "
+        "| |",
         *([f"| HMT ingest / the same with {t['baseline_weights']}, same run | {t['ratio_vs_baseline']:.2f} | >= 0.9 |"]
           if t.get("baseline_weights") else []),
         f"| peak RSS reading {s['tokens']:,} tokens | {s['peak_rss_during_read_mb']:.0f} MB | |",
-        f"| peak RSS reading {l['tokens']:,} tokens | {l['peak_rss_during_read_mb']:.0f} MB | |",
+        f"| peak RSS reading {long['tokens']:,} tokens | {long['peak_rss_during_read_mb']:.0f} MB | |",
         f"| RSS growth, long vs short | {100 * (rss - 1):+.1f}% | < 5% |",
-        f"| first token, faithful, {l['tokens']:,} / {s['tokens']:,} tokens read | "
-        f"{l['first_token_s']['faithful']:.3f} s / {s['first_token_s']['faithful']:.3f} s = "
-        f"{l['first_token_s']['faithful'] / s['first_token_s']['faithful']:.2f} | < 1.2 |",
-        f"| first token, re-read, {l['tokens']:,} / {s['tokens']:,} tokens read | "
-        f"{l['first_token_s']['reread']:.3f} s / {s['first_token_s']['reread']:.3f} s = "
-        f"{l['first_token_s']['reread'] / s['first_token_s']['reread']:.2f} | < 1.2 |",
+        f"| first token, faithful, {long['tokens']:,} / {s['tokens']:,} tokens read | "
+        f"{long['first_token_s']['faithful']:.3f} s / {s['first_token_s']['faithful']:.3f} s = "
+        f"{long['first_token_s']['faithful'] / s['first_token_s']['faithful']:.2f} | < 1.2 |",
+        f"| first token, re-read, {long['tokens']:,} / {s['tokens']:,} tokens read | "
+        f"{long['first_token_s']['reread']:.3f} s / {s['first_token_s']['reread']:.3f} s = "
+        f"{long['first_token_s']['reread'] / s['first_token_s']['reread']:.2f} | < 1.2 |",
         "",
     ]
     return "\n".join(lines)
@@ -193,8 +188,7 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_BACKBONE)
-    parser.add_argument("--hmt-weights", default=None)
+    add_model_arguments(parser)  # without weights: fresh parameters (speed and memory do not depend on their values)
     parser.add_argument("--baseline-weights", default=None, help="other HMT weights to read with in the same rounds")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--short", type=int, default=10_000)
@@ -224,7 +218,7 @@ def main() -> None:
         return
     result["short"] = run_child(args, args.short)
     result["long"] = run_child(args, args.long)
-    model, _ = load_model(args)
+    model, _ = load_model(args, args.device)
     result["config"] = {k: v for k, v in vars(model.config).items()}
     result["wall_seconds"] = time.time() - started
     write_results("ingest", result, table(result))

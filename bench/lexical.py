@@ -1,7 +1,7 @@
-"""Lexical recall engines for a 4,096-segment memory: bm25s (hmt_core.lexical) vs tantivy over the same terms.
+"""Lexical recall engines for a 4,096-segment memory: bm25s (hmt_core.recall.lexical) vs tantivy over the same terms.
 
 Real prose (Moby-Dick, Austen) cut into ~1,100-character segments (about 256 tokens each). Both engines see the same
-terms (hmt_core.lexical.terms; tantivy gets them joined by spaces, through its whitespace tokenizer) and the same
+terms (hmt_core.recall.lexical.terms; tantivy gets them joined by spaces, through its whitespace tokenizer) and the same
 BM25 parameters (k1 1.2, b 0.75). Measured: indexing every segment, adding one segment and searching again, search
 latency of question-like queries returning a score for every segment, size on disk, load time, and how far the
 top-10 rankings agree.
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import long_text, machine, write_results
-from hmt_core.lexical import K1, B, LexicalIndex, terms
+from bench.common import long_text, machine, table_head, table_row, write_results
+from hmt_core.recall.lexical import K1, B, LexicalIndex, terms
 
 try:
     import tantivy
@@ -204,7 +204,7 @@ def table(r: dict) -> str:
             f"{r['mean_terms_per_segment']:.0f} terms each; {r['vocabulary']:,} distinct terms), {r['queries']} "
             f"question-like queries, each returning a score for every segment; k1 {r['params']['k1']}, "
             f"b {r['params']['b']}; {r['machine']['cpu']}, {r['machine']['cores']} cores, one thread. Tokenising "
-            f"(hmt_core.lexical.terms, the same for both): {r['tokenise_all_s']:.2f} s for all segments, "
+            f"(hmt_core.recall.lexical.terms, the same for both): {r['tokenise_all_s']:.2f} s for all segments, "
             f"{1000 * r['tokenise_all_s'] / r['segments']:.2f} ms per segment.")
     rows = [
         (f"index all {r['segments']:,} segments (incl. tokenising)",
@@ -218,9 +218,9 @@ def table(r: dict) -> str:
         ("load", ms(bm["load_s"]), ms(ta["load_s"])),
         ("load, then first search", ms(bm["load_and_first_search_s"]), ms(ta["load_and_first_search_s"])),
     ]
-    lines = [head, "", f"| measure | bm25s {bm['version']} (hmt_core.lexical) | tantivy {ta['version']} |",
-             "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines = [head, "", *table_head("measure", f"bm25s {bm['version']} (hmt_core.recall.lexical)",
+                                   f"tantivy {ta['version']}")]
+    lines += [table_row(*row) for row in rows]
     lines += ["", (f"Top-10 agreement over the {r['queries']} queries: {100 * ag['mean_top10_overlap']:.1f}% of the "
                    f"top 10 shared, {100 * ag['identical_top10']:.0f}% identical top-10 lists, "
                    f"{100 * ag['same_top1']:.0f}% the same top segment. Score ratio tantivy / bm25s where both "

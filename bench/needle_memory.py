@@ -1,4 +1,5 @@
-"""Does a segment's memory embedding register a passkey needle? The diagnostic behind table 4's failures.
+"""Does a segment's memory embedding register a passkey needle? The diagnostic behind memory recall's passkey
+failures (README, 'Passkey retrieval, memory recall only').
 
 Reads the passkey benchmark's haystacks (same filler, needle and question) and reports, per trial, for the segment
 holding the needle:
@@ -25,9 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.common import RESULTS, describe_weights, machine, write_results
-from bench.passkey import QUESTION, make_haystack, needle_segment, rank_of, read_haystack
-from bench.recall import add_model_arguments, load_model
+from bench.common import (PASSKEY_QUESTION, RESULTS, add_model_arguments, describe_weights, load_model, machine,
+                          make_haystack, needle_segment, rank_of, read_haystack, table_head, table_row, write_results)
 from hmt_core import HMT
 from hmt_core.answer import chat_ids
 
@@ -52,7 +52,7 @@ def needle_trial(model: HMT, tokenizer, tokens: int, rng: random.Random) -> tupl
     if needle == 0:
         return None
     keys = model.wk(memories.to(model.device, model.wk.weight.dtype)).float().cpu()  # [n, h]
-    weights = model.recall_weights(state, chat_ids(tokenizer, [{"role": "user", "content": QUESTION}]))
+    weights = model.recall_weights(state, chat_ids(tokenizer, [{"role": "user", "content": PASSKEY_QUESTION}]))
     filler = [j for j in range(1, n) if j != needle]
     unit = F.normalize(memories, dim=-1)
     cosine = unit @ unit.T  # [n, n]
@@ -95,13 +95,14 @@ def main(argv: list[str] | None = None) -> None:
              f"{cfg.sensory_size}, every segment kept; HMT weights {describe_weights(args.hmt_weights)}; "
              f"{result['wall_seconds']:.0f} s on {result['machine']['cpu']}. Outlier ranks count the segments after "
              f"the first (1 = the most unusual); {skipped} haystacks with the needle in the first segment skipped.",
-             "",
-             "| trial | segments | needle segment | outlier rank, memory | outlier rank, recall key | recall rank "
-             "| cos needle-filler | cos filler-filler |", "|---|---|---|---|---|---|---|---|"]
+             "", *table_head("trial", "segments", "needle segment", "outlier rank, memory", "outlier rank, recall key",
+                             "recall rank", "cos needle-filler", "cos filler-filler")]
     for t, r in enumerate(rows):
-        lines.append(f"| {t} | {r['segments']} | {r['needle_segment']} | {r['outlier_rank_memory']} of "
-                     f"{r['segments'] - 1} | {r['outlier_rank_key']} of {r['segments'] - 1} | {r['recall_rank']} of "
-                     f"{r['segments']} | {r['cos_needle_filler']:.4f} | {r['cos_filler_filler']:.4f} |")
+        lines.append(table_row(t, r["segments"], r["needle_segment"],
+                               f"{r['outlier_rank_memory']} of {r['segments'] - 1}",
+                               f"{r['outlier_rank_key']} of {r['segments'] - 1}",
+                               f"{r['recall_rank']} of {r['segments']}", f"{r['cos_needle_filler']:.4f}",
+                               f"{r['cos_filler_filler']:.4f}"))
     lines += ["", f"Mean cosine between trials of the needle's key deviation: {agreement:.3f}"]
     name = "needle_memory" if args.hmt_weights else "needle_memory_untrained"
     write_results(name, result, "\n".join(lines) + "\n", args.results_dir)

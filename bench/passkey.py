@@ -1,4 +1,5 @@
-"""Passkey retrieval (issue 3, table 4): a 5-digit key hidden once in a long run of filler sentences.
+"""Passkey retrieval: a 5-digit key hidden once in a long run of filler sentences (README, 'Passkey retrieval with
+the fused recall').
 
 Per length and trial a seeded haystack of the standard filler ("The grass is green. The sky is blue. ...") with one
 needle ("The pass key is 12345. Remember it. 12345 is the pass key.") at a random sentence boundary. HMT reads it once
@@ -19,74 +20,25 @@ import argparse
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.common import RESULTS, machine, training_steps, write_results
-from bench.qa import full_context_messages, plain_answer
-from bench.recall import add_model_arguments, load_model
-from hmt_core import HMT, MemoryState, read_text, stream_answer
-from hmt_core.answer import MODES, chat_ids
+from bench.common import (KEEP, PASSKEY_QUESTION, RESULTS, Haystack, add_model_arguments, full_context_messages,
+                          load_model, machine, make_haystack, needle_segment, plain_answer, rank_of, read_haystack,
+                          table_head, table_row, training_steps, write_results)
+from hmt_core import HMT, MemoryState, stream_answer
+from hmt_core.answer import ANSWER_MODES, chat_ids
 from hmt_core.recall import channel_scores
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-FILLER = ("The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ", "There and back again. ")
-NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
-QUESTION = "What is the pass key? Answer with the number only."
-KEEP = 100_000  # memories kept recallable when answering: every segment of the longest haystack
-
-
-@dataclass
-class Haystack:
-    """One trial's document: filler with the needle starting at character `needle_start`."""
-
-    text: str
-    key: int
-    needle_start: int
-    tokens: int
-
-
-def count_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
-    """Backbone tokens of a text, without special tokens."""
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def make_haystack(tokenizer: PreTrainedTokenizerBase, target_tokens: int, rng: random.Random) -> Haystack:
-    """Filler sentences totalling about target_tokens with the needle at a uniformly drawn sentence boundary."""
-    key = rng.randint(10000, 99999)
-    needle = NEEDLE.format(key=key)
-    per_sentence = count_tokens(tokenizer, "".join(FILLER) * 8) / (8 * len(FILLER))
-    n = max(1, round((target_tokens - count_tokens(tokenizer, needle)) / per_sentence))
-    sentences = [FILLER[i % len(FILLER)] for i in range(n)]
-    cut = rng.randint(0, n)
-    before = "".join(sentences[:cut])
-    text = before + needle + "".join(sentences[cut:])
-    return Haystack(text, key, len(before), count_tokens(tokenizer, text))
-
-
-def read_haystack(model: HMT, tokenizer: PreTrainedTokenizerBase, text: str) -> MemoryState:
-    """Read the whole haystack once into a memory that keeps every segment recallable."""
-    return read_text(model, tokenizer, text, "haystack", model.new_state(keep=KEEP))
-
-
-def needle_segment(state: MemoryState, char: int) -> int:
-    """The segment whose character span covers `char` (the needle's start)."""
-    return max(s.index for s in state.segments if s.char_start <= char)
-
-
-def rank_of(weights: torch.Tensor, index: int) -> int:
-    """1-based rank of segment `index` under recall weights (ties counted in its favour)."""
-    return int((weights > weights[index]).sum()) + 1
-
-
 def hmt_answer(model: HMT, tokenizer: PreTrainedTokenizerBase, state: MemoryState, mode: str,
                max_new_tokens: int) -> tuple[str, torch.Tensor]:
     """(greedy answer, recall weights over every segment) of HMT in one mode; the state is left as it was."""
-    events = list(stream_answer(model, tokenizer, state, QUESTION, mode=mode, max_new_tokens=max_new_tokens))
+    events = list(stream_answer(model, tokenizer, state, PASSKEY_QUESTION, mode=mode, max_new_tokens=max_new_tokens,
+                                cut_loops=False))  # the whole generated text, as the plain backbone's is scored
     return events[-1].text, events[0].weights
 
 
@@ -96,7 +48,7 @@ def plain_result(backbone: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
     window = backbone.config.max_position_embeddings
     if haystack.tokens + max_new_tokens > window:
         return {"fits": False}
-    messages = full_context_messages(tokenizer, haystack.text, QUESTION, window, max_new_tokens)
+    messages = full_context_messages(tokenizer, haystack.text, PASSKEY_QUESTION, window, max_new_tokens)
     if len(chat_ids(tokenizer, messages)) + max_new_tokens > window:
         return {"fits": False}
     answer = plain_answer(backbone, tokenizer, messages, max_new_tokens)
@@ -121,8 +73,8 @@ def run_trial(model: HMT, tokenizer: PreTrainedTokenizerBase, length: int, trial
         hmt[mode] = {"answer": answer, "pass": str(haystack.key) in answer, "needle_rank": rank_of(weights, segment)}
     rank = hmt["reread" if "reread" in hmt else modes[0]]["needle_rank"]
     channels = ("memory", "lexical", "token") if state.token_keys is not None else ("memory", "lexical")
-    scores = channel_scores(model, tokenizer, state, QUESTION, chat_ids(tokenizer, [{"role": "user", "content":
-                                                                                       QUESTION}]), channels)
+    query = chat_ids(tokenizer, [{"role": "user", "content": PASSKEY_QUESTION}])
+    scores = channel_scores(model, tokenizer, state, PASSKEY_QUESTION, query, channels)
     channel_ranks = {c: rank_of(s, segment) for c, s in scores.items()}
     return {"length": length, "trial": trial, "tokens": haystack.tokens, "key": haystack.key,
             "needle_char": haystack.needle_start, "depth": haystack.needle_start / len(haystack.text),
@@ -158,7 +110,7 @@ def summarize(trials: list[dict]) -> list[dict]:
         group = [t for t in trials if t["length"] == length]
         row = {"length": length, "trials": len(group), "tokens": sum(t["tokens"] for t in group) / len(group),
                "segments": sum(t["segments"] for t in group) / len(group)}
-        for mode in MODES:
+        for mode in ANSWER_MODES:
             done = [t["hmt"][mode]["pass"] for t in group if mode in t["hmt"]]
             row[f"hmt_{mode}"] = [sum(done), len(done)]
         fits = [t["plain"]["pass"] for t in group if t["plain"]["fits"]]
@@ -190,14 +142,14 @@ def markdown(data: dict) -> str:
               f"summed over trials; {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads.")
     columns = ("tokens (target / mean)", "trials", "segments", "HMT reread", "HMT faithful", "plain backbone",
                "mean needle rank", "needle first (recall)", "first: memory", "first: lexical", "first: token keys")
-    lines = [header, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    lines = [header, "", *table_head(*columns)]
     for r in data["summary"]:
         rank = f"{r['mean_needle_rank']:.1f} of {r['segments']:.0f}" if r["mean_needle_rank"] is not None else "-"
-        lines.append(f"| {r['length']:,} / {r['tokens']:,.0f} | {r['trials']} | {r['segments']:.0f} | "
-                     f"{accuracy_cell(*r['hmt_reread'], '-')} | {accuracy_cell(*r['hmt_faithful'], '-')} | "
-                     f"{accuracy_cell(*r['plain'], 'does not fit')} | {rank} | "
-                     + " | ".join(accuracy_cell(*r.get(k, [0, 0]), "-") for k in
-                                  ("needle_first", "first_memory", "first_lexical", "first_token")) + " |")
+        lines.append(table_row(f"{r['length']:,} / {r['tokens']:,.0f}", r["trials"], f"{r['segments']:.0f}",
+                               accuracy_cell(*r["hmt_reread"], "-"), accuracy_cell(*r["hmt_faithful"], "-"),
+                               accuracy_cell(*r["plain"], "does not fit"), rank,
+                               *(accuracy_cell(*r.get(k, [0, 0]), "-") for k in
+                                 ("needle_first", "first_memory", "first_lexical", "first_token"))))
     return "\n".join(lines) + "\n"
 
 
@@ -231,7 +183,7 @@ def settings_for(args: argparse.Namespace, model: HMT) -> dict:
     """What a resumed run must share with the saved trials: backbone, weights, config, seed, question, decoding."""
     steps = training_steps(args.hmt_weights) if args.hmt_weights else None
     return {"model": args.model, "hmt_weights": args.hmt_weights, "hmt_steps": steps, "config": vars(model.config),
-            "seed": args.seed, "question": QUESTION, "max_new_tokens": args.max_new_tokens,
+            "seed": args.seed, "question": PASSKEY_QUESTION, "max_new_tokens": args.max_new_tokens,
             "window": model.backbone.config.max_position_embeddings, "keep": KEEP}
 
 
@@ -240,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     add_model_arguments(parser)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 4000, 16000, 64000, 128000])
     parser.add_argument("--trials", type=int, default=10, help="per length")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=ANSWER_MODES, default=list(ANSWER_MODES))
     parser.add_argument("--seed", type=int, default=0, help="of the haystacks (keys and depths)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)

@@ -1,4 +1,4 @@
-"""Long-text perplexity (issue 3, table 1) on a novel no training run reads: Austen's Persuasion.
+"""Long-text perplexity (README, 'Long-text perplexity') on a novel no training run reads: Austen's Persuasion.
 
 Every method scores the same tokens (all but the text's first) with the same backbone:
 - segment-only: each segment of L tokens alone, after the tokenizer's start token (no memory at all);
@@ -22,8 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.common import DATA, describe_weights, machine, write_results
-from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, load_backbone, load_checkpoint
+from bench.common import DATA, describe_weights, machine, table_head, table_row, untrained_hmt, write_results
+from hmt_core import DEFAULT_BACKBONE, load_backbone, load_checkpoint
 from hmt_core.backbone import final_hidden_states, lm_logits
 
 HELD_OUT = "austen_persuasion"
@@ -31,7 +31,7 @@ HELD_OUT = "austen_persuasion"
 
 def held_out_ids(tokenizer, tokens: int) -> list[int]:
     """The first `tokens` token ids of the held-out novel, fetched offline once."""
-    from hmt_core.corpora import fetch, load_texts
+    from hmt_core.training.corpora import fetch, load_texts
 
     fetch(DATA, ["austen"])
     ids = tokenizer(load_texts(DATA)[HELD_OUT], add_special_tokens=False)["input_ids"]
@@ -81,8 +81,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=64, help="sliding-window block size")
     args = parser.parse_args()
     backbone, tokenizer = load_backbone(args.model, device="cpu")
-    torch.manual_seed(0)
-    untrained = HMT(backbone, HMTConfig())
+    untrained = untrained_hmt(backbone)
     cfg = untrained.config
     ids = held_out_ids(tokenizer, args.tokens)
     start = start_token(tokenizer)
@@ -115,9 +114,9 @@ def main() -> None:
     header = (f"Perplexity on the first {len(ids)} tokens of {HELD_OUT} (held out of every training run); backbone "
               f"{args.model}, segment L={L}, N={cfg.cache_size}, k={k}; {time.time() - started:.0f} s on "
               f"{machine()['cpu']}.")
-    lines = [header, "", "| method | PPL | ratio to segment-only | ratio to sliding window |", "|---|---|---|---|"]
+    lines = [header, "", *table_head("method", "PPL", "ratio to segment-only", "ratio to sliding window")]
     for name, v in results.items():
-        lines.append(f"| {name} | {v['ppl']:.2f} | {v['ppl'] / base:.3f} | {v['ppl'] / sliding:.3f} |")
+        lines.append(table_row(name, f"{v['ppl']:.2f}", f"{v['ppl'] / base:.3f}", f"{v['ppl'] / sliding:.3f}"))
     write_results("ppl", result, "\n".join(lines) + "\n")
 
 

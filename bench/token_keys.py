@@ -1,4 +1,5 @@
-"""Choosing the token-key channel (issue 10, part 2) on the training SQuAD articles only.
+"""Choosing the token-key channel on the training SQuAD articles only (README, 'Recall quality': how the token keys
+were chosen).
 
 Reads every training article with the HMT weights while keeping the hidden states of several middle layers for every
 token of every main pass, and the same layers for each training question (the bare question, as recall runs it).
@@ -15,68 +16,30 @@ and token_keys.md.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
-from bench.common import DATA, ROOT, describe_weights, machine, write_results
-from bench.recall import add_model_arguments, gold_segments, load_model, read_article
+from bench.common import (ROOT, add_model_arguments, describe_weights, load_model, machine, read_article,
+                          squad_articles, table_head, table_row, write_results)
 from hmt_core.answer import chat_ids
-from hmt_core.backbone import decoder_layers
-from hmt_core.token_keys import fit_whitening, maxsim, project, question_token_mask, select_keys
+from hmt_core.recall.token_keys import fit_whitening, maxsim, project, question_token_mask, select_keys
+from hmt_core.training.fit_recall import TokenStates, gold_segments
 
 LAYERS = [4, 8, 12, 16, 20, 24, 28]
 FEATURES = ROOT / "runs" / "token_keys" / "features.pt"
 
 
-def train_articles() -> list[dict]:
-    from hmt_core.corpora import fetch, load_squad
-
-    fetch(DATA, ["squad"])
-    split = json.loads((DATA / "squad" / "split.json").read_text())
-    return [a for a in load_squad(DATA) if a["title"] in set(split["train"])]
-
-
-class Recorder:
-    """Forward hooks that append every call's hidden states after the chosen decoder layers."""
-
-    def __init__(self, backbone: torch.nn.Module, layers: list[int]) -> None:
-        self.calls: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
-        modules = decoder_layers(backbone)
-        self.handles = [modules[i - 1].register_forward_hook(self._keep(i)) for i in layers]
-
-    def _keep(self, i: int):
-        def hook(_module, _inputs, output):
-            self.calls[i].append((output[0] if isinstance(output, tuple) else output).detach())
-        return hook
-
-    def clear(self) -> None:
-        for calls in self.calls.values():
-            calls.clear()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
 @torch.no_grad()
 def collect(model, tokenizer, per_article: int, max_articles: int) -> dict:
     """Token states of every segment's own tokens (main pass) and of each question, at every layer in LAYERS."""
-    recorder = Recorder(model.backbone, LAYERS)
     articles = []
-    try:
-        for article in train_articles()[:max_articles]:
+    with TokenStates(model.backbone, LAYERS) as recorder:
+        for article in squad_articles("train")[:max_articles]:
             started = time.time()
             recorder.clear()
             state = read_article(model, tokenizer, article)
-            # calls alternate summary pass, main pass; the main pass is [P, sensory, x, P]
-            tokens = {i: [] for i in LAYERS}
-            for s, seg in enumerate(state.segments):
-                x_start = 1 + (0 if s == 0 else model.config.sensory_size)
-                for i in LAYERS:
-                    main = recorder.calls[i][2 * s + 1][0]  # [n, d]
-                    tokens[i].append(main[x_start:x_start + seg.num_tokens].half())
+            tokens = {i: recorder.segments(model, state, i) for i in LAYERS}  # [n, d] fp16 per segment
             questions = []
             for q in article["questions"][:per_article]:
                 recorder.clear()
@@ -85,15 +48,13 @@ def collect(model, tokenizer, per_article: int, max_articles: int) -> dict:
                 bare = tokenizer(q["question"], add_special_tokens=False)["input_ids"]
                 model.backbone.base_model(inputs_embeds=model.embed(torch.tensor([bare])))
                 questions.append({"summary": summary, "ids": bare, "gold": sorted(gold_segments(state, q)),
-                                  "tokens": {i: recorder.calls[i][-1][0].half() for i in LAYERS}})
+                                  "tokens": {i: recorder.calls[i][-1] for i in LAYERS}})
             articles.append({"title": article["title"], "cache": state.cache.clone(), "tokens": tokens,
                              "segments": state.num_segments, "texts": [state.segment_text(i)
                                                                       for i in range(state.num_segments)],
                              "questions": questions})
             print(f"{article['title']}: {state.num_segments} segments, {len(questions)} questions, "
                   f"{time.time() - started:.0f} s", flush=True)
-    finally:
-        recorder.remove()
     return {"layers": LAYERS, "articles": articles}
 
 
@@ -163,10 +124,10 @@ def main() -> None:
     lines = [f"Token-key channel alone on {questions} questions of {len(features['articles'])} training SQuAD "
              f"articles (never the held-out ones), within each article; HMT weights "
              f"{describe_weights(args.hmt_weights)}.", "",
-             "| layer | width | keys / segment | pick | question tokens | hit@1 | hit@3 | MRR |", "|---" * 8 + "|"]
+             *table_head("layer", "width", "keys / segment", "pick", "question tokens", "hit@1", "hit@3", "MRR")]
     for r in rows:
-        lines.append(f"| {r['layer']} | {r['width']} | {r['keys']} | {r['pick']} | {r['query']} | {r['hit@1']:.3f} "
-                     f"| {r['hit@3']:.3f} | {r['mrr']:.3f} |")
+        lines.append(table_row(r["layer"], r["width"], r["keys"], r["pick"], r["query"], f"{r['hit@1']:.3f}",
+                               f"{r['hit@3']:.3f}", f"{r['mrr']:.3f}"))
     write_results("token_keys", result, "\n".join(lines) + "\n")
 
 

@@ -1,4 +1,10 @@
-"""HMT and RMT around any transformers causal LM: reading long documents into memory, answering from it."""
+"""HMT and RMT around any transformers causal LM: reading long documents into memory, answering from it.
+
+The top level is the memory model with its reading and answering (backbone, config, hmt, rmt, state, reader, answer,
+checkpoint); hmt_core.recall is the multi-channel recall (lexical, token_keys, fusion); hmt_core.training is the
+training side (corpora, data, train, lora, fit_recall), of which importing hmt_core loads only lora (checkpoints
+carry LoRA adapters).
+"""
 
 from .answer import AnswerEvent, Passage, remember_turn, stream_answer
 from .backbone import DEFAULT_BACKBONE, BackboneError, load_backbone

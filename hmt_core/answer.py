@@ -1,10 +1,10 @@
 """Answering from a memory state, streaming tokens, and writing chat turns into memory.
 
-Two modes: 'faithful' is HMT as published (the question is the final segment: summary, recall over the whole cache,
-generate from [P, sensory, question], rolling over into new segments); 'reread' ranks past segments by the same
-recall weights and puts the top ones' text, widened to sentence boundaries, in the backbone's prompt (without P), so
-the answer can cite pages. Neither re-reads the document through the model's memory path: only the recalled
-passages' text is re-read.
+Two modes (see README, 'What HMT computes here'): 'faithful' is HMT as published (the question is the final
+segment: summary, recall over the whole cache, generate from [P, sensory, question], rolling over into new
+segments); 'reread' ranks past segments by the same recall weights and puts the top ones' text, widened to sentence
+boundaries, in the backbone's prompt (without P), so the answer can cite pages. Neither re-reads the document
+through the model's memory path: only the recalled passages' text is re-read.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .reader import Reader
 from .recall import Recall, matched_windows, recall
 from .state import MemoryState
 
-MODES = ("reread", "faithful")
+ANSWER_MODES = ("reread", "faithful")  # stream_answer(mode=...): recall and re-read, or faithful HMT
 SYSTEM_PROMPT = "You answer questions about the user's documents. Use the passages. Answer in one or two sentences."
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
 
@@ -222,8 +222,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     over every segment) picks the re-read passages instead of the recall weights, to compare retrievers under the
     same prompt and decoding.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}")
+    if mode not in ANSWER_MODES:
+        raise ValueError(f"mode must be one of {ANSWER_MODES}")
     if not question.strip():
         raise ValueError("the question is empty")
     if mode == "reread" and (state.num_segments == 0 or not model.has_recall):

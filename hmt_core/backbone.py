@@ -214,7 +214,8 @@ def cache_argument(model_class: type) -> str:
 def final_hidden_states(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                         position_ids: torch.Tensor | None = None, cache=None,
                         use_cache: bool = False) -> tuple[torch.Tensor, object]:
-    """Run the backbone's decoder stack only (no LM head) and return (last hidden states after the final norm, kv cache).
+    """Run the backbone's decoder stack only (no LM head) and return (last hidden states after the final norm,
+    kv cache).
 
     Keeping only the last layer avoids the reference code's output_hidden_states=True, which holds every layer.
     transformers 5 renamed `past_key_values` to `cache` (the old name goes in 5.40); both are handled.

@@ -15,8 +15,8 @@ from torch import nn
 from .backbone import backbone_identity, identity_mismatch
 from .config import HMTConfig, config_from_dict, config_to_dict
 from .hmt import HMT
-from .lora import load_lora, lora_settings, lora_state_dict
 from .rmt import RMT
+from .training.lora import load_lora, lora_settings, lora_state_dict
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "memory_params.safetensors"

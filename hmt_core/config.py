@@ -18,13 +18,14 @@ def check_memory_input_norm(value: str) -> None:
 
 @dataclass
 class HMTConfig:
-    """HMT sizes (design notes section 2): L new tokens per segment, k sensory tokens, j = L * summary_fraction
-    tokens in the summary pass, h = recall width (None: the backbone's MLP width, else d), N cached memories.
+    """HMT sizes (see README, 'What HMT computes here'): L new tokens per segment, k sensory tokens,
+    j = L * summary_fraction tokens in the summary pass, h = recall width (None: the backbone's MLP width, else d),
+    N cached memories.
     memory_input_norm 'none' feeds memory vectors to the backbone as they are (the paper's code); 'embedding' feeds
     them at the mean norm of its token embeddings. On SmolLM2-135M 'embedding' lowered perplexity (38.3 to 36.8) but
     cost recall (held-out hit@3 0.465 to 0.285), and recall is what answers and citations rest on.
 
-    Multi-channel recall (design notes section 10): token_key_layer (hidden states after that decoder layer, None:
+    Multi-channel recall: token_key_layer (hidden states after that decoder layer, None:
     no token keys) gives each segment token_keys_per_segment keys of token_key_width dims; recall_fusion weighs each
     channel's standardised scores (None: memory recall only, as in every checkpoint from before the channels) and
     recall_temperature divides the fused score before the softmax."""
@@ -69,7 +70,7 @@ class HMTConfig:
 
 @dataclass
 class RMTConfig:
-    """RMT sizes (design notes section 5): L tokens per segment between m read and m write memory tokens."""
+    """RMT sizes: L tokens per segment between m read and m write memory tokens."""
 
     segment_length: int = 256
     num_memory_tokens: int = 16

@@ -1,4 +1,4 @@
-"""The Hierarchical Memory Transformer around an unchanged causal LM (design notes sections 1-3).
+"""The Hierarchical Memory Transformer around an unchanged causal LM (see README, 'What HMT computes here').
 
 Shapes: B batch, L segment length, j summary length, k sensory length, n cached memories, d embedding width,
 h recall width.
@@ -15,10 +15,12 @@ from torch import nn
 
 from .backbone import capture_hidden, embedding_norm, embedding_size, final_hidden_states, lm_logits, to_norm
 from .config import HMTConfig
+from .recall.token_keys import project, select_keys
 from .state import MemoryState
-from .token_keys import project, select_keys
 
-MODES = ("recall", "direct", "segment")
+# forward(mode=...): how each segment gets its memory: recalled from the cache (HMT, stage 2), the previous
+# segment's passed straight on (stage 1), or none (the segment-only baseline)
+MEMORY_MODES = ("recall", "direct", "segment")
 
 
 @dataclass
@@ -112,7 +114,9 @@ def split_segments(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
     if labels is None:
         labels = input_ids.masked_fill(attention_mask == 0, -100)
     labels = labels.masked_fill(attention_mask == 0, -100)
-    cut = lambda t: list(t.split(segment_length, dim=1))  # noqa: E731
+    def cut(t: torch.Tensor) -> list[torch.Tensor]:
+        return list(t.split(segment_length, dim=1))
+
     return cut(input_ids), cut(attention_mask.bool()), cut(labels)
 
 
@@ -286,8 +290,8 @@ class HMT(nn.Module):
         under no_grad and questioned by every row), instead of an empty cache. query_mask [B, T] limits what the
         summary pass sees (for QA: the question, never the answer it is trained to produce).
         """
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"mode must be one of {MEMORY_MODES}")
         cfg = self.config
         seg_ids, seg_masks, seg_labels = split_segments(input_ids, attention_mask, labels, cfg.segment_length)
         seg_queries = seg_masks if query_mask is None else [q & m for q, m in

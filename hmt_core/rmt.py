@@ -1,4 +1,4 @@
-"""The Recurrent Memory Transformer baseline behind the same API as HMT (design notes section 5).
+"""The Recurrent Memory Transformer baseline behind the same API as HMT.
 
 Shapes: B batch, L segment length, m memory tokens, d embedding width.
 """

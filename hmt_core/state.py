@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .lexical import LexicalIndex
+from .recall.lexical import LexicalIndex
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from bench import needle_memory
+from bench import common, needle_memory
 from hmt_core import HMT, HMTConfig
 
 
@@ -36,7 +36,7 @@ def test_a_trial_reports_ranks_within_the_segments_read(model, tokenizer, seed):
 
 
 def test_a_needle_in_the_first_segment_is_skipped(model, tokenizer):
-    haystack = needle_memory.make_haystack(tokenizer, 300, random.Random(2))
+    haystack = common.make_haystack(tokenizer, 300, random.Random(2))
     assert len(tokenizer(haystack.text[:haystack.needle_start])["input_ids"]) < 32  # seed 2 puts it there
     assert needle_memory.needle_trial(model, tokenizer, 300, random.Random(2)) is None
 

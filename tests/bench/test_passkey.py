@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from bench import passkey
+from bench import common, passkey
 from hmt_core import HMT, HMTConfig, save_checkpoint
 
 
@@ -26,10 +26,10 @@ def run(model, tokenizer, folder, trials=1, modes=("reread", "faithful"), seed=0
 
 @pytest.mark.parametrize("trial", range(6))
 def test_haystack_has_the_target_length_and_one_needle_at_a_sentence_boundary(tokenizer, trial):
-    haystack = passkey.make_haystack(tokenizer, 300, random.Random(trial))
+    haystack = common.make_haystack(tokenizer, 300, random.Random(trial))
     assert abs(haystack.tokens - 300) <= 0.05 * 300
     assert haystack.tokens == len(tokenizer(haystack.text, add_special_tokens=False)["input_ids"])
-    needle = passkey.NEEDLE.format(key=haystack.key)
+    needle = common.NEEDLE.format(key=haystack.key)
     assert 10000 <= haystack.key <= 99999
     assert haystack.text.count(needle) == 1 and haystack.text.count(str(haystack.key)) == 2
     assert haystack.text.count("pass key") == 2
@@ -38,26 +38,26 @@ def test_haystack_has_the_target_length_and_one_needle_at_a_sentence_boundary(to
 
 
 def test_needle_depth_spreads_over_the_document(tokenizer):
-    depths = [h.needle_start / len(h.text) for h in (passkey.make_haystack(tokenizer, 300, random.Random(i))
+    depths = [h.needle_start / len(h.text) for h in (common.make_haystack(tokenizer, 300, random.Random(i))
                                                     for i in range(30))]
     assert min(depths) < 0.25 and max(depths) > 0.75
 
 
 def test_the_needle_segment_covers_the_needle_start(model, tokenizer):
     for trial in range(4):
-        haystack = passkey.make_haystack(tokenizer, 300, random.Random(trial))
-        state = passkey.read_haystack(model, tokenizer, haystack.text)
+        haystack = common.make_haystack(tokenizer, 300, random.Random(trial))
+        state = common.read_haystack(model, tokenizer, haystack.text)
         assert sum(s.num_tokens for s in state.segments) == haystack.tokens
         assert state.cache.shape[0] == state.num_segments  # every segment stays recallable
-        seg = state.segments[passkey.needle_segment(state, haystack.needle_start)]
+        seg = state.segments[common.needle_segment(state, haystack.needle_start)]
         assert seg.char_start <= haystack.needle_start < seg.char_end
-        needle, covered = passkey.NEEDLE.format(key=haystack.key), haystack.text[haystack.needle_start:seg.char_end]
+        needle, covered = common.NEEDLE.format(key=haystack.key), haystack.text[haystack.needle_start:seg.char_end]
         assert covered.startswith(needle) or needle.startswith(covered)
 
 
 def test_answering_leaves_the_read_state_as_it_was(model, tokenizer):
-    haystack = passkey.make_haystack(tokenizer, 300, random.Random(0))
-    state = passkey.read_haystack(model, tokenizer, haystack.text)
+    haystack = common.make_haystack(tokenizer, 300, random.Random(0))
+    state = common.read_haystack(model, tokenizer, haystack.text)
     cache, segments, text = state.cache.clone(), list(state.segments), state.sources["haystack"].text
     first = [passkey.hmt_answer(model, tokenizer, state, mode, 8) for mode in ("reread", "faithful")]
     assert torch.equal(state.cache, cache) and state.segments == segments
@@ -78,7 +78,7 @@ def test_a_trial_records_every_method_and_the_needle_rank(model, tokenizer):
 
 
 def test_the_plain_backbone_is_skipped_past_its_window(model, tokenizer, tmp_path):
-    haystack = passkey.make_haystack(tokenizer, 300, random.Random(0))
+    haystack = common.make_haystack(tokenizer, 300, random.Random(0))
     model.backbone.config.max_position_embeddings = 300
     assert passkey.plain_result(model.backbone, tokenizer, haystack, 8) == {"fits": False}
     run(model, tokenizer, tmp_path, 1, ["faithful"])
@@ -98,7 +98,7 @@ def test_a_rerun_skips_finished_trials_and_renders_the_table(model, tokenizer, t
     assert len(calls) == 1  # nothing left to do
     table = (tmp_path / "passkey_untrained.md").read_text().splitlines()
     assert table[0].startswith("Passkey retrieval") and "segment L 32, cache N 300, sensory k 4" in table[0]
-    assert passkey.QUESTION in table[0] and "HMT weights untrained" in table[0]
+    assert common.PASSKEY_QUESTION in table[0] and "HMT weights untrained" in table[0]
     assert table[2].startswith("| tokens") and table[3] == "|---" * 11 + "|"
     assert len(table) == 5 and table[4].startswith("| 300 / ") and table[4].count("(") == 6  # 3 answers, 3 ranks
     assert "300 tokens, trial 2/2:" in capsys.readouterr().out

@@ -97,7 +97,8 @@ def test_padded_batch_equals_each_row_alone(backbone):
     assert together.num_tokens == alone_long.num_tokens + alone_short.num_tokens
     assert torch.allclose(together.logits[-1][0], alone_long.logits[-1][0], atol=1e-5)
     assert torch.allclose(together.logits[1][1, :5], alone_short.logits[1][0], atol=1e-5)
-    expected = (alone_long.loss * alone_long.num_tokens + alone_short.loss * alone_short.num_tokens) / together.num_tokens
+    expected = ((alone_long.loss * alone_long.num_tokens + alone_short.loss * alone_short.num_tokens)
+                / together.num_tokens)
     assert torch.allclose(together.loss, expected, atol=1e-5)
 
 

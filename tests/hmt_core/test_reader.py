@@ -107,7 +107,8 @@ def test_pages_and_character_spans_are_kept(backbone, tokenizer):
     assert state.segments[-1].source == "notes.txt"  # a new source starts a new segment
     assert state.segment_text(state.segments[-1].index).strip().endswith("entirely.")
     for s in book:
-        page = int(state.segment_text(s.index).split("Page ")[1].split()[0]) if "Page " in state.segment_text(s.index) else None
+        text = state.segment_text(s.index)
+        page = int(text.split("Page ")[1].split()[0]) if "Page " in text else None
         if page is not None:
             assert s.page_start <= page <= s.page_end
 

@@ -1,9 +1,9 @@
-"""Multi-channel recall: which past segments a question recalls, and why.
+"""Multi-channel recall: which past segments a question recalls, and why (see README, 'What HMT computes here').
 
 Each channel scores every segment read so far:
 - memory: HMT's own recall score S Wq (M Wk)^T / sqrt(h) of the question's summary against the cached memories;
 - lexical: BM25 of the question against each segment's text (the state's lexical index);
-- token: late interaction of the question's token keys with each segment's token keys (hmt_core.token_keys).
+- token: late interaction of the question's token keys with each segment's token keys (hmt_core.recall.token_keys).
 Each channel's scores are standardised over the state's segments, the fused score is the weighted sum divided by the
 temperature (both from the checkpoint's config), and its softmax is the recall attention: it ranks the passages to
 re-read and mixes the memory embeddings into P. With the memory channel alone this is exactly HMT's recall (the raw
@@ -13,12 +13,15 @@ scores' softmax, as the paper computes it), so nothing another channel finds is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import RECALL_CHANNELS
-from .state import MemoryState
+from ..config import RECALL_CHANNELS
 from .token_keys import maxsim, question_token_mask
+
+if TYPE_CHECKING:  # hmt_core.state imports this package (its word index), so the state type is for annotations only
+    from ..state import MemoryState
 
 
 @dataclass

@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 from tiny_models import CORPUS, make_backbone
 
 from hmt_core import load_checkpoint
-from hmt_core.data import LMWindows, PasskeyQA, SquadQA, collate, read_text_files
-from hmt_core.train import build_model, main, parse_args, recall_loss
+from hmt_core.training.data import LMWindows, PasskeyQA, SquadQA, collate, read_text_files
+from hmt_core.training.train import build_model, main, parse_args, recall_loss
 
 
 @pytest.fixture
@@ -72,8 +72,8 @@ def test_lora_training_saves_adapters_and_resumes_like_an_uninterrupted_run(tiny
     assert resumed.keys() == again.keys() and any("lora_B" in name and v.abs().sum() > 0 for name, v in again.items())
     assert all(torch.allclose(resumed[name], again[name], atol=1e-6) for name in again)
     model = load_checkpoint(tmp_path / "run" / "final", make_backbone("llama"))
-    assert torch.allclose(model.wq.weight, load_checkpoint(tmp_path / "again" / "final", make_backbone("llama")).wq.weight,
-                          atol=1e-6)
+    reloaded = load_checkpoint(tmp_path / "again" / "final", make_backbone("llama"))
+    assert torch.allclose(model.wq.weight, reloaded.wq.weight, atol=1e-6)
 
 
 def test_full_tuning_resumes_from_its_own_backbone_and_ships_it(tiny_folder, data, tmp_path):
@@ -137,7 +137,7 @@ def test_passkey_steps_are_logged_as_such(tiny_folder, data, tmp_path):
 
 def test_init_recall_summarises_questions_in_padded_batches_as_one_at_a_time(tokenizer, data):
     from hmt_core import HMT, HMTConfig
-    from hmt_core.train import init_recall_from_windows, read_window
+    from hmt_core.training.train import init_recall_from_windows, read_window
     article = json.loads((data / "squad" / "articles.jsonl").read_text())
     article["questions"] += [{"id": "2", "question": "Which number did the story give as the passkey, please?",
                               "answers": ["4711"], "answer_starts": [article["context"].index("4711")]}]
@@ -162,7 +162,7 @@ def test_init_recall_summarises_questions_in_padded_batches_as_one_at_a_time(tok
 
 def test_continuing_from_a_read_memory_equals_reading_in_one_forward(backbone):
     from hmt_core import HMT, HMTConfig
-    from hmt_core.train import read_window
+    from hmt_core.training.train import read_window
     model = HMT(backbone, HMTConfig(segment_length=8, sensory_size=2))
     ids = torch.randint(0, 400, (1, 30))
     whole = model(ids, return_logits=True)

@@ -5,8 +5,8 @@ import torch
 from tiny_models import make_backbone
 
 from hmt_core import HMT, RMT, CheckpointError, HMTConfig, RMTConfig, load_checkpoint, save_checkpoint
-from hmt_core.lora import add_lora, linear_layer_names, lora_parameters, lora_settings
-from hmt_core.train import trainable_parameters
+from hmt_core.training.lora import add_lora, linear_layer_names, lora_parameters, lora_settings
+from hmt_core.training.train import trainable_parameters
 
 
 def _lora_hmt(family: str = "llama", rank: int = 4) -> HMT:

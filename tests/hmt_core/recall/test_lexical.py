@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hmt_core import lexical
-from hmt_core.lexical import FILE, K1, B, LexicalIndex, terms
+from hmt_core.recall import lexical
+from hmt_core.recall.lexical import FILE, K1, B, LexicalIndex, terms
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.",

@@ -1,4 +1,5 @@
-"""Offline tests of hmt_core.corpora: SQuAD records, the article split, R lazy-load decoding, archive reading."""
+"""Offline tests of hmt_core.training.corpora: SQuAD records, the article split, R lazy-load decoding, archive
+reading."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hmt_core import corpora
-from hmt_core.corpora import CorpusError, RReader, build_squad_articles, fetch, read_lazyload, split_articles
+from hmt_core.training import corpora
+from hmt_core.training.corpora import CorpusError, RReader, build_squad_articles, fetch, read_lazyload, split_articles
 
 RAW_SQUAD = {
     "version": "v2.0",
@@ -177,7 +178,8 @@ def test_member_reads_files_from_deb(tmp_path: Path) -> None:
 
 
 def test_text_helpers() -> None:
-    raw = "\ufeffheader\r\n*** START OF THIS EBOOK ***\r\nCall me Ishmael.\r\n\r\nEnd of Project Gutenberg's X\r\n*** END OF\r\nlicense"
+    raw = ("\ufeffheader\r\n*** START OF THIS EBOOK ***\r\nCall me Ishmael.\r\n\r\n"
+           "End of Project Gutenberg's X\r\n*** END OF\r\nlicense")
     assert corpora.strip_gutenberg(raw) == "Call me Ishmael.\n"
     verses = [
         {"book": "Genesis", "chapter": 1, "verse": 1, "text": "In the beginning."},

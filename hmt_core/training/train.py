@@ -1,10 +1,10 @@
-"""Multi-stage BPTT training of HMT (design notes section 3) on one CPU, one GPU or several GPUs (accelerate).
+"""Multi-stage BPTT training of HMT on one CPU, one GPU or several GPUs (accelerate); see README, 'Training'.
 
-    python -m hmt_core.train --stage 1 --texts data/text --out runs/stage1 --steps 200
-    python -m hmt_core.train --stage 2 --init runs/stage1/final --texts data/text --squad data/squad \\
+    python -m hmt_core.training.train --stage 1 --texts data/text --out runs/stage1 --steps 200
+    python -m hmt_core.training.train --stage 2 --init runs/stage1/final --texts data/text --squad data/squad \\
         --out runs/stage2 --steps 300 --segments 6 --recall-loss 1.0
-    python -m hmt_core.train ... --tune lora --lora-rank 8 --lora-alpha 16   # LoRA adapters on the backbone too
-    accelerate launch -m hmt_core.train ...      # several GPUs; --mixed-precision bf16 on GPU
+    python -m hmt_core.training.train ... --tune lora --lora-rank 8 --lora-alpha 16  # LoRA adapters on the backbone
+    accelerate launch -m hmt_core.training.train ...      # several GPUs; --mixed-precision bf16 on GPU
 
 Stage 1 passes each memory embedding straight to the next segment (no recall) over 2 segments; stage 2 starts from
 stage 1's initial memory with fresh T, Wq, Wk and recall, unrolled over --segments. The loss is the LM cross-entropy
@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .backbone import DEFAULT_BACKBONE, load_backbone
-from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from .config import MEMORY_INPUT_NORMS, HMTConfig, RMTConfig
+from ..backbone import DEFAULT_BACKBONE, load_backbone
+from ..checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from ..config import MEMORY_INPUT_NORMS, HMTConfig, RMTConfig
+from ..hmt import HMT
+from ..rmt import RMT
 from .data import Example, LMWindows, PasskeyQA, SquadQA, collate, read_text_files
-from .hmt import HMT
 from .lora import add_lora, lora_parameters
-from .rmt import RMT
 
 
 def build_model(args: argparse.Namespace, backbone) -> HMT | RMT:
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import Accelerator
 
     args = parse_args(argv)
-    args.command = "python -m hmt_core.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    args.command = "python -m hmt_core.training.train " + " ".join(argv if argv is not None
+                                                                  else __import__("sys").argv[1:])
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     random.seed(args.seed)
     torch.manual_seed(args.seed)

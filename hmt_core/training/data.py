@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .answer import chat_ids
+from ..answer import chat_ids
 
 HUB_PREFIX = "hf:"
 

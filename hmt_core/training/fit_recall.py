@@ -1,17 +1,17 @@
-"""Fitting multi-channel recall on training data only (issue 10, parts 2 and 3).
+"""Fitting multi-channel recall on training data only (see README, 'Training', the recall fit).
 
 Starting from trained HMT weights, this
 1. reads the training SQuAD articles, keeping the main-pass token states after --token-key-layer, fits the token
    keys' centring and whitening on those of --whitening-articles articles and computes every segment's keys;
 2. scores questions against each article on its own and against all of them as one long document (what a manual
    looks like), and reads --passkeys windows of the --texts prose with a passkey needle hidden in them (the
-   training passkeys of hmt_core.data, never the benchmark's filler);
+   training passkeys of hmt_core.training.data, never the benchmark's filler);
 3. scores every question with each channel (memory, lexical, token) and fits the fusion weights and temperature by
    the listwise softmax likelihood of the segment that holds the answer (the recall attention itself, raw logits);
 4. saves the checkpoint with the fitted channels in its config and the fit's numbers in its metadata.
 
-    python -m hmt_core.fit_recall --init assets/hmt-smollm2-135m --squad data/squad --texts data/text/austen_emma.txt \\
-        --out runs/recall --token-key-layer 12
+    python -m hmt_core.training.fit_recall --init assets/hmt-smollm2-135m --squad data/squad \\
+        --texts data/text/austen_emma.txt --out runs/recall --token-key-layer 12
 
 The held-out SQuAD articles (split.json's "eval") are never read here.
 """
@@ -24,19 +24,23 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .answer import chat_ids
-from .backbone import DEFAULT_BACKBONE, decoder_layers, load_backbone
-from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from .config import RECALL_CHANNELS, HMTConfig
+from ..answer import chat_ids
+from ..backbone import DEFAULT_BACKBONE, decoder_layers, load_backbone
+from ..checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from ..config import RECALL_CHANNELS, HMTConfig
+from ..hmt import HMT
+from ..reader import Reader
+from ..recall import channel_scores, standardize
+from ..recall.token_keys import fit_whitening, select_keys
+from ..state import MemoryState
 from .data import PasskeyQA, read_text_files
-from .hmt import HMT
-from .reader import Reader
-from .recall import channel_scores, standardize
-from .state import MemoryState
-from .token_keys import fit_whitening, select_keys
+
+if TYPE_CHECKING:
+    from typing import Self
 
 KEEP = 100_000  # every segment stays recallable, as in the app and the benchmarks
 
@@ -52,13 +56,54 @@ def with_token_keys(model: HMT, layer: int, width: int, keys: int) -> HMT:
     return out
 
 
-def read_document(model: HMT, tokenizer, paragraphs: list[str], source: str) -> MemoryState:
-    """Read paragraphs as one document into a memory that keeps every segment recallable."""
-    reader = Reader(model, tokenizer, model.new_state(keep=KEEP))
+def read_document(model: HMT, tokenizer, paragraphs: list[str], source: str, state: MemoryState | None = None
+                  ) -> MemoryState:
+    """Read paragraphs as one document into a memory that keeps every segment recallable (or on into `state`, after
+    what it holds)."""
+    reader = Reader(model, tokenizer, state if state is not None else model.new_state(keep=KEEP))
     for text in paragraphs:
         reader.feed(text + "\n\n", source=source)
     reader.finish()
     return reader.state
+
+
+class TokenStates:
+    """Forward hooks that keep every backbone call's hidden states [n, d] (fp16, on the CPU) after the chosen
+    decoder layers (1-based), until removed; use as a context manager."""
+
+    def __init__(self, backbone: torch.nn.Module, layers: list[int]) -> None:
+        self.calls: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+        modules = decoder_layers(backbone)
+        self.handles = [modules[i - 1].register_forward_hook(self._keep(i)) for i in layers]
+
+    def _keep(self, i: int):
+        def hook(_module, _inputs, output):
+            self.calls[i].append((output[0] if isinstance(output, tuple) else output)[0].half().cpu())  # [n, d]
+        return hook
+
+    def clear(self) -> None:
+        for calls in self.calls.values():
+            calls.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.remove()
+
+    def segments(self, model: HMT, state: MemoryState, layer: int) -> list[torch.Tensor]:
+        """Each segment's own token states [n, d] after `layer`, when the calls since the last clear() are exactly
+        the reading of `state` from its first segment."""
+        # calls alternate summary pass, main pass; the main pass is [P, sensory, x, P]
+        states = []
+        for s, seg in enumerate(state.segments):
+            x_start = 1 + (0 if s == 0 else model.config.sensory_size)
+            states.append(self.calls[layer][2 * s + 1][x_start:x_start + seg.num_tokens])
+        return states
 
 
 @torch.no_grad()
@@ -66,22 +111,10 @@ def read_with_token_states(model: HMT, tokenizer, paragraphs: list[str], source:
                            ) -> tuple[MemoryState, list[torch.Tensor]]:
     """Read a document as read_document does, also keeping each segment's own token states [n, d] (fp16) after the
     token-key layer, so that the whitening can be fitted and the keys recomputed without reading twice."""
-    calls: list[torch.Tensor] = []
-
-    def hook(_module, _inputs, output):
-        calls.append((output[0] if isinstance(output, tuple) else output)[0].half().cpu())  # [n, d]
-
-    handle = decoder_layers(model.backbone)[model.config.token_key_layer - 1].register_forward_hook(hook)
-    try:
+    layer = model.config.token_key_layer
+    with TokenStates(model.backbone, [layer]) as recorder:
         state = read_document(model, tokenizer, paragraphs, source)
-    finally:
-        handle.remove()
-    # calls alternate summary pass, main pass; the main pass is [P, sensory, x, P]
-    states = []
-    for s, seg in enumerate(state.segments):
-        x_start = 1 + (0 if s == 0 else model.config.sensory_size)
-        states.append(calls[2 * s + 1][x_start:x_start + seg.num_tokens])
-    return state, states
+    return state, recorder.segments(model, state, layer)
 
 
 def rekey(model: HMT, state: MemoryState, states: list[torch.Tensor]) -> None:
@@ -91,12 +124,13 @@ def rekey(model: HMT, state: MemoryState, states: list[torch.Tensor]) -> None:
                                                 cfg.token_keys_per_segment) for t in states]).half()
 
 
-def gold_segments(state: MemoryState, answers: list[str], starts: list[int], offset: int = 0) -> list[int]:
-    """Segments (shifted by offset) whose span covers an answer; else those where an answer starts."""
-    gold = {s.index for s in state.segments for a, st in zip(answers, starts)
+def gold_segments(state: MemoryState, question: dict, source: str | None = None) -> set[int]:
+    """Segments (of `source`, default any) whose span covers an annotated answer of a SQuAD question record; when
+    every answer straddles a cut, the segments where one starts."""
+    segments = [s for s in state.segments if source is None or s.source == source]
+    gold = {s.index for s in segments for a, st in zip(question["answers"], question["answer_starts"])
             if s.char_start <= st and st + len(a) <= s.char_end}
-    gold = gold or {s.index for s in state.segments for st in starts if s.char_start <= st < s.char_end}
-    return sorted(g + offset for g in gold)
+    return gold or {s.index for s in segments for st in question["answer_starts"] if s.char_start <= st < s.char_end}
 
 
 def passkey_documents(texts: list[str], count: int, chars: int, rng: random.Random) -> list[tuple[str, int, str]]:
@@ -200,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     questions = []
     for a, (article, state) in enumerate(zip(articles, states)):
         for q in article["questions"][:args.questions_per_article]:
-            gold = gold_segments(state, q["answers"], q["answer_starts"])
+            gold = sorted(gold_segments(state, q))
             sets["article"].append((features(model, tokenizer, state, q["question"]), gold))
             questions.append((a, q))
     pooled, offsets = states[0], [0]
@@ -209,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         pooled = pooled.extend(state, KEEP)
     for a, q in questions:
         # the context offsets of SourceText are per article, so gold segments come from the article's own state
-        gold = gold_segments(states[a], q["answers"], q["answer_starts"], offsets[a])
+        gold = sorted(g + offsets[a] for g in gold_segments(states[a], q))
         sets["all_articles"].append((features(model, tokenizer, pooled, q["question"]), gold))
     texts = read_text_files(args.texts)
     for text, at, key in passkey_documents(texts, args.passkeys, args.passkey_chars, rng):
@@ -230,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         report[name] = {"fused": metrics(groups, theta), "memory+token": metrics(groups, memory_only),
                         **{c: metrics(groups, v) for c, v in alone.items()}}
     print(json.dumps(report, indent=1), flush=True)
-    command = "python -m hmt_core.fit_recall " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m hmt_core.training.fit_recall " + " ".join(sys.argv[1:] if argv is None else argv)
     extra = {**read_checkpoint_meta(args.init).get("extra", {}), "recall_fit": {"command": command, "report": report}}
     save_checkpoint(model, args.out, extra=extra)
     (args.out / "recall_fit.json").write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -11,7 +11,7 @@ from hmt_core import HMT, HMTConfig, MemoryState, load_checkpoint, read_text, sa
 from hmt_core.answer import chat_ids
 from hmt_core.backbone import capture_hidden, final_hidden_states
 from hmt_core.recall import available_channels, fuse, key_windows, matched_windows, recall, standardize
-from hmt_core.token_keys import fit_whitening, maxsim, select_keys
+from hmt_core.recall.token_keys import fit_whitening, maxsim, select_keys
 
 FUSION = {"memory": 0.3, "lexical": 0.5, "token": 0.2}
 TEXT = "".join(f"Page {n}. " + CORPUS[n % 3] + "\n" for n in range(9)) + "The passkey is 12345. Remember it.\n" + \
