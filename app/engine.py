@@ -1,18 +1,18 @@
 """The one loaded model shared by every session: loading and reloading it, reading text into memory in bounded
-calls, and streaming answers, with a lock so that sessions take turns on the model between steps."""
+calls, and streaming answers, each model call one short step taken in its turn (turns.py: answers first)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from app.turns import ANSWER, READ, ModelTurns
 from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryModel,
                       MemoryState, Reader, SegmentInfo, load_backbone, load_checkpoint, remember_turn, stream_answer)
 from hmt_core.backbone import backbone_identity, cache_root
@@ -53,13 +53,15 @@ class PieceText:
 
 
 @gpu
-def _read_pieces(reader: Reader, pieces: Iterator[PieceText], source: str, max_segments: int) -> list[SegmentInfo]:
-    """Feed pieces from the iterator until at least max_segments segments were read or it runs out; returns the
-    segments read. The state goes back to the CPU so that a GPU is needed only during this call."""
+def _read_pieces(reader: Reader, pieces: Iterator[PieceText], source: str, max_segments: int,
+                 give_way: Callable[[], bool]) -> list[SegmentInfo]:
+    """Feed pieces from the iterator until at least max_segments segments were read, or it runs out, or (once some
+    segment is read) give_way() says someone else needs the model; returns the segments read. The state goes back
+    to the CPU so that a GPU is needed only during this call."""
     read: list[SegmentInfo] = []
     for piece in pieces:
         read += [segment.info for segment in reader.feed(piece.text, source=source, page=piece.page)]
-        if len(read) >= max_segments:
+        if len(read) >= max_segments or (read and give_way()):
             break
     reader.state.to("cpu")
     return read
@@ -126,11 +128,12 @@ def untrained_hmt(backbone: torch.nn.Module) -> HMT:
 
 
 class Engine:
-    """The loaded backbone + memory wrapper; every model call goes through `lock`, one short step at a time."""
+    """The loaded backbone + memory wrapper; every model call is one short step taken in its turn (`turns`: answer
+    steps before reading steps, each kind in arrival order)."""
 
     def __init__(self, memory_segments: int = MEMORY_SEGMENTS) -> None:
         self.memory_segments = memory_segments
-        self.lock = threading.RLock()
+        self.turns = ModelTurns()
         self.model: MemoryModel | None = None
         self.tokenizer = None
         self.backbone_name = ""
@@ -168,7 +171,7 @@ class Engine:
         except (BackboneError, ValueError, OSError, RuntimeError) as err:
             logger.warning("could not load the backbone %r: %s", backbone, err)
             raise EngineError(f"Could not load the backbone {backbone!r}: {without_paths(str(err))}") from err
-        with self.lock:
+        with self.turns.turn(READ):
             self.attach(model, tokenizer, weights, backbone, device)
         return self.describe_model()
 
@@ -227,14 +230,15 @@ class Engine:
     def read(self, reader: Reader, pieces: Iterator[PieceText], source: str, fingerprint: str,
              max_segments: int = 8) -> list[SegmentInfo]:
         """Read pieces from the iterator into reader's memory until about max_segments segments are done (one
-        bounded model call); returns the segments read, [] once the pieces have run out."""
-        with self.lock:
+        bounded model call, cut short when an answer is waiting); returns the segments read, [] once the pieces have
+        run out."""
+        with self.turns.turn(READ):
             self._check(fingerprint)
-            return _read_pieces(reader, pieces, source, max_segments)
+            return _read_pieces(reader, pieces, source, max_segments, self.turns.answer_waiting)
 
     def finish(self, reader: Reader, fingerprint: str) -> list[SegmentInfo]:
         """Flush the reader's last partial segment; returns the segments that made."""
-        with self.lock:
+        with self.turns.turn(READ):
             self._check(fingerprint)
             return _finish(reader)
 
@@ -250,15 +254,15 @@ class Engine:
                max_new_tokens: int = 200, temperature: float = 0.0,
                channels: tuple[str, ...] | None = None) -> Iterator[AnswerEvent]:
         """Stream an answer from memory, recalling with `channels` (None: every channel the model weighs; memory
-        alone is the paper's HMT); the lock is held for one step at a time, never across a yield."""
+        alone is the paper's HMT); the model is held for one step at a time, never across a yield."""
         if not self.has_recall:
             mode = "faithful"
-        with self.lock:
+        with self.turns.turn(ANSWER):
             self._check(fingerprint)
             steps = _answer(self.model, self.tokenizer, state, question, mode, max_new_tokens, temperature,
                             channels)
         while True:
-            with self.lock:
+            with self.turns.turn(ANSWER):
                 self._check(fingerprint)
                 event = next(steps, None)
             if event is None:
@@ -267,7 +271,7 @@ class Engine:
 
     def remember(self, state: MemoryState, question: str, answer: str, fingerprint: str) -> None:
         """Write a chat turn into the memory so later questions can recall it."""
-        with self.lock:
+        with self.turns.turn(ANSWER):
             self._check(fingerprint)
             _remember(self.model, self.tokenizer, state, question, answer)
 

@@ -275,6 +275,22 @@ class Handlers:
             raise gr.Error(status.replace("**", ""))
         return result["answer"], result["citations"], session
 
+    def api_ask_stream(self, question: str, mode: str, max_new_tokens: float, temperature: float,
+                       channels: list[str] | str | None = None, session: Session | None = None
+                       ) -> Iterator[tuple[str, list[dict], Session]]:
+        """API: api_ask, streamed: yields (the answer so far, [], session) as its tokens come, then (answer,
+        citations, session) once it is done."""
+        result, status = None, ""
+        for update in self.ask(question, session, mode, max_new_tokens, temperature, channels):
+            result = update.get("result", result)
+            status = update.get("ask_status", status)
+            chat = update.get("chat")
+            if result is None and chat and chat[-1]["role"] == "assistant" and chat[-1]["content"]:
+                yield chat[-1]["content"], [], session
+        if result is None:
+            raise gr.Error(status.replace("**", ""))
+        yield result["answer"], result["citations"], session
+
 
 def new_session() -> Session:
     """A fresh session for each browser tab (gr.State calls this on page load)."""

@@ -15,7 +15,10 @@ from app.handlers import Handlers, new_session
 from app.session import Session
 from hmt_core import DEFAULT_BACKBONE
 
-MODEL_CONCURRENCY = 2  # model events running at once; they take turns on the model lock step by step
+# Events running at once, per kind; reading and answering have their own slots, so two long reads never keep a
+# question waiting in Gradio's queue, and every event takes its model steps in turn (turns.py: answers first).
+READ_CONCURRENCY = 2
+ANSWER_CONCURRENCY = 2
 ANSWER_MODE_CHOICES = [("Recall and re-read (cites pages)", "reread"), ("Faithful HMT (memory only)", "faithful")]
 CHANNEL_INFO = ("What ranks the recalled segments. HMT memory only = the paper's HMT; nothing ticked = memory only. "
                 "Offered: the channels the loaded weights weigh.")
@@ -139,18 +142,20 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
             api_citations = gr.JSON(label="citations")
             api_ingest_button = gr.Button("ingest")
             api_ask_button = gr.Button("ask")
+            api_ask_stream_button = gr.Button("ask_stream")
 
         c = {"session": session, "progress": progress, "status": status, "documents": documents, "chat": chat,
              "question": question, "ask": ask, "ask_status": ask_status, "chart": chart, "passages": passages,
              "memory": memory, "cancel": cancel, "model_status": model_status, "model_note": model_note,
              "channels": channels}
-        model = {"concurrency_id": "model", "concurrency_limit": MODEL_CONCURRENCY}
+        reading = {"concurrency_id": "read", "concurrency_limit": READ_CONCURRENCY}
+        answering = {"concurrency_id": "answer", "concurrency_limit": ANSWER_CONCURRENCY}
         private = {"api_visibility": "private"}
         ingest_out = [session, progress, status, documents, memory, cancel, question, ask]
         for trigger, fn, inputs in ((files.upload, handlers.ingest, [files, text, password, session]),
                                     (read.click, handlers.ingest, [files, text, password, session]),
                                     (example.click, handlers.ingest_example, [session])):
-            trigger(_wire(fn, c), inputs, ingest_out, show_progress="hidden", **model, **private)
+            trigger(_wire(fn, c), inputs, ingest_out, show_progress="hidden", **reading, **private)
         cancel.click(_wire(handlers.cancel, c), [session], [status], concurrency_limit=None, **private)
         clear.click(_wire(handlers.clear, c), [session],
                     [session, status, documents, chat, memory, chart, passages, progress, question, ask],
@@ -159,16 +164,19 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         ask_in = [question, session, mode, max_tokens, temperature, channels]
         for trigger in (question.submit, ask.click):
             trigger(_wire(handlers.ask, c), ask_in, ask_out, show_progress="minimal", show_progress_on=[ask_status],
-                    **model, **private)
+                    **answering, **private)
         load.click(_wire(handlers.load_model, c), [backbone, weights, device, session],
-                   [model_status, model_note, memory, documents, chat, session, channels, question, ask], **model,
+                   [model_status, model_note, memory, documents, chat, session, channels, question, ask], **reading,
                    **private)
         demo.load(_wire(handlers.on_load, c), [session],
                   [memory, model_note, documents, session, channels, question, ask], **private)
         api_ingest_button.click(handlers.api_ingest, [api_files, api_text, api_password, session],
-                                [api_summary, session], api_name="ingest", **model)
+                                [api_summary, session], api_name="ingest", **reading)
         api_ask_button.click(handlers.api_ask, [api_question, mode, max_tokens, temperature, api_channels, session],
-                             [api_answer, api_citations, session], api_name="ask", **model)
-    demo.queue(default_concurrency_limit=MODEL_CONCURRENCY)
+                             [api_answer, api_citations, session], api_name="ask", **answering)
+        api_ask_stream_button.click(handlers.api_ask_stream,
+                                    [api_question, mode, max_tokens, temperature, api_channels, session],
+                                    [api_answer, api_citations, session], api_name="ask_stream", **answering)
+    demo.queue(default_concurrency_limit=ANSWER_CONCURRENCY)
     return demo
 

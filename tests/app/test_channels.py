@@ -195,3 +195,15 @@ def test_the_ask_endpoint_has_an_optional_channels_input_after_temperature(fused
     channels = info[-1]
     assert channels["parameter_has_default"] and channels["parameter_default"] is None
     assert all(p["parameter_has_default"] for p in info[1:])  # clients that send only the question keep working
+
+
+def test_the_streaming_ask_endpoint_yields_the_answer_as_it_grows_then_the_citations(fused_handlers, notes_ready):
+    outputs = list(fused_handlers.api_ask_stream(QUESTION, "reread", 8, 0.0, None, notes_ready))
+    *partial, (answer, citations, session) = outputs
+    assert partial and all(not cites for _, cites, _ in partial)  # tokens first, citations at the end
+    grown = [text for text, _, _ in partial]
+    assert all(a == b[:len(a)] for a, b in zip(grown, grown[1:]))  # each one the one before plus new text
+    assert citations and session is notes_ready and answer
+    info = build_ui(fused_handlers).get_api_info()["named_endpoints"]
+    assert [p["parameter_name"] for p in info["/ask_stream"]["parameters"]] == \
+        [p["parameter_name"] for p in info["/ask"]["parameters"]]
