@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hmt_core import MemoryState
+from hmt_core.answer import CHAT_SOURCE
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Session:
 
     def unique_name(self, name: str) -> str:
         """name, or 'name (2)' when another document in memory already has that name."""
-        taken = {doc.name for doc in self.documents} | {"chat"}
+        taken = {doc.name for doc in self.documents} | {CHAT_SOURCE}
         if name not in taken:
             return name
         stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")

@@ -14,6 +14,7 @@ import torch
 
 from app.session import Session
 from hmt_core import MemoryState, Passage
+from hmt_core.answer import CHAT_SOURCE
 from hmt_core.recall import Recall
 from hmt_core.recall.lexical import LexicalIndex
 
@@ -89,7 +90,7 @@ def y_limit(frame: pd.DataFrame) -> list[float]:
 
 def where(passage: Passage) -> str:
     """'book.pdf, p. 4', or 'earlier chat, turn 2' for a recalled chat turn."""
-    if passage.source == "chat":
+    if passage.source == CHAT_SOURCE:
         return f"earlier chat, turn {passage.page_start}" if passage.page_start else "earlier chat"
     return f"{passage.source}, {passage.pages}" if passage.pages else passage.source
 
@@ -100,7 +101,7 @@ def location(state: MemoryState, passage: Passage) -> str:
     segs = f"segment {first}" if len(passage.segments) == 1 else f"segments {first}-{passage.segments[-1] + 1}"
     total = len(state.sources[passage.source].text) or 1
     through = round(100 * passage.char_start / total)
-    if passage.source == "chat":
+    if passage.source == CHAT_SOURCE:
         return f"{segs} of {state.num_segments}"
     parts = [f"{segs} of {state.num_segments}", passage.pages, f"{through}% through {passage.source}"]
     return ", ".join(p for p in parts if p)
@@ -201,7 +202,7 @@ def passages_html(state: MemoryState | None, passages: list[Passage], question: 
         return '<div class="hmt-passages hmt-empty">Ask a question to see which passages the memory recalled.</div>'
     channels = list(dict.fromkeys(c for p in passages for c in p.contributions)) or ["memory"]
     blocks = []
-    for n, passage in enumerate(sorted(passages, key=lambda p: -p.weight), 1):
+    for n, passage in enumerate(documents_first(passages), 1):
         why = reasons(passage)
         blocks.append(
             f'<div class="hmt-passage"><div class="hmt-where"><b>[{n}] {html.escape(where(passage))}</b> · '
@@ -222,16 +223,21 @@ def citations(passages: list[Passage], channels: tuple[str, ...] | list[str] | N
     raw score and part of the fused recall score ("channels"), and the channels the recall used
     ("recall_channels"; default: those the passages carry)."""
     used = list(channels) if channels is not None else list(dict.fromkeys(c for p in passages for c in p.scores))
-    return [{"source": p.source, "pages": p.pages if p.source != "chat" else f"turn {p.page_start}",
+    return [{"source": p.source, "pages": p.pages if p.source != CHAT_SOURCE else f"turn {p.page_start}",
              "segments": [i + 1 for i in p.segments], "weight": round(p.weight, 5), "text": p.text,
              "channels": {c: {"score": _number(p.scores.get(c, math.nan)),
                               "contribution": _number(p.contributions.get(c, math.nan))} for c in p.scores},
-             "recall_channels": used} for p in sorted(passages, key=lambda p: -p.weight)]
+             "recall_channels": used} for p in documents_first(passages)]
+
+
+def documents_first(passages: list[Passage]) -> list[Passage]:
+    """Passages strongest first, a recalled chat turn after every document passage (recall_passages)."""
+    return sorted(passages, key=lambda p: (p.source == CHAT_SOURCE, -p.weight))
 
 
 def citation_line(passages: list[Passage]) -> str:
-    """'Recalled from: book.pdf p. 4 · book.pdf pp. 7-8' (strongest first)."""
-    items = [where(p) for p in sorted(passages, key=lambda p: -p.weight)]
+    """'Recalled from: book.pdf p. 4 · book.pdf pp. 7-8' (documents first, strongest first)."""
+    items = [where(p) for p in documents_first(passages)]
     return "Recalled from: " + " · ".join(dict.fromkeys(items)) if items else ""
 
 
@@ -287,7 +293,7 @@ def memory_html(session: Session, sensory_text: str, describe_model: str) -> str
                                    f"{size_label(keys.numel() * keys.element_size())}"))
     rows.append(("Word index", f"{len(state.lexical)} segments indexed, {state.lexical.num_terms:,} distinct terms "
                                "(BM25)"))
-    chat = sum(1 for s in state.segments if s.source == "chat")
+    chat = sum(1 for s in state.segments if s.source == CHAT_SOURCE)
     rows.append(("Segments read", f"{state.num_segments} ({state.num_segments - chat} from documents, "
                                   f"{chat} from the chat)"))
     docs = ", ".join(f"{html.escape(d.name)} ({d.segments})" for d in session.documents) or "none"

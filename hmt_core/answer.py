@@ -22,6 +22,7 @@ from .recall import Recall, matched_windows, recall
 from .state import MemoryState
 
 ANSWER_MODES = ("reread", "faithful")  # stream_answer(mode=...): recall and re-read, or faithful HMT
+CHAT_SOURCE = "chat"  # the source that chat turns are written into (remember_turn)
 SYSTEM_PROMPT = "You answer questions about the user's documents. Use the passages. Answer in one or two sentences."
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
 
@@ -120,10 +121,23 @@ def widen_to_sentences(text: str, start: int, end: int, reach: int = 300) -> tup
 
 def recall_passages(state: MemoryState, weights: torch.Tensor, top: int = 3, detail: Recall | None = None
                     ) -> list[Passage]:
-    """The `top` segments by recall weight (text sources only), widened to sentences, overlapping ones merged;
-    in document order. With a Recall, each passage carries its strongest segment's per-channel scores."""
-    candidates = [i for i in torch.argsort(weights, descending=True).tolist()
-                  if state.sources[state.segments[i].source].text and weights[i] > 0][:top]
+    """The `top` document segments by recall weight (text sources only), widened to sentences, overlapping ones
+    merged, in document order; then at most one chat turn, when one ranks among the `top` overall. With a Recall,
+    each passage carries its strongest segment's per-channel scores.
+
+    Documents come first, and a chat turn never takes a document's place: what was said in the chat (which can
+    repeat whatever a document's text told the model to say) is context, never a source of facts ahead of the
+    documents themselves."""
+    ranked = [i for i in torch.argsort(weights, descending=True).tolist()
+              if state.sources[state.segments[i].source].text and weights[i] > 0]
+    documents = [i for i in ranked if state.segments[i].source != CHAT_SOURCE][:top]
+    chat = [i for i in ranked[:top] if state.segments[i].source == CHAT_SOURCE][:1]
+    return _passages(state, weights, documents, detail) + _passages(state, weights, chat, detail)
+
+
+def _passages(state: MemoryState, weights: torch.Tensor, candidates: list[int], detail: Recall | None
+              ) -> list[Passage]:
+    """The candidate segments widened to sentences, overlapping ones merged, in document order."""
     spans = []
     for i in candidates:
         seg = state.segments[i]
@@ -162,12 +176,18 @@ def mark_token_windows(model, tokenizer, state: MemoryState, passages: list[Pass
 
 
 def reread_messages(question: str, passages: list[Passage]) -> list[dict]:
-    """The recall-and-re-read prompt: numbered passages with their source and pages, then the question."""
+    """The recall-and-re-read prompt: numbered document passages with their source and pages, a recalled chat turn
+    (if any) set apart as what was said earlier, then the question."""
+    documents = [p for p in passages if p.source != CHAT_SOURCE]
     blocks = []
-    for n, p in enumerate(passages, 1):
+    for n, p in enumerate(documents, 1):
         where = f"{p.source}, {p.pages}" if p.pages else p.source
         blocks.append(f"[{n}] ({where})\n{p.text}")
-    user = "Passages:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
+    user = "Passages:\n" + "\n\n".join(blocks)
+    said = [p.text for p in passages if p.source == CHAT_SOURCE]
+    if said:
+        user += "\n\nEarlier in this conversation (what was said, not what the documents say):\n" + "\n".join(said)
+    user += f"\n\nQuestion: {question}"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -300,8 +320,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
 def remember_turn(model: MemoryModel, tokenizer, state: MemoryState, question: str, answer: str) -> None:
     """Write one chat turn into the memory state as its own segment(s) of the source 'chat', page = turn number,
     so that later questions can recall what was said."""
-    chat = state.sources.get("chat")
+    chat = state.sources.get(CHAT_SOURCE)
     turn = (chat.page_numbers[-1] + 1) if chat and chat.page_numbers else 1
     reader = Reader(model, tokenizer, state)
-    reader.feed(f"User: {question}\nAssistant: {answer}\n", source="chat", page=turn)
+    reader.feed(f"User: {question}\nAssistant: {answer}\n", source=CHAT_SOURCE, page=turn)
     reader.finish()
