@@ -77,8 +77,8 @@ class Handlers:
             for last in ingest(session, self.engine, self.cache, uploads, password, self.max_bytes):
                 state = "done" if last.phase == "done" else "running"
                 yield {"progress": views.progress_html(last.fraction, last.message, state),
-                       "status": self._status(last), "documents": views.documents_markdown(session),
-                       "session": session}
+                       "progress_line": last.message, "status": self._status(last),
+                       "documents": views.documents_markdown(session), "session": session}
         finally:
             session.busy = False
         yield {"progress": views.progress_html(1.0 if session.ready else 0.0, last.message,
@@ -251,15 +251,20 @@ class Handlers:
 
     # --- named API endpoints ---------------------------------------------------------------------------------
 
-    def api_ingest(self, files: list[str] | None, text: str, password: str, session: Session) -> tuple[str, Session]:
-        """API: read files (and/or text) into this client's memory; returns a summary of what is in memory."""
+    def api_ingest(self, files: list[str] | None, text: str, password: str, session: Session
+                   ) -> Iterator[tuple[str, Session]]:
+        """API: read files (and/or text) into this client's memory, yielding the progress line as it reads and then
+        a summary of what is in memory (and any problems). A job cancelled by the client (gradio_client's
+        job.cancel()) stops reading at the next step and keeps what was read, as the page's Cancel does."""
         last: Update = {}
         for update in self.ingest(files, text, password, session):
             last.update({k: v for k, v in update.items() if k in ("progress", "status")})
+            if "progress_line" in update and session.busy:
+                yield update["progress_line"], session
         lines = [views.documents_markdown(session)]
         if last.get("status"):
             lines.append(last["status"])
-        return "\n\n".join(lines), session
+        yield "\n\n".join(lines), session
 
     def api_ask(self, question: str, mode: str, max_new_tokens: float, temperature: float,
                 channels: list[str] | str | None = None, session: Session | None = None

@@ -199,24 +199,42 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
             cancelled = session.cancel_requested
             start = time.monotonic()
             report.count(engine.finish(reader, fingerprint), time.monotonic() - start)
+        except GeneratorExit:  # cancelled from outside (an API client's job.cancel()): keep what was read, as Cancel
+            try:
+                engine.finish(reader, fingerprint)
+            except EngineError:
+                return
+            _keep(session, cache, item, reader, complete=False, keep=engine.memory_segments)
+            session.cancel_requested = False
+            logger.info("reading %s was cancelled from outside after %d segments", doc.name,
+                        reader.state.num_segments)
+            raise
         except EngineError as err:
             report.errors.append(str(err))
             yield Progress("done", 1.0, "Stopped: the model was changed.", report)
             return
-        state = reader.state
-        last_page = state.segments[-1].page_end if state.segments else None
-        record = DocumentRecord(session.unique_name(doc.name), item.digest, doc.kind, len(doc.pages), 0, 0,
-                                sum(s.num_tokens for s in state.segments), complete=not cancelled,
-                                last_page=last_page)
-        if state.num_segments:
-            if not cancelled and cache is not None:
-                cache.put(item.key, state, {"name": doc.name, "kind": doc.kind, "pages": len(doc.pages),
-                                            "tokens": record.tokens})
-            session.add(state, record, engine.memory_segments)
+        record = _keep(session, cache, item, reader, complete=not cancelled, keep=engine.memory_segments)
         if cancelled:
-            yield _cancelled(session, report, record if state.num_segments else None)
+            yield _cancelled(session, report, record)
             return
     yield Progress("done", 1.0, _summary(session, report), report)
+
+
+def _keep(session: Session, cache: MemoryCache | None, item: _Pending, reader: Reader, complete: bool,
+          keep: int) -> DocumentRecord | None:
+    """Put what the reader read of a document into the session (and, when it read all of it, the cache); returns
+    its record, or None when not one segment was read."""
+    doc, state = item.document, reader.state
+    if not state.num_segments:
+        return None
+    record = DocumentRecord(session.unique_name(doc.name), item.digest, doc.kind, len(doc.pages), 0, 0,
+                            sum(s.num_tokens for s in state.segments), complete=complete,
+                            last_page=state.segments[-1].page_end)
+    if complete and cache is not None:
+        cache.put(item.key, state, {"name": doc.name, "kind": doc.kind, "pages": len(doc.pages),
+                                    "tokens": record.tokens})
+    session.add(state, record, keep)
+    return record
 
 
 def _reading_line(label: str, reader: Reader, doc: Document, report: RunReport) -> str:

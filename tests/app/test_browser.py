@@ -209,3 +209,4 @@ def test_example_document_screenshot(page):
     assert "pride_and_prejudice_ch1-7.pdf, p" in page.inner_text("#passages")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "example.png"), full_page=True)
+

@@ -127,6 +127,23 @@ def test_cancel_keeps_what_was_read_and_the_earlier_memory(handlers, ready, tmp_
     assert len(handlers.cache) == 1  # a partly read document is not cached
 
 
+def test_a_read_closed_from_outside_stops_and_keeps_what_was_read(handlers, ready, tmp_path):
+    """What Gradio does when a client cancels a job or goes away: it stops iterating and the generator is closed."""
+    before = ready.memory.num_segments
+    long_pdf = make_pdf(tmp_path / "long.pdf", [f"Page {n}. " + "The tide rose and fell again. " * 40
+                                                 for n in range(1, 9)])
+    steps = handlers.api_ingest([str(long_pdf)], "", "", ready)
+    for line, _ in steps:
+        if line.startswith("Reading"):
+            break
+    steps.close()
+    assert ready.memory.num_segments > before and not ready.documents[1].complete
+    assert ready.documents[1].last_page < 8 and not ready.busy and not ready.cancel_requested
+    assert len(handlers.cache) == 1  # a partly read document is not cached
+    summary, _ = next(handlers.api_ingest([], "", "", ready))
+    assert "partly read" in summary
+
+
 def test_changing_the_model_clears_memories_with_a_message(handlers, ready, tokenizer):
     handlers.engine.attach(make_backbone("llama", seed=3), tokenizer, None, "another tiny")
     final = run(handlers.ask("What is the passkey?", ready))
