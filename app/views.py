@@ -21,6 +21,14 @@ Span = tuple[int, int]
 
 CHANNEL_NAMES = {"memory": "memory", "lexical": "words", "token": "token keys"}  # as the page names them
 CHART_COLUMNS = ["segment", "channel", "weight", "recall", "document", "pages"]
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+
+
+def md_text(text: str) -> str:
+    """Text to put in Markdown (the chat, the status lines, the documents list) so that it shows exactly as
+    written: every ASCII punctuation character backslash-escaped, so that file names and model output never
+    become links, autolinked URLs, HTML or formatting."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def progress_html(fraction: float, message: str, state: str = "running") -> str:

@@ -4,8 +4,13 @@ fixtures built from them are in conftest.py."""
 
 from __future__ import annotations
 
+import json
+import socket
+import uuid
 from pathlib import Path
 
+import gradio as gr
+import httpx
 import torch
 from tiny_models import make_backbone
 
@@ -51,3 +56,31 @@ def run(gen) -> dict:
     for update in gen:
         merged.update(update)
     return merged
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fn_index(demo: gr.Blocks, handler) -> int:
+    """The fn_index of the event that runs `handler` (a Handlers method), as a page or a raw client would send it."""
+    return next(i for i, fn in demo.fns.items() if getattr(fn.fn, "__wrapped__", fn.fn) == handler)
+
+
+def queue_call(url: str, index: int, data: list, session_hash: str | None = None) -> dict:
+    """One anonymous call through Gradio's queue, as any HTTP client can make it without the page: POST
+    /gradio_api/queue/join with an fn_index, then read the event stream to its end; returns the last message."""
+    session_hash = session_hash or uuid.uuid4().hex[:10]
+    joined = httpx.post(f"{url}/gradio_api/queue/join", json={"data": data, "fn_index": index, "event_data": None,
+                                                              "session_hash": session_hash, "trigger_id": None})
+    joined.raise_for_status()
+    with httpx.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session_hash},
+                      timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the queue closed without completing the call")
