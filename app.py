@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from app.cache import MemoryCache  # first: the app package switches telemetry off before gradio loads
+from app.cache import MAX_DAYS, MAX_MB, MemoryCache  # first: the app package switches telemetry off before gradio loads
 from app.engine import DEVICES, MEMORY_SEGMENTS, Engine, EngineError
 from app.handlers import Admin, Handlers, is_loopback
 from app.ui import serve
@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=os.environ.get("HMT_APP_CACHE", str(cache_root() / "memories")),
                         help="where memories of read documents are kept (default: %(default)s)")
     parser.add_argument("--no-cache", action="store_true", help="do not keep memories of read documents on disk")
+    parser.add_argument("--cache-max-mb", type=float, default=MAX_MB, metavar="MB",
+                        help="most disk the memory cache may take; the least recently used go first "
+                             "(default: %(default)s)")
+    parser.add_argument("--cache-max-days", type=float, default=MAX_DAYS, metavar="DAYS",
+                        help="a cached memory is deleted this many days after it was made (default: %(default)s)")
     parser.add_argument("--memory-segments", type=int, default=MEMORY_SEGMENTS,
                         help="cached memories kept per session (default: %(default)s, about a million tokens)")
     parser.add_argument("--admin-secret", default=os.environ.get("HMT_ADMIN_SECRET") or None, metavar="SECRET",
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         if not engine.trained:
             raise SystemExit(f"--check: the backbone loaded, but without trained HMT weights ({engine.weights_note})")
         return
-    cache = None if args.no_cache else MemoryCache(Path(args.cache_dir).expanduser())
+    cache = None if args.no_cache else MemoryCache(Path(args.cache_dir).expanduser(), args.cache_max_mb,
+                                                   args.cache_max_days)
     uploads = make_upload_folder()
     serve(Handlers(engine, cache, args.max_file_size, admin, uploads), args.host, args.port, args.share)
 

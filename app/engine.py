@@ -15,6 +15,7 @@ import torch
 
 from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryModel,
                       MemoryState, Reader, SegmentInfo, load_backbone, load_checkpoint, remember_turn, stream_answer)
+from app.cache import Expect
 from hmt_core.backbone import backbone_identity, cache_root
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,17 @@ class Engine:
         name = Path(self.backbone_name).name if Path(self.backbone_name).is_dir() else self.backbone_name
         return (f"{name} on {first.device.type} ({str(first.dtype).replace('torch.', '')}) · {kind}, "
                 f"{self.segment_length} tokens per segment · {self.weights_note}")
+
+    def expected_memory(self) -> Expect:
+        """What a memory read by the loaded model looks like, for the disk cache to check its entries against: the
+        fingerprint, the state kind, the memory width d and dtype, the token keys' [K, r] (when the model keeps
+        token keys) and the vocabulary size."""
+        empty = self.model.new_state()
+        config = self.model.config
+        keys = (config.token_keys_per_segment, config.token_key_width) if getattr(config, "token_key_layer", None) \
+            else None
+        vocab = self.model.backbone.get_input_embeddings().weight.shape[0]
+        return Expect(self.fingerprint, empty.kind, empty.cache.shape[-1], empty.cache.dtype, keys, vocab)
 
     def new_reader(self) -> Reader:
         """A reader into a fresh memory that keeps up to memory_segments cached memories."""

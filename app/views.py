@@ -250,7 +250,7 @@ def documents_markdown(session: Session) -> str:
     lines = []
     for doc in session.documents:
         pages = f"{doc.pages} page{'s' if doc.pages != 1 else ''}"
-        status = " · from cache" if doc.from_cache else ""
+        status = ""  # the same whether the memory was read now or came from the cache (another session's read)
         if not doc.complete:
             status += f" · **partly read** (up to p. {doc.last_page})" if doc.last_page else " · **partly read**"
         lines.append(f"- **{doc.name}** · {pages} · {doc.segments} segments · {doc.tokens:,} tokens{status}")

@@ -52,6 +52,17 @@ def test_encrypted_pdf_asks_for_the_password_then_reads_with_it(handlers, ready,
     assert "vault code" in ready.memory.sources["locked.pdf"].text
 
 
+def test_a_password_protected_pdf_is_never_cached(handlers, ready, tmp_path):
+    entries = len(handlers.cache)
+    path = encrypted(tmp_path)
+    for _ in range(2):
+        session = Session()
+        run(handlers.ingest([str(path)], "", "open sesame", session))
+        assert session.documents[0].name == "locked.pdf" and not session.documents[0].from_cache
+    assert len(handlers.cache) == entries  # its decrypted text was never written to disk
+    assert not any(b"vault code" in p.read_bytes() for p in handlers.cache.root.rglob("*") if p.is_file())
+
+
 def test_wrong_password(handlers, ready, tmp_path):
     final = ingest_bad(handlers, ready, encrypted(tmp_path), password="guess")
     assert_clear(final["status"], "password", "not correct")
@@ -153,14 +164,15 @@ def test_a_question_with_no_words_to_match_still_answers_from_memory(fused_handl
     assert final["chat"][-1]["role"] == "assistant" and final["chat"][-1]["content"]
 
 
-def test_a_cached_memory_whose_word_index_was_rebuilt_says_so(handlers, pdf):
+def test_a_cached_memory_whose_word_index_was_damaged_is_read_again(handlers, pdf):
     run(handlers.ingest([str(pdf)], "", "", Session()))
     (entry,) = [p for p in handlers.cache.root.iterdir() if p.is_dir()]
     for path in (entry / STATE_DIR / LEXICAL_DIR).iterdir():
         path.write_bytes(b"damaged")
     session = Session()
     final = run(handlers.ingest([str(pdf)], "", "", session))
-    assert session.documents[0].from_cache
-    assert "ℹ️ “keeper.pdf”: Rebuilt the word index from the text" in final["status"]
+    assert not session.documents[0].from_cache
+    assert "ℹ️ The stored memory of “keeper.pdf” was damaged, so it was read again." in final["status"]
     assert len(session.memory.lexical) == session.memory.num_segments
     assert float(session.memory.lexical.scores("passkey").max()) > 0
+    assert len(handlers.cache) == 1  # stored again, whole

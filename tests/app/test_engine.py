@@ -52,7 +52,7 @@ def test_cached_document_loads_without_reading(engine, cache, pdf, monkeypatch):
     monkeypatch.setattr(Engine, "read", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read again")))
     second = Session()
     reports = list(ingest(second, engine, cache, [Upload("renamed.pdf", path=pdf)]))
-    assert any("loaded its memory from the cache" in n for n in reports[-1].notes)
+    assert reports[-1].notes == ["Read “renamed.pdf”."]  # as a fresh read says it: nothing about the cache
     assert second.documents[0].from_cache and second.documents[0].name == "renamed.pdf"
     assert torch.equal(second.memory.cache, first.memory.cache)
     assert set(second.memory.sources) == {"renamed.pdf"}
