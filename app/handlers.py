@@ -185,8 +185,8 @@ class Handlers:
 
     @staticmethod
     def _status(progress: Progress) -> str:
-        """Problems first (one line each), then notes."""
-        lines = [f"⚠️ {e}" for e in progress.errors] + [f"ℹ️ {n}" for n in progress.notes]
+        """Problems first (one line each), then notes; as text (they name the user's files), never as Markdown."""
+        lines = [f"⚠️ {views.md_text(e)}" for e in progress.errors] + [f"ℹ️ {views.md_text(n)}" for n in progress.notes]
         return "\n\n".join(lines)
 
     @staticmethod
@@ -231,7 +231,8 @@ class Handlers:
         question = question.strip()
         state, fingerprint = session.memory, session.fingerprint
         session.busy = True
-        session.chat += [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        # the chat shows the question and the answer as text: the model's Markdown, HTML or URLs never become live
+        session.chat += [{"role": "user", "content": views.md_text(question)}, {"role": "assistant", "content": ""}]
         answer, passages, used, result = "", [], (), {"answer": "", "citations": []}
         try:
             yield {"chat": self._chat(session), "question": gr.update(value="", interactive=False),
@@ -247,12 +248,13 @@ class Handlers:
                            "passages": views.passages_html(state, passages, question), "ask_status": "Answering…"}
                 elif event.kind == "token":
                     answer += event.text
-                    session.chat[-1] = {"role": "assistant", "content": answer}
+                    session.chat[-1] = {"role": "assistant", "content": views.md_text(answer)}
                     yield {"chat": self._chat(session)}
                 elif event.kind == "done":
                     answer = event.text  # cut short, marked with " …", when the model started to loop
             cites = views.citation_line(passages)
-            shown = (answer.strip() or "(The model gave no answer.)") + (f"\n\n*{cites}*" if cites else "")
+            shown = views.md_text(answer.strip() or "(The model gave no answer.)") + (
+                f"\n\n*{views.md_text(cites)}*" if cites else "")
             session.chat[-1] = {"role": "assistant", "content": shown}
             self.engine.remember(state, question, answer, fingerprint)
             result = {"answer": answer.strip(), "citations": views.citations(passages, used)}
@@ -327,7 +329,7 @@ class Handlers:
     def model_note(self) -> str:
         """A line under the title saying which model is loaded and, plainly, when recall is untrained."""
         warn = "" if self.engine.trained else "⚠️ "
-        return f"{warn}{self.engine.describe_model()}"
+        return f"{warn}{views.md_text(self.engine.describe_model())}"
 
     def on_load(self, session: Session) -> Update:
         """Fill the per-session panels when a page opens."""
@@ -346,7 +348,7 @@ class Handlers:
         lines = [views.documents_markdown(session)]
         if last.get("status"):
             lines.append(last["status"])
-        return "\n\n".join(lines), session
+        return views.unescape("\n\n".join(lines)), session
 
     def api_ask(self, question: str, mode: str, max_new_tokens: float, temperature: float,
                 channels: list[str] | str | None = None, session: Session | None = None

@@ -31,6 +31,11 @@ def md_text(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
+def unescape(markdown: str) -> str:
+    """Markdown with md_text's escapes undone, for API clients, who get text rather than a page."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
 def progress_html(fraction: float, message: str, state: str = "running") -> str:
     """A progress bar (state 'running', 'done' or 'idle') with a line of text under it."""
     percent = max(0.0, min(1.0, fraction)) * 100
@@ -253,7 +258,7 @@ def documents_markdown(session: Session) -> str:
         status = ""  # the same whether the memory was read now or came from the cache (another session's read)
         if not doc.complete:
             status += f" · **partly read** (up to p. {doc.last_page})" if doc.last_page else " · **partly read**"
-        lines.append(f"- **{doc.name}** · {pages} · {doc.segments} segments · {doc.tokens:,} tokens{status}")
+        lines.append(f"- **{md_text(doc.name)}** · {pages} · {doc.segments} segments · {doc.tokens:,} tokens{status}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ from pypdf import PdfWriter
 
 from app.cache import STATE_DIR
 from app.session import Session
+from app.views import unescape
 from app.handlers import MAX_QUESTION_CHARS
 from hmt_core.state import LEXICAL_DIR
 
@@ -23,7 +24,8 @@ def assert_kept(session: Session, segments: int) -> None:
 
 
 def assert_clear(message: str, *words: str) -> None:
-    """A readable message for a person: names the problem, no tracebacks or internals."""
+    """A readable message for a person (as the page shows it): names the problem, no tracebacks or internals."""
+    message = unescape(message)
     assert message and not re.search(r"Traceback|Exception|Error\b|\\x", message), message
     for word in words:
         assert word.lower() in message.lower(), message
@@ -172,7 +174,7 @@ def test_a_cached_memory_whose_word_index_was_damaged_is_read_again(handlers, pd
     session = Session()
     final = run(handlers.ingest([str(pdf)], "", "", session))
     assert not session.documents[0].from_cache
-    assert "ℹ️ The stored memory of “keeper.pdf” was damaged, so it was read again." in final["status"]
+    assert "ℹ️ The stored memory of “keeper.pdf” was damaged, so it was read again." in unescape(final["status"])
     assert len(session.memory.lexical) == session.memory.num_segments
     assert float(session.memory.lexical.scores("passkey").max()) > 0
     assert len(handlers.cache) == 1  # stored again, whole

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from app.cache import ENTRY_FILE, STATE_DIR, TMP_MARK, CacheDamaged, MemoryCache, entry_key
 from app.extract import MB, open_document, text_digest
 from app.session import Session
+from app.views import unescape
 from hmt_core import read_text
 
 
@@ -237,7 +238,7 @@ def test_a_hit_reads_like_any_finished_read(handlers, pdf):
     hit = run(handlers.ingest([str(pdf)], "", "", second))
     assert second.documents[0].from_cache and not first.documents[0].from_cache
     assert page_view(hit) == page_view(fresh)
-    assert "ℹ️ Read “keeper.pdf”." in hit["status"]
+    assert "ℹ️ Read “keeper.pdf”." in unescape(hit["status"])
     for word in ("cache", "before", "already"):
         assert word not in " ".join(page_view(hit).values()).lower()
     assert handlers.memory_panel(first) == handlers.memory_panel(second)
@@ -259,7 +260,7 @@ def test_a_wrong_entry_is_read_again_and_the_session_still_answers(handlers, pdf
         path.write_text(path.read_text().replace("lighthouse keeper", "lighthouse robber"))
     session = Session()
     final = run(handlers.ingest([str(pdf)], "", "", session))
-    assert "The stored memory of “keeper.pdf” was damaged, so it was read again." in final["status"]
+    assert "The stored memory of “keeper.pdf” was damaged, so it was read again." in unescape(final["status"])
     assert not session.documents[0].from_cache and "robber" not in session.memory.sources["keeper.pdf"].text
     assert bool(torch.isfinite(session.memory.cache).all())
     answer = run(handlers.ask("What is the passkey?", session, "reread", 8, 0.0))

@@ -12,13 +12,12 @@ from pathlib import Path
 import gradio as gr
 import httpx
 import pytest
-from apptools import fn_index, free_port, queue_call, tiny_engine
+from apptools import fn_index, queue_call, served, tiny_engine
 from gradio_client import Client, handle_file
 
 from app.cache import MemoryCache
 from app.extract import MB
 from app.handlers import ADMIN_OFF, Handlers
-from app.ui import serve
 from app.uploads import make_upload_folder
 
 NOTES = "The lighthouse keeper counted ships every evening. The passkey is 12345. " * 12
@@ -46,14 +45,10 @@ class Live:
 def live(tokenizer, tmp_path_factory):
     """The app served on a free loopback port with a 0.25 MB limit, its own upload folder and disk cache."""
     folder = tmp_path_factory.mktemp("server")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GRADIO_TEMP_DIR", str(folder / "unused"))  # put back afterwards; serve() sets its own
-        handlers = Handlers(tiny_engine(tokenizer), MemoryCache(folder / "cache"), max_file_mb=0.25,
-                            uploads=make_upload_folder(folder))
-        port = free_port()
-        demo = serve(handlers, port=port, block=False)
-        yield Live(f"http://127.0.0.1:{port}", demo, handlers)
-        demo.close()
+    handlers = Handlers(tiny_engine(tokenizer), MemoryCache(folder / "cache"), max_file_mb=0.25,
+                        uploads=make_upload_folder(folder))
+    with served(handlers) as (url, demo):
+        yield Live(url, demo, handlers)
 
 
 def test_switching_the_model_by_fn_index_is_refused_and_logged(live, monkeypatch, caplog):
