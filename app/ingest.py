@@ -239,6 +239,7 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
             return
         if state.num_segments:
             report.notes.append(_read_note(doc.name))
+            logger.info("read “%s”: %d segments", doc.name, state.num_segments)
     logger.info("read %d tokens at %.0f tokens/s", report.tokens, report.rate)
     yield Progress("done", 1.0, _summary(session), report)
 
