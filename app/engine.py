@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from app.cache import Expect
 from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryModel,
                       MemoryState, Reader, SegmentInfo, load_backbone, load_checkpoint, remember_turn, stream_answer)
-from app.cache import Expect
 from hmt_core.backbone import backbone_identity, cache_root
 
 logger = logging.getLogger(__name__)
@@ -222,9 +222,9 @@ class Engine:
         fingerprint, the state kind, the memory width d and dtype, the token keys' [K, r] (when the model keeps
         token keys) and the vocabulary size."""
         empty = self.model.new_state()
-        config = self.model.config
-        keys = (config.token_keys_per_segment, config.token_key_width) if getattr(config, "token_key_layer", None) \
-            else None
+        config, keys = self.model.config, None
+        if getattr(config, "token_key_layer", None):  # RMT and HMT without a token-key layer keep no token keys
+            keys = (config.token_keys_per_segment, config.token_key_width)
         vocab = self.model.backbone.get_input_embeddings().weight.shape[0]
         return Expect(self.fingerprint, empty.kind, empty.cache.shape[-1], empty.cache.dtype, keys, vocab)
 

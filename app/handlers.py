@@ -141,8 +141,8 @@ class Handlers:
             yield {"status": "Add a file (or paste text) first, then press **Read into memory**.", "session": session}
             return
         if session.busy:
-            yield {"status": "Still busy with the previous request; wait for it (or press **Cancel**), then add the "
-                             "files again.", "files": None, "session": session}
+            yield {"status": "Still busy with the previous request; wait for it (or press **Cancel**), then add "
+                             "your files or text again.", "files": None, "session": session}
             return
         session.busy = True
         try:

@@ -186,7 +186,6 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
     return demo
 
 
-
 def serve(handlers: Handlers, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
           block: bool = True) -> gr.Blocks:
     """Build the page and serve it (app.py and the tests that need a real server both come here).

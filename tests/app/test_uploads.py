@@ -103,6 +103,6 @@ def test_a_busy_session_refuses_and_still_deletes_the_uploads(uploading, ready):
     ready.busy = True
     path = upload(uploading.uploads, "later.txt", b"Later notes. " * 20)
     final = run(uploading.ingest([str(path)], "", "", ready))
-    assert "Still busy" in final["status"] and "add the files again" in final["status"]
+    assert "Still busy" in final["status"] and "add your files or text again" in final["status"]
     assert not path.exists() and final["files"] is None
     ready.busy = False
