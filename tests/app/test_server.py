@@ -53,11 +53,14 @@ def live(tokenizer, tmp_path_factory):
 
 def test_switching_the_model_by_fn_index_is_refused_and_logged(live, monkeypatch, caplog):
     alice = Client(live.url, verbose=False)
+    endpoints = alice.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/ingest", "/ask"} <= set(endpoints) and not any("load" in name for name in endpoints)
     alice.predict(files=[], text=NOTES, password="", api_name="/ingest")
     loads = []
     monkeypatch.setattr(live.handlers.engine, "load", lambda *args: loads.append(args) or "another model")
     fingerprint = live.handlers.engine.fingerprint
-    index = fn_index(live.demo, live.handlers.load_model)  # the Settings button's event, no page needed
+    # the Settings button's event: gradio_client does not offer it, but any HTTP client can join the queue with it
+    index = fn_index(live.demo, live.handlers.load_model)
     with caplog.at_level(logging.INFO, logger="app.handlers"):
         done = queue_call(live.url, index, ["HuggingFaceTB/x", "/no/such/folder", "cpu", "", None], "mallory1")
     assert done["success"] and ADMIN_OFF in done["output"]["data"][0]
