@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from app.cache import Expect
 from app.turns import ANSWER, READ, ModelTurns
 from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryModel,
                       MemoryState, Reader, SegmentInfo, load_backbone, load_checkpoint, remember_turn, stream_answer)
@@ -218,6 +219,17 @@ class Engine:
         name = Path(self.backbone_name).name if Path(self.backbone_name).is_dir() else self.backbone_name
         return (f"{name} on {first.device.type} ({str(first.dtype).replace('torch.', '')}) · {kind}, "
                 f"{self.segment_length} tokens per segment · {self.weights_note}")
+
+    def expected_memory(self) -> Expect:
+        """What a memory read by the loaded model looks like, for the disk cache to check its entries against: the
+        fingerprint, the state kind, the memory width d and dtype, the token keys' [K, r] (when the model keeps
+        token keys) and the vocabulary size."""
+        empty = self.model.new_state()
+        config, keys = self.model.config, None
+        if getattr(config, "token_key_layer", None):  # RMT and HMT without a token-key layer keep no token keys
+            keys = (config.token_keys_per_segment, config.token_key_width)
+        vocab = self.model.backbone.get_input_embeddings().weight.shape[0]
+        return Expect(self.fingerprint, empty.kind, empty.cache.shape[-1], empty.cache.dtype, keys, vocab)
 
     def new_reader(self) -> Reader:
         """A reader into a fresh memory that keeps up to memory_segments cached memories."""

@@ -78,7 +78,8 @@ class ExtractionError(ValueError):
 @dataclass
 class OpenedDocument:
     """An upload checked and opened once: its name, kind, page count, the sha256 of its bytes (what the memory cache
-    is keyed by) and its pages, extracted lazily in reading order (empty ones too, so progress can count them).
+    is keyed by), its pages, extracted lazily in reading order (empty ones too, so progress can count them), and
+    whether it was an encrypted PDF (whose text is kept out of the disk cache).
 
     Problems found on opening (type, size, password, damage) raise in open_document; a document with no text at
     all raises after its last page."""
@@ -88,6 +89,7 @@ class OpenedDocument:
     page_count: int
     digest: str
     pages: Iterator[Page]
+    encrypted: bool = False
 
 
 def open_document(path: str | Path, name: str | None = None, password: str | None = None,
@@ -102,7 +104,12 @@ def open_document(path: str | Path, name: str | None = None, password: str | Non
             f"“{name}” is not a kind of file this app can read. Upload one of: {_SUPPORTED}. "
             "Word and other office documents can be saved as PDF first.",
         )
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise ExtractionError(
+            "gone", f"“{name}” is no longer on the server (uploads are deleted once read). Add the file again."
+        ) from exc
     if size == 0:
         raise ExtractionError("empty", f"“{name}” is empty (0 bytes). Check that you picked the right file.")
     if max_bytes is not None and size > max_bytes:
@@ -112,8 +119,9 @@ def open_document(path: str | Path, name: str | None = None, password: str | Non
             "Upload a smaller file, for example only the chapters you need.",
         )
     data = path.read_bytes()
+    encrypted = False
     if kind == "pdf":
-        count, texts = _open_pdf(data, name, password)
+        count, texts, encrypted = _open_pdf(data, name, password)
     elif kind == "epub":
         count, texts = _open_epub(data, name)
     else:
@@ -122,7 +130,7 @@ def open_document(path: str | Path, name: str | None = None, password: str | Non
         pages = _split_pages(text)
         count, texts = len(pages), iter(pages)
     digest = hashlib.sha256(data).hexdigest()
-    return OpenedDocument(name, kind, count, digest, _numbered(texts, kind, name))
+    return OpenedDocument(name, kind, count, digest, _numbered(texts, kind, name), encrypted)
 
 
 def open_text(text: str, name: str = "pasted text") -> OpenedDocument:
@@ -155,8 +163,9 @@ def _numbered(texts: Iterator[str], kind: str, name: str) -> Iterator[Page]:
     raise ExtractionError("empty", f"“{name}” contains no text to read.")
 
 
-def _open_pdf(data: bytes, name: str, password: str | None) -> tuple[int, Iterator[str]]:
-    """Open and if needed decrypt a PDF; return its page count and a lazy iterator over page texts."""
+def _open_pdf(data: bytes, name: str, password: str | None) -> tuple[int, Iterator[str], bool]:
+    """Open and if needed decrypt a PDF; return its page count, a lazy iterator over page texts and whether it
+    was encrypted."""
     if b"%PDF-" not in data[:1024]:
         raise ExtractionError(
             "corrupt",
@@ -176,7 +185,7 @@ def _open_pdf(data: bytes, name: str, password: str | None) -> tuple[int, Iterat
         raise _corrupt_pdf(name) from exc
     if count == 0:
         raise ExtractionError("empty", f"“{name}” has no pages, so there is nothing to read.")
-    return count, _pdf_texts(reader, name)
+    return count, _pdf_texts(reader, name), reader.is_encrypted
 
 
 def _decrypt(reader: PdfReader, name: str, password: str | None) -> None:
@@ -185,12 +194,14 @@ def _decrypt(reader: PdfReader, name: str, password: str | None) -> None:
         return
     if not password:
         raise ExtractionError(
-            "encrypted", f"“{name}” is password-protected. Enter its password in the password box and try again."
+            "encrypted",
+            f"“{name}” is password-protected. Type its password in the password box, then add the file again.",
         )
     if reader.decrypt(password) == PasswordType.NOT_DECRYPTED:
         raise ExtractionError(
             "wrong_password",
-            f"The password for “{name}” is not correct. Check it (passwords are case-sensitive) and try again.",
+            f"The password for “{name}” is not correct. Check it (passwords are case-sensitive), then add the file "
+            "again.",
         )
 
 

@@ -4,12 +4,18 @@ the whole flow without a browser; ui.py lays out the page and wires these to its
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
+import threading
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from app import views
 from app.cache import MemoryCache
@@ -17,6 +23,7 @@ from app.engine import Engine, EngineError
 from app.extract import MB
 from app.ingest import Progress, Upload, ingest
 from app.session import Session
+from app.uploads import discard
 from hmt_core import DEFAULT_BACKBONE
 from hmt_core.config import RECALL_CHANNELS
 
@@ -26,6 +33,53 @@ MAX_QUESTION_CHARS = 2000
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "pride_and_prejudice_ch1-7.pdf"
 CHANNEL_CHOICES = [("HMT memory", "memory"), ("Words (lexical index)", "lexical"), ("Token keys", "token")]
 Update = dict[str, Any]
+ADMIN_OFF = ("Switching the model is turned off on this server. An operator turns it on by starting the app with "
+             "`--admin-secret` (or the `HMT_ADMIN_SECRET` environment variable), or with `--local-admin` when it "
+             "listens on 127.0.0.1 only.")
+ADMIN_WRONG = ("That admin secret is not correct. Type the secret the server was started with in the **Admin secret** "
+               "box, then press **Load model** again.")
+ADMIN_NOT_LOCAL = ("Switching the model is allowed only from the server's own machine (`--local-admin`). Open the "
+                   "page there, or ask the operator to start the app with `--admin-secret`.")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether an address or host name is this machine's loopback (127.0.0.0/8, ::1 or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def who(request: gr.Request | None) -> str:
+    """'session 1a2b3c from 203.0.113.9': the Gradio session and client address of a request, for the log."""
+    client = getattr(request, "client", None)
+    return f"session {getattr(request, 'session_hash', None)} from {getattr(client, 'host', None)}"
+
+
+@dataclass(frozen=True)
+class Admin:
+    """Who may switch or reload the one shared model (which clears every session's memory): nobody by default;
+    whoever types `secret` (--admin-secret); and, with `local` (--local-admin, which app.py allows only when the
+    server listens on loopback alone), clients on this machine."""
+
+    secret: str | None = None
+    local: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret) or self.local
+
+    def refusal(self, secret: str | None, request: gr.Request | None) -> str | None:
+        """Why this request may not switch the model, as a message for the page; None when it may."""
+        client = getattr(getattr(request, "client", None), "host", None)
+        if self.local and is_loopback(client):
+            return None
+        if self.secret:
+            given = (secret or "").encode()
+            return None if hmac.compare_digest(given, self.secret.encode()) else ADMIN_WRONG
+        return ADMIN_NOT_LOCAL if self.local else ADMIN_OFF
 
 
 def parse_channels(value: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...] | None:
@@ -47,27 +101,48 @@ def parse_channels(value: list[str] | tuple[str, ...] | str | None) -> tuple[str
 
 
 class Handlers:
-    """Everything the page can ask the server to do, for one shared engine and disk cache."""
+    """Everything the page can ask the server to do, for one shared engine and disk cache. `uploads` is the folder
+    Gradio stores uploads in (default: its upload folder); files given to ingest from there are deleted once read."""
 
-    def __init__(self, engine: Engine, cache: MemoryCache | None, max_file_mb: float = 100.0) -> None:
+    def __init__(self, engine: Engine, cache: MemoryCache | None, max_file_mb: float = 100.0,
+                 admin: Admin | None = None, uploads: str | Path | None = None) -> None:
         self.engine = engine
         self.cache = cache
         self.max_bytes = int(max_file_mb * MB)
+        self.admin = admin or Admin()
+        self.uploads = Path(uploads or get_upload_folder())
+        self._reading: Counter[str] = Counter()  # upload paths -> ingest calls using them
+        self._reading_lock = threading.Lock()
 
     # --- reading ---------------------------------------------------------------------------------------------
 
     def ingest(self, files: list[str] | None, text: str | None, password: str | None,
                session: Session) -> Iterator[Update]:
-        """Read uploaded files and pasted text into the session's memory, yielding progress."""
-        uploads = [Upload(Path(f).name, path=Path(f)) for f in files or []]
+        """Read uploaded files and pasted text into the session's memory, yielding progress. When the call ends
+        (read, rejected, cancelled or the page closed), the uploads it was given are deleted, but for those another
+        call is still reading (two sessions may upload the same file, which Gradio stores once)."""
+        paths = [str(f) for f in files or []]
+        with self._reading_lock:
+            self._reading.update(paths)
+        try:
+            yield from self._ingest(paths, text, password, session)
+        finally:
+            with self._reading_lock:
+                self._reading.subtract(paths)
+                done = [path for path in paths if self._reading[path] <= 0]
+            discard(done, self.uploads)
+
+    def _ingest(self, files: list[str], text: str | None, password: str | None, session: Session
+                ) -> Iterator[Update]:
+        uploads = [Upload(Path(f).name, path=Path(f)) for f in files]
         if text and text.strip():
             uploads.append(Upload("pasted text", text=text))
         if not uploads:
             yield {"status": "Add a file (or paste text) first, then press **Read into memory**.", "session": session}
             return
         if session.busy:
-            yield {"status": "Still busy with the previous request; wait for it or press **Cancel**.",
-                   "session": session}
+            yield {"status": "Still busy with the previous request; wait for it (or press **Cancel**), then add "
+                             "your files or text again.", "files": None, "session": session}
             return
         session.busy = True
         try:
@@ -85,7 +160,7 @@ class Handlers:
                                                "done" if session.ready else "idle"),
                "status": self._status(last), "documents": views.documents_markdown(session),
                "memory": self.memory_panel(session), "cancel": gr.update(visible=False), "session": session,
-               **self._chat_enabled(session.ready)}
+               "files": None, **self._chat_enabled(session.ready)}
 
     def ingest_example(self, session: Session) -> Iterator[Update]:
         """Read the bundled example document (Pride and Prejudice, chapters 1-7)."""
@@ -110,8 +185,8 @@ class Handlers:
 
     @staticmethod
     def _status(progress: Progress) -> str:
-        """Problems first (one line each), then notes."""
-        lines = [f"⚠️ {e}" for e in progress.errors] + [f"ℹ️ {n}" for n in progress.notes]
+        """Problems first (one line each), then notes; as text (they name the user's files), never as Markdown."""
+        lines = [f"⚠️ {views.md_text(e)}" for e in progress.errors] + [f"ℹ️ {views.md_text(n)}" for n in progress.notes]
         return "\n\n".join(lines)
 
     @staticmethod
@@ -156,7 +231,8 @@ class Handlers:
         question = question.strip()
         state, fingerprint = session.memory, session.fingerprint
         session.busy = True
-        session.chat += [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        # the chat shows the question and the answer as text: the model's Markdown, HTML or URLs never become live
+        session.chat += [{"role": "user", "content": views.md_text(question)}, {"role": "assistant", "content": ""}]
         answer, passages, used, result = "", [], (), {"answer": "", "citations": []}
         try:
             yield {"chat": self._chat(session), "question": gr.update(value="", interactive=False),
@@ -172,12 +248,13 @@ class Handlers:
                            "passages": views.passages_html(state, passages, question), "ask_status": "Answering…"}
                 elif event.kind == "token":
                     answer += event.text
-                    session.chat[-1] = {"role": "assistant", "content": answer}
+                    session.chat[-1] = {"role": "assistant", "content": views.md_text(answer)}
                     yield {"chat": self._chat(session)}
                 elif event.kind == "done":
                     answer = event.text  # cut short, marked with " …", when the model started to loop
             cites = views.citation_line(passages)
-            shown = (answer.strip() or "(The model gave no answer.)") + (f"\n\n*{cites}*" if cites else "")
+            shown = views.md_text(answer.strip() or "(The model gave no answer.)") + (
+                f"\n\n*{views.md_text(cites)}*" if cites else "")
             session.chat[-1] = {"role": "assistant", "content": shown}
             self.engine.remember(state, question, answer, fingerprint)
             result = {"answer": answer.strip(), "citations": views.citations(passages, used)}
@@ -211,19 +288,31 @@ class Handlers:
         sensory = self.engine.decode(state.sensory_ids) if state is not None else ""
         return views.memory_html(session, sensory, self.engine.describe_model())
 
-    def load_model(self, backbone: str, weights: str, device: str, session: Session) -> Iterator[Update]:
-        """Load another backbone or HMT weights for everyone; memories built with the old model are cleared."""
+    def load_model(self, backbone: str, weights: str, device: str, secret: str | None, session: Session,
+                   request: gr.Request | None = None) -> Iterator[Update]:
+        """Load another backbone or HMT weights for everyone; memories built with the old model are cleared. Only
+        an operator may (Admin): the check is here, so it holds whatever route the request took, and every
+        attempt is logged with the Gradio session and client address."""
+        refused = self.admin.refusal(secret, request)
+        if refused:
+            logger.warning("model load refused for %s: backbone=%r weights=%r device=%r", who(request), backbone,
+                           weights, device)
+            yield {"model_status": f"⚠️ {refused}"}
+            return
         if session.busy:
             yield {"model_status": "Still busy; wait or press **Cancel** first."}
             return
-        yield {"model_status": f"Loading {backbone or DEFAULT_BACKBONE}…"}
+        logger.info("model load by %s: backbone=%r weights=%r device=%r", who(request), backbone, weights, device)
+        yield {"model_status": f"Loading {views.md_text(backbone or DEFAULT_BACKBONE)}…"}
         try:
             description = self.engine.load(backbone, weights or None, device)
         except EngineError as err:
-            yield {"model_status": f"⚠️ {err} The previous model is still loaded."}
+            logger.warning("model load by %s failed: %s", who(request), err)
+            yield {"model_status": f"⚠️ {views.md_text(str(err))} The previous model is still loaded."}
             return
+        logger.info("model loaded by %s: %s", who(request), description)
         changed = session.check_model(self.engine.fingerprint)
-        yield {"model_status": f"Loaded: {description}" + (f"\n\n{changed}" if changed else ""),
+        yield {"model_status": f"Loaded: {views.md_text(description)}" + (f"\n\n{changed}" if changed else ""),
                "model_note": self.model_note(), "memory": self.memory_panel(session),
                "documents": views.documents_markdown(session), "chat": self._chat(session), "session": session,
                "channels": self.channels_update(), **self._chat_enabled(session.ready)}
@@ -240,7 +329,7 @@ class Handlers:
     def model_note(self) -> str:
         """A line under the title saying which model is loaded and, plainly, when recall is untrained."""
         warn = "" if self.engine.trained else "⚠️ "
-        return f"{warn}{self.engine.describe_model()}"
+        return f"{warn}{views.md_text(self.engine.describe_model())}"
 
     def on_load(self, session: Session) -> Update:
         """Fill the per-session panels when a page opens."""
@@ -264,7 +353,7 @@ class Handlers:
         lines = [views.documents_markdown(session)]
         if last.get("status"):
             lines.append(last["status"])
-        yield "\n\n".join(lines), session
+        yield views.unescape("\n\n".join(lines)), session
 
     def api_ask(self, question: str, mode: str, max_new_tokens: float, temperature: float,
                 channels: list[str] | str | None = None, session: Session | None = None

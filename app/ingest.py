@@ -10,11 +10,11 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.cache import MemoryCache, entry_key
+from app.cache import CacheDamaged, Expect, MemoryCache, entry_key
 from app.engine import Engine, EngineError, PieceText
 from app.extract import Document, ExtractionError, OpenedDocument, open_document, open_text
 from app.session import DocumentRecord, Session
-from hmt_core import Reader, SegmentInfo
+from hmt_core import MemoryState, Reader, SegmentInfo
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,11 @@ class Progress:
 
 @dataclass
 class _Pending:
-    """A document extracted and waiting to be read."""
+    """A document extracted and waiting to be read; `key` is its cache key, None when it is not to be cached."""
 
     document: Document
     digest: str
-    key: str
+    key: str | None
     tokens: int = 0
 
 
@@ -110,6 +110,7 @@ def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads:
     if changed:
         report.notes.append(changed)
     fingerprint = engine.fingerprint
+    expect = engine.expected_memory()
     session.cancel_requested = False
     pending: list[_Pending] = []
     seen: set[str] = set()
@@ -127,16 +128,16 @@ def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads:
                                     f"{' as “' + known.name + '”' if known else ''}.")
                 continue
             seen.add(opened.digest)
-            key = entry_key(opened.digest, fingerprint)
-            hit = cache.get(key) if cache is not None else None
+            # the text of a password-protected PDF is never written to disk, so it is not cached
+            key = entry_key(opened.digest, fingerprint) if cache is not None and not opened.encrypted else None
+            hit = _cached(cache, key, expect, upload.name, report) if key else None
             if hit is not None:
                 state, info = hit
                 record = DocumentRecord(session.unique_name(upload.name), opened.digest, info.get("kind", "?"),
                                         info.get("pages", 0), 0, 0, info.get("tokens", 0), from_cache=True)
                 session.add(state, record, engine.memory_segments)
-                report.notes.append(f"“{upload.name}” was read before: loaded its memory from the cache.")
-                report.notes.extend(f"“{upload.name}”: {note}" for note in state.notes)  # what loading repaired
-                yield Progress("extract", (n + 1) / len(uploads), f"Loaded “{upload.name}” from the cache.", report)
+                report.notes.append(_read_note(upload.name))
+                yield Progress("extract", (n + 1) / len(uploads), _read_note(upload.name), report)
                 continue
             document = yield from _extract(session, opened, n / len(uploads), 1 / len(uploads), report)
             if document is None:
@@ -152,9 +153,28 @@ def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads:
         yield _cancelled(session, report)
         return
     if pending:
-        yield from _read_all(session, engine, cache, pending, fingerprint, batch_segments, report)
+        yield from _read_all(session, engine, cache, pending, expect, batch_segments, report)
         return
-    yield Progress("done", 1.0, _summary(session, report), report)
+    yield Progress("done", 1.0, _summary(session), report)
+
+
+def _read_note(name: str) -> str:
+    """The note for a document now in memory: the same whether it was read now or its memory came from the cache,
+    so that no session learns what another one read (the server's log says which)."""
+    return f"Read “{name}”."
+
+
+def _cached(cache: MemoryCache, key: str, expect: Expect, name: str, report: RunReport
+            ) -> tuple[MemoryState, dict] | None:
+    """The cached memory of a document, or None: not cached, or damaged (dropped, with a note, to be read again)."""
+    try:
+        hit = cache.get(key, expect)
+    except CacheDamaged:
+        report.notes.append(f"The stored memory of “{name}” was damaged, so it was read again.")
+        return None
+    if hit is not None:
+        logger.info("“%s”: memory loaded from the cache entry %s", name, key)
+    return hit
 
 
 def _extract(session: Session, opened: OpenedDocument, start: float, share: float,
@@ -175,8 +195,9 @@ def _extract(session: Session, opened: OpenedDocument, start: float, share: floa
 
 
 def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pending: list[_Pending],
-              fingerprint: str, batch_segments: int, report: RunReport) -> Iterator[Progress]:
+              expect: Expect, batch_segments: int, report: RunReport) -> Iterator[Progress]:
     """Read the extracted documents one by one, each into its own memory, then into the session and the cache."""
+    fingerprint = expect.fingerprint
     L = engine.segment_length
     for item in pending:
         item.tokens = engine.count_tokens(item.document.text)
@@ -204,7 +225,7 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
                 engine.finish(reader, fingerprint)
             except EngineError:
                 return
-            _keep(session, cache, item, reader, complete=False, keep=engine.memory_segments)
+            _keep(session, cache, item, reader, expect, complete=False, keep=engine.memory_segments)
             session.cancel_requested = False
             logger.info("reading %s was cancelled from outside after %d segments", doc.name,
                         reader.state.num_segments)
@@ -213,15 +234,19 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
             report.errors.append(str(err))
             yield Progress("done", 1.0, "Stopped: the model was changed.", report)
             return
-        record = _keep(session, cache, item, reader, complete=not cancelled, keep=engine.memory_segments)
+        record = _keep(session, cache, item, reader, expect, complete=not cancelled, keep=engine.memory_segments)
         if cancelled:
             yield _cancelled(session, report, record)
             return
-    yield Progress("done", 1.0, _summary(session, report), report)
+        if record is not None:
+            report.notes.append(_read_note(doc.name))
+            logger.info("read “%s”: %d segments", doc.name, record.segments)
+    logger.info("read %d tokens at %.0f tokens/s", report.tokens, report.rate)
+    yield Progress("done", 1.0, _summary(session), report)
 
 
-def _keep(session: Session, cache: MemoryCache | None, item: _Pending, reader: Reader, complete: bool,
-          keep: int) -> DocumentRecord | None:
+def _keep(session: Session, cache: MemoryCache | None, item: _Pending, reader: Reader, expect: Expect,
+          complete: bool, keep: int) -> DocumentRecord | None:
     """Put what the reader read of a document into the session (and, when it read all of it, the cache); returns
     its record, or None when not one segment was read."""
     doc, state = item.document, reader.state
@@ -230,9 +255,9 @@ def _keep(session: Session, cache: MemoryCache | None, item: _Pending, reader: R
     record = DocumentRecord(session.unique_name(doc.name), item.digest, doc.kind, len(doc.pages), 0, 0,
                             sum(s.num_tokens for s in state.segments), complete=complete,
                             last_page=state.segments[-1].page_end)
-    if complete and cache is not None:
-        cache.put(item.key, state, {"name": doc.name, "kind": doc.kind, "pages": len(doc.pages),
-                                    "tokens": record.tokens})
+    if complete and cache is not None and item.key is not None:  # no key: not to be cached (an encrypted PDF)
+        cache.put(item.key, state, expect, {"name": doc.name, "kind": doc.kind, "pages": len(doc.pages),
+                                            "tokens": record.tokens})
     session.add(state, record, keep)
     return record
 
@@ -259,13 +284,12 @@ def _cancelled(session: Session, report: RunReport, partial: DocumentRecord | No
     return Progress("done", 1.0, "Cancelled. " + _summary(session), report)
 
 
-def _summary(session: Session, report: RunReport | None = None) -> str:
-    """'Memory ready: 2 documents, 57 segments.' plus the reading speed when something was read."""
+def _summary(session: Session) -> str:
+    """'Memory ready: 2 documents, 57 segments.' (the reading speed is shown while reading, and logged: a summary
+    without it reads the same whether memories were read now or came from the cache)."""
     if not session.ready:
         return "No documents in memory yet."
     n_docs = len(session.documents)
-    speed = (f" Read {report.tokens:,} tokens at {report.rate:.0f} tokens/s."
-             if report is not None and report.tokens and report.rate else "")
     n_segments = session.memory.num_segments
     return (f"Memory ready: {n_docs} document{'s' if n_docs != 1 else ''}, "
-            f"{n_segments} segment{'s' if n_segments != 1 else ''}.{speed}")
+            f"{n_segments} segment{'s' if n_segments != 1 else ''}.")

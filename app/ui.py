@@ -3,22 +3,27 @@ flow itself (what a click or an upload does) lives in handlers.py, where tests d
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from app import views
 from app.engine import DEFAULT_WEIGHTS, DEVICES
 from app.extract import KINDS
-from app.handlers import Handlers, new_session
+from app.handlers import ADMIN_OFF, Handlers, new_session
 from app.session import Session
+from app.uploads import UploadsNotServed
 from hmt_core import DEFAULT_BACKBONE
 
 # Events running at once, per kind; reading and answering have their own slots, so two long reads never keep a
 # question waiting in Gradio's queue, and every event takes its model steps in turn (turns.py: answers first).
 READ_CONCURRENCY = 2
 ANSWER_CONCURRENCY = 2
+UPLOAD_SWEEP = (600, 3600)  # every 10 minutes Gradio deletes uploads older than an hour that no handler deleted
 ANSWER_MODE_CHOICES = [("Recall and re-read (cites pages)", "reread"), ("Faithful HMT (memory only)", "faithful")]
 CHANNEL_INFO = ("What ranks the recalled segments. HMT memory only = the paper's HMT; nothing ticked = memory only. "
                 "Offered: the channels the loaded weights weigh.")
@@ -55,7 +60,9 @@ recall attention retrieved."""
 
 
 def _wire(fn, components: dict[str, gr.components.Component]):
-    """Wrap a handler that yields or returns {name: value} into one that Gradio understands ({component: value})."""
+    """Wrap a handler that yields or returns {name: value} into one that Gradio understands ({component: value}).
+    The wrapper shows Gradio the handler's signature and annotations, so that a `request: gr.Request` parameter
+    is filled in, but not its name, which would take the public endpoints' names (/ask, /ingest)."""
     if inspect.isgeneratorfunction(fn):
         def run(*args):
             for update in fn(*args):
@@ -63,14 +70,14 @@ def _wire(fn, components: dict[str, gr.components.Component]):
     else:
         def run(*args):
             return {components[k]: v for k, v in fn(*args).items() if k in components}
-    return run
+    return functools.update_wrapper(run, fn, assigned=("__module__", "__doc__", "__annotations__"))
 
 
 def build_ui(handlers: Handlers) -> gr.Blocks:
     """The page: documents and reading on the left, chat on the right, recall and memory below, settings last."""
     engine = handlers.engine
     types = sorted(set(KINDS))
-    with gr.Blocks(title="Ask your documents · HMT") as demo:
+    with gr.Blocks(title="Ask your documents · HMT", delete_cache=UPLOAD_SWEEP) as demo:
         session = gr.State(new_session)
         gr.Markdown(INTRO)
         model_note = gr.Markdown(handlers.model_note(), elem_id="model-note")
@@ -120,17 +127,23 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
                                         elem_id="temperature")
                 channels = gr.CheckboxGroup(handlers.channel_choices(), value=list(engine.channels()),
                                             label="Recall channels", info=CHANNEL_INFO, elem_id="channels")
+            admin = handlers.admin  # switching the model is for an operator only; handlers.load_model checks it
             with gr.Row():
                 local = Path(engine.backbone_name).is_dir()  # a server folder: not shown to visitors
                 backbone = gr.Textbox("" if local else engine.backbone_name or DEFAULT_BACKBONE,
                                       label="Backbone (hub id or folder)", placeholder=f"empty: {DEFAULT_BACKBONE}",
-                                      elem_id="backbone")
+                                      interactive=admin.enabled, elem_id="backbone")
                 weights = gr.Textbox("", label="HMT weights folder",
                                      placeholder=f"empty: the shipped weights ({DEFAULT_WEIGHTS.name})",
-                                     elem_id="weights")
-                device = gr.Radio(list(DEVICES), value=engine.device, label="Device", elem_id="device")
-            load = gr.Button("Load model (for everyone; clears memories built with the old one)", elem_id="load")
-            model_status = gr.Markdown(elem_id="model-status")
+                                     interactive=admin.enabled, elem_id="weights")
+                device = gr.Radio(list(DEVICES), value=engine.device, label="Device", interactive=admin.enabled,
+                                  elem_id="device")
+            with gr.Row():
+                secret = gr.Textbox(label="Admin secret", type="password", visible=bool(admin.secret), scale=1,
+                                    placeholder="the secret the server was started with", elem_id="admin-secret")
+                load = gr.Button("Load model (for everyone; clears memories built with the old one)", scale=2,
+                                 interactive=admin.enabled, elem_id="load")
+            model_status = gr.Markdown(ADMIN_OFF if not admin.enabled else "", elem_id="model-status")
         with gr.Row(visible=False):
             api_files = gr.File(file_count="multiple", label="files")
             api_text = gr.Textbox(label="text")
@@ -144,14 +157,14 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
             api_ask_button = gr.Button("ask")
             api_ask_stream_button = gr.Button("ask_stream")
 
-        c = {"session": session, "progress": progress, "status": status, "documents": documents, "chat": chat,
-             "question": question, "ask": ask, "ask_status": ask_status, "chart": chart, "passages": passages,
-             "memory": memory, "cancel": cancel, "model_status": model_status, "model_note": model_note,
-             "channels": channels}
+        c = {"session": session, "files": files, "progress": progress, "status": status, "documents": documents,
+             "chat": chat, "question": question, "ask": ask, "ask_status": ask_status, "chart": chart,
+             "passages": passages, "memory": memory, "cancel": cancel, "model_status": model_status,
+             "model_note": model_note, "channels": channels}
         reading = {"concurrency_id": "read", "concurrency_limit": READ_CONCURRENCY}
         answering = {"concurrency_id": "answer", "concurrency_limit": ANSWER_CONCURRENCY}
         private = {"api_visibility": "private"}
-        ingest_out = [session, progress, status, documents, memory, cancel, question, ask]
+        ingest_out = [session, files, progress, status, documents, memory, cancel, question, ask]
         for trigger, fn, inputs in ((files.upload, handlers.ingest, [files, text, password, session]),
                                     (read.click, handlers.ingest, [files, text, password, session]),
                                     (example.click, handlers.ingest_example, [session])):
@@ -165,7 +178,7 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         for trigger in (question.submit, ask.click):
             trigger(_wire(handlers.ask, c), ask_in, ask_out, show_progress="minimal", show_progress_on=[ask_status],
                     **answering, **private)
-        load.click(_wire(handlers.load_model, c), [backbone, weights, device, session],
+        load.click(_wire(handlers.load_model, c), [backbone, weights, device, secret, session],
                    [model_status, model_note, memory, documents, chat, session, channels, question, ask], **reading,
                    **private)
         demo.load(_wire(handlers.on_load, c), [session],
@@ -180,3 +193,17 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
     demo.queue(default_concurrency_limit=ANSWER_CONCURRENCY)
     return demo
 
+
+def serve(handlers: Handlers, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
+          block: bool = True) -> gr.Blocks:
+    """Build the page and serve it (app.py and the tests that need a real server both come here).
+
+    Uploads go to handlers.uploads (Gradio's upload folder is set to it before any component exists), are never
+    served back (UploadsNotServed), and Gradio's own upload limit is the app's (handlers.max_bytes), so a larger
+    file is refused before it is stored. No run history is kept in the browser."""
+    os.environ["GRADIO_TEMP_DIR"] = str(handlers.uploads)
+    demo = build_ui(handlers)
+    demo.launch(server_name=host, server_port=port, share=share, css=CSS, max_file_size=handlers.max_bytes,
+                footer_links=["api"], run_history=False, prevent_thread_lock=not block, quiet=not block,
+                app_kwargs={"middleware": [Middleware(UploadsNotServed, folder=handlers.uploads)]})
+    return demo

@@ -22,6 +22,19 @@ Span = tuple[int, int]
 
 CHANNEL_NAMES = {"memory": "memory", "lexical": "words", "token": "token keys"}  # as the page names them
 CHART_COLUMNS = ["segment", "channel", "weight", "recall", "document", "pages"]
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+
+
+def md_text(text: str) -> str:
+    """Text to put in Markdown (the chat, the status lines, the documents list) so that it shows exactly as
+    written: every ASCII punctuation character backslash-escaped, so that file names and model output never
+    become links, autolinked URLs, HTML or formatting."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def unescape(markdown: str) -> str:
+    """Markdown with md_text's escapes undone, for API clients, who get text rather than a page."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def progress_html(fraction: float, message: str, state: str = "running") -> str:
@@ -248,10 +261,10 @@ def documents_markdown(session: Session) -> str:
     lines = []
     for doc in session.documents:
         pages = f"{doc.pages} page{'s' if doc.pages != 1 else ''}"
-        status = " · from cache" if doc.from_cache else ""
+        status = ""  # the same whether the memory was read now or came from the cache (another session's read)
         if not doc.complete:
             status += f" · **partly read** (up to p. {doc.last_page})" if doc.last_page else " · **partly read**"
-        lines.append(f"- **{doc.name}** · {pages} · {doc.segments} segments · {doc.tokens:,} tokens{status}")
+        lines.append(f"- **{md_text(doc.name)}** · {pages} · {doc.segments} segments · {doc.tokens:,} tokens{status}")
     return "\n".join(lines)
 
 

@@ -4,13 +4,22 @@ fixtures built from them are in conftest.py."""
 
 from __future__ import annotations
 
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import gradio as gr
+import httpx
+import pytest
 import torch
 from tiny_models import make_backbone
 
 from app.engine import Engine
-from hmt_core import HMT, HMTConfig, save_checkpoint
+from app.ui import serve
+from hmt_core import HMT, AnswerEvent, HMTConfig, save_checkpoint
 
 FACTS = [
     "Chapter One\nThe lighthouse keeper counted ships every evening. " * 6,
@@ -45,9 +54,66 @@ def fused_engine(tokenizer, folder: Path) -> Engine:
     return engine
 
 
+def scripted_answer(engine: Engine, pieces: list[str]):
+    """engine.answer with the real recall but the answer given: `pieces`, streamed one by one (for what the page
+    does with text a model could produce)."""
+    real = engine.answer
+
+    def answer(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            if event.kind == "recall":
+                yield event
+        for piece in pieces:
+            yield AnswerEvent("token", text=piece)
+        yield AnswerEvent("done", text="".join(pieces))
+    return answer
+
+
 def run(gen) -> dict:
     """Drive a handler generator to its end; returns every update merged, later values winning."""
     merged: dict = {}
     for update in gen:
         merged.update(update)
     return merged
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def served(handlers) -> Iterator[tuple[str, gr.Blocks]]:
+    """The app served as app.py serves it (app.ui.serve) on a free loopback port, in this process; yields its URL
+    and Blocks. Gradio's upload folder setting is put back afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(handlers.uploads))
+        port = free_port()
+        demo = serve(handlers, port=port, block=False)
+        try:
+            yield f"http://127.0.0.1:{port}", demo
+        finally:
+            demo.close()
+
+
+def fn_index(demo: gr.Blocks, handler) -> int:
+    """The fn_index of the event that runs `handler` (a Handlers method), as a page or a raw client would send it."""
+    return next(i for i, fn in demo.fns.items() if getattr(fn.fn, "__wrapped__", fn.fn) == handler)
+
+
+def queue_call(url: str, index: int, data: list, session_hash: str | None = None) -> dict:
+    """One anonymous call through Gradio's queue, as any HTTP client can make it without the page: POST
+    /gradio_api/queue/join with an fn_index, then read the event stream to its end; returns the last message."""
+    session_hash = session_hash or uuid.uuid4().hex[:10]
+    joined = httpx.post(f"{url}/gradio_api/queue/join", json={"data": data, "fn_index": index, "event_data": None,
+                                                              "session_hash": session_hash, "trigger_id": None})
+    joined.raise_for_status()
+    with httpx.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session_hash},
+                      timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the queue closed without completing the call")

@@ -11,6 +11,7 @@ from pypdf import PdfWriter
 
 from app.cache import STATE_DIR
 from app.session import Session
+from app.views import unescape
 from app.handlers import MAX_QUESTION_CHARS
 from hmt_core.state import LEXICAL_DIR
 
@@ -23,7 +24,8 @@ def assert_kept(session: Session, segments: int) -> None:
 
 
 def assert_clear(message: str, *words: str) -> None:
-    """A readable message for a person: names the problem, no tracebacks or internals."""
+    """A readable message for a person (as the page shows it): names the problem, no tracebacks or internals."""
+    message = unescape(message)
     assert message and not re.search(r"Traceback|Exception|Error\b|\\x", message), message
     for word in words:
         assert word.lower() in message.lower(), message
@@ -50,6 +52,17 @@ def test_encrypted_pdf_asks_for_the_password_then_reads_with_it(handlers, ready,
     final = run(handlers.ingest([str(path)], "", "open sesame", ready))
     assert [d.name for d in ready.documents] == ["keeper.pdf", "locked.pdf"]
     assert "vault code" in ready.memory.sources["locked.pdf"].text
+
+
+def test_a_password_protected_pdf_is_never_cached(handlers, ready, tmp_path):
+    entries = len(handlers.cache)
+    path = encrypted(tmp_path)
+    for _ in range(2):
+        session = Session()
+        run(handlers.ingest([str(path)], "", "open sesame", session))
+        assert session.documents[0].name == "locked.pdf" and not session.documents[0].from_cache
+    assert len(handlers.cache) == entries  # its decrypted text was never written to disk
+    assert not any(b"vault code" in p.read_bytes() for p in handlers.cache.root.rglob("*") if p.is_file())
 
 
 def test_wrong_password(handlers, ready, tmp_path):
@@ -153,14 +166,15 @@ def test_a_question_with_no_words_to_match_still_answers_from_memory(fused_handl
     assert final["chat"][-1]["role"] == "assistant" and final["chat"][-1]["content"]
 
 
-def test_a_cached_memory_whose_word_index_was_rebuilt_says_so(handlers, pdf):
+def test_a_cached_memory_whose_word_index_was_damaged_is_read_again(handlers, pdf):
     run(handlers.ingest([str(pdf)], "", "", Session()))
     (entry,) = [p for p in handlers.cache.root.iterdir() if p.is_dir()]
     for path in (entry / STATE_DIR / LEXICAL_DIR).iterdir():
         path.write_bytes(b"damaged")
     session = Session()
     final = run(handlers.ingest([str(pdf)], "", "", session))
-    assert session.documents[0].from_cache
-    assert "ℹ️ “keeper.pdf”: Rebuilt the word index from the text" in final["status"]
+    assert not session.documents[0].from_cache
+    assert "ℹ️ The stored memory of “keeper.pdf” was damaged, so it was read again." in unescape(final["status"])
     assert len(session.memory.lexical) == session.memory.num_segments
     assert float(session.memory.lexical.scores("passkey").max()) > 0
+    assert len(handlers.cache) == 1  # stored again, whole

@@ -162,6 +162,8 @@ def test_upload_read_ask_and_see_the_recall(page, lighthouse_pdf):
     page.wait_for_selector("#channels", state="visible", timeout=10_000)
     settings = page.inner_text("#channels")
     assert "HMT memory" in settings and "Words (lexical index)" in settings and "memory only" in settings
+    assert page.is_disabled("#load")  # switching the model is off without --admin-secret or --local-admin
+    assert "--admin-secret" in page.inner_text("#model-status")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from tiny_models import make_backbone
 
 from app import views
 from app.session import Session
-from app.handlers import parse_channels
+from app.handlers import Admin, parse_channels
 from app.ui import build_ui
 from hmt_core import save_checkpoint
 from hmt_core.answer import chat_ids
@@ -157,7 +157,8 @@ def test_settings_offer_the_loaded_models_channels(fused_handlers, handlers, mon
 
     save_checkpoint(fused_handlers.engine.model, tmp_path / "fused")
     monkeypatch.setattr(handlers.engine, "load", load)
-    final = run(handlers.load_model("tiny-fused", str(tmp_path / "fused"), "cpu", Session()))
+    handlers.admin = Admin(secret="operator")  # switching the model is for an operator only
+    final = run(handlers.load_model("tiny-fused", str(tmp_path / "fused"), "cpu", "operator", Session()))
     assert handlers.engine.trained
     assert [name for _, name in final["channels"]["choices"]] == ["memory", "lexical", "token"]
     assert final["channels"]["value"] == ["memory", "lexical", "token"]

@@ -14,6 +14,7 @@ from app.engine import UNTRAINED_NOTE, Engine, untrained_hmt
 from app.extract import Document, open_document
 from app.ingest import Upload, ingest, pieces_of
 from app.session import Session
+from app.views import unescape
 from hmt_core import save_checkpoint
 
 
@@ -52,7 +53,7 @@ def test_cached_document_loads_without_reading(engine, cache, pdf, monkeypatch):
     monkeypatch.setattr(Engine, "read", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read again")))
     second = Session()
     reports = list(ingest(second, engine, cache, [Upload("renamed.pdf", path=pdf)]))
-    assert any("loaded its memory from the cache" in n for n in reports[-1].notes)
+    assert reports[-1].notes == ["Read “renamed.pdf”."]  # as a fresh read says it: nothing about the cache
     assert second.documents[0].from_cache and second.documents[0].name == "renamed.pdf"
     assert torch.equal(second.memory.cache, first.memory.cache)
     assert set(second.memory.sources) == {"renamed.pdf"}
@@ -99,7 +100,7 @@ def test_answer_streams_tokens_cites_pages_and_remembers_the_turn(handlers, read
     assert len(lengths) >= 2 and lengths == sorted(lengths)  # the answer grows token by token
     final = run(iter(updates))
     assert final["result"]["citations"] and final["result"]["citations"][0]["source"] == "keeper.pdf"
-    assert "Recalled from: keeper.pdf" in final["chat"][-1]["content"]
+    assert "Recalled from: keeper.pdf" in unescape(final["chat"][-1]["content"])
     assert '<mark class="hmt-word">passkey</mark>' in final["passages"].lower()
     assert "not used for this recall" in final["passages"]  # these weights weigh memory only
     assert final["result"]["citations"][0]["recall_channels"] == ["memory"]
@@ -120,7 +121,7 @@ def test_cancel_keeps_what_was_read_and_the_earlier_memory(handlers, ready, tmp_
             handlers.cancel(ready)
             break
     final = run(steps)
-    assert "Cancelled" in final["status"] and "up to p." in final["status"]
+    assert "Cancelled" in final["status"] and "up to p." in unescape(final["status"])
     assert ready.documents[0].name == "keeper.pdf" and ready.memory.num_segments > before
     assert not ready.documents[1].complete
     assert not ready.busy and not ready.cancel_requested
