@@ -54,7 +54,7 @@ from bench.common import DATA, RESULTS, ROOT, machine, write_results
 from hmt_core import load_backbone, load_checkpoint, save_checkpoint
 from hmt_core.answer import chat_ids
 from hmt_core.checkpoint import read_checkpoint_meta
-from hmt_core.fit_recall import gold_segments, read_document
+from hmt_core.training.fit_recall import gold_segments, read_document
 from hmt_core.hmt import SegmentResult
 
 CACHE = ROOT / "runs" / "teach"
@@ -116,7 +116,7 @@ def article_features(model, tokenizer, article: dict, sentences_per_segment: int
         out.update(sentence_texts=texts, sentence_segment=owner, sentence_summaries=summaries(model, tokenizer, texts))
     qs = article["questions"][:questions]
     out.update(question_texts=[q["question"] for q in qs],
-               question_gold=[gold_segments(state, q["answers"], q["answer_starts"]) for q in qs],
+               question_gold=[gold_segments(state, q) for q in qs],
                question_summaries=summaries(model, tokenizer, [q["question"] for q in qs]))
     return out
 
@@ -148,7 +148,7 @@ def all_question_features(model, tokenizer, article: dict, folder: Path, log) ->
         state = read_document(SpansOnly(model), tokenizer, paragraphs, article["title"])
         qs = article["questions"]
         torch.save({"segments": state.num_segments, "question_texts": [q["question"] for q in qs],
-                    "question_gold": [gold_segments(state, q["answers"], q["answer_starts"]) for q in qs],
+                    "question_gold": [gold_segments(state, q) for q in qs],
                     "question_summaries": summaries(model, tokenizer, [q["question"] for q in qs])}, path)
         log(f"all {len(qs)} questions of {article['title']} ({time.time() - started:.0f} s)")
     return torch.load(path)
@@ -274,11 +274,17 @@ def train(wq0: torch.Tensor, wk0: torch.Tensor, pairs: Pairs, val: Pairs, negati
     active = (wq0.abs().sum(1) > 0) | (wk0.abs().sum(1) > 0)
     if param == "full":
         wq_p, wk_p = wq0[active].clone().requires_grad_(True), wk0[active].clone().requires_grad_(True)
-        weights = lambda: (wq_p, wk_p)
+
+        def weights():
+            return wq_p, wk_p
+
         opt = torch.optim.Adam([wq_p, wk_p], lr=lr)
     elif param == "diag":
         gain = torch.ones(int(active.sum()), 1, requires_grad=True)
-        weights = lambda: (gain * wq0[active], wk0[active])
+
+        def weights():
+            return gain * wq0[active], wk0[active]
+
         opt = torch.optim.Adam([gain], lr=lr)
     else:
         raise ValueError(f"unknown param {param!r}")
