@@ -223,18 +223,24 @@ def listwise_loss(scores: torch.Tensor, candidates: torch.Tensor, gold: torch.Te
             - torch.logsumexp(torch.where(gold & candidates, scores, inf), 1)).mean()
 
 
+def ranking_metrics(scores: torch.Tensor, pairs: Pairs, setting: str) -> dict:
+    """hit@1, hit@3 and MRR of scores [pairs, segments] over the setting's candidates; ties count against the
+    gold (as bench.recall)."""
+    cand = pairs.candidates(setting)
+    masked = scores.masked_fill(~cand, float("-inf"))
+    best = masked.masked_fill(~pairs.gold, float("-inf")).max(1).values
+    rank = ((masked >= best[:, None]) & cand & ~pairs.gold).sum(1) + 1
+    return {"hit@1": float((rank == 1).float().mean()), "hit@3": float((rank <= 3).float().mean()),
+            "mrr": float((1.0 / rank).float().mean()), "questions": len(pairs)}
+
+
 @torch.no_grad()
 def evaluate(wq: torch.Tensor, wk: torch.Tensor, pairs: Pairs) -> dict:
     """hit@1, hit@3, MRR of the memory channel in each setting; ties count against the gold (as bench.recall)."""
     scores = logits(wq, wk, pairs.summaries, pairs.memories)  # rank-based: the 1/sqrt(h) scale does not matter
     out = {}
     for setting in SETTINGS:
-        cand = pairs.candidates(setting)
-        masked = scores.masked_fill(~cand, float("-inf"))
-        best = masked.masked_fill(~pairs.gold, float("-inf")).max(1).values
-        rank = ((masked >= best[:, None]) & cand & ~pairs.gold).sum(1) + 1
-        out[setting] = {"hit@1": float((rank == 1).float().mean()), "hit@3": float((rank <= 3).float().mean()),
-                        "mrr": float((1.0 / rank).float().mean()), "questions": len(pairs)}
+        out[setting] = ranking_metrics(scores, pairs, setting)
     return out
 
 
@@ -247,12 +253,7 @@ def position_baseline(pairs: Pairs) -> dict:
     out = {}
     for setting in SETTINGS:
         scores = (-local if setting == "article" else -torch.arange(n)).float()[None].expand(len(pairs), -1)
-        cand = pairs.candidates(setting)
-        masked = scores.masked_fill(~cand, float("-inf"))
-        best = masked.masked_fill(~pairs.gold, float("-inf")).max(1).values
-        rank = ((masked >= best[:, None]) & cand & ~pairs.gold).sum(1) + 1
-        out[setting] = {"hit@1": float((rank == 1).float().mean()), "hit@3": float((rank <= 3).float().mean()),
-                        "mrr": float((1.0 / rank).float().mean()), "questions": len(pairs)}
+        out[setting] = ranking_metrics(scores, pairs, setting)
     return out
 
 
