@@ -231,9 +231,12 @@ class Engine:
         vocab = self.model.backbone.get_input_embeddings().weight.shape[0]
         return Expect(self.fingerprint, empty.kind, empty.cache.shape[-1], empty.cache.dtype, keys, vocab)
 
-    def new_reader(self) -> Reader:
-        """A reader into a fresh memory that keeps up to memory_segments cached memories."""
-        return Reader(self.model, self.tokenizer, self.model.new_state(keep=self.memory_segments).to("cpu"))
+    def new_reader(self, state: MemoryState | None = None) -> Reader:
+        """A reader into a fresh memory that keeps up to memory_segments cached memories, or one that goes on writing
+        into `state` (a partly read document's own memory)."""
+        if state is None:
+            state = self.model.new_state(keep=self.memory_segments)
+        return Reader(self.model, self.tokenizer, state.to("cpu"))
 
     def _check(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:

@@ -83,6 +83,7 @@ class _Pending:
     digest: str
     key: str | None
     tokens: int = 0
+    resumes: DocumentRecord | None = None  # the partly read document this continues (its memory: session.partial)
 
 
 def _duration(seconds: float) -> str:
@@ -91,11 +92,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
 
 
-def pieces_of(document: Document) -> list[PieceText]:
-    """The document's pages, a blank line after each, cut into pieces of at most PIECE_CHARS characters."""
+def pieces_of(document: Document, skip: int = 0) -> list[PieceText]:
+    """The document's pages, a blank line after each, cut into pieces of at most PIECE_CHARS characters, leaving out
+    the first `skip` characters (those a partly read document's memory already holds)."""
     pieces = []
     for n, page in enumerate(document.pages):
         text = page.text + ("\n\n" if n < len(document.pages) - 1 else "")
+        if skip >= len(text):
+            skip -= len(text)
+            continue
+        text, skip = text[skip:], 0
         pieces += [PieceText(text[i:i + PIECE_CHARS], page.number) for i in range(0, len(text), PIECE_CHARS)]
     return pieces
 
@@ -123,14 +129,15 @@ def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads:
             else:  # type, size, password and damage are checked here, before any page is extracted
                 opened = open_document(upload.path, upload.name, password or None, max_bytes)
             known = session.has_digest(opened.digest)
-            if known is not None or opened.digest in seen:
+            resumes = known if known is not None and opened.digest in session.partial else None
+            if (known is not None and resumes is None) or opened.digest in seen:
                 report.notes.append(f"“{upload.name}” is already in memory"
                                     f"{' as “' + known.name + '”' if known else ''}.")
                 continue
             seen.add(opened.digest)
             # the text of a password-protected PDF is never written to disk, so it is not cached
             key = entry_key(opened.digest, fingerprint) if cache is not None and not opened.encrypted else None
-            hit = _cached(cache, key, expect, upload.name, report) if key else None
+            hit = _cached(cache, key, expect, upload.name, report) if key and resumes is None else None
             if hit is not None:
                 state, info = hit
                 record = DocumentRecord(session.unique_name(upload.name), opened.digest, info.get("kind", "?"),
@@ -142,7 +149,7 @@ def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads:
             document = yield from _extract(session, opened, n / len(uploads), 1 / len(uploads), report)
             if document is None:
                 break
-            pending.append(_Pending(document, opened.digest, key))
+            pending.append(_Pending(document, opened.digest, key, resumes=resumes))
         except ExtractionError as err:
             report.errors.append(err.message)
         except Exception:  # a bug or an unforeseen file problem must not lose the other files
@@ -200,18 +207,25 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
     fingerprint = expect.fingerprint
     L = engine.segment_length
     for item in pending:
-        item.tokens = engine.count_tokens(item.document.text)
+        item.tokens = engine.count_tokens(_unread(session, item))
     total_segments = sum(max(1, math.ceil(item.tokens / L)) for item in pending)
     report.total_tokens = sum(item.tokens for item in pending)
     for number, item in enumerate(pending, 1):
         doc = item.document
-        reader = engine.new_reader()
-        pieces = iter(pieces_of(doc))
+        if item.resumes is None:
+            reader, source, done = engine.new_reader(), doc.name, 0
+        else:  # go on from the memory the cancelled read left, with the text after what it read
+            reader = engine.new_reader(session.partial[item.digest])
+            source = next(iter(reader.state.sources))
+            done = len(reader.state.sources[source].text)
+            report.notes.append(f"Continued “{item.resumes.name}” from where its reading stopped"
+                                f"{f' (p. {item.resumes.last_page})' if item.resumes.last_page else ''}.")
+        pieces = iter(pieces_of(doc, skip=done))
         label = f"“{doc.name}”" + (f" ({number} of {len(pending)})" if len(pending) > 1 else "")
         try:
             while not session.cancel_requested:
                 start = time.monotonic()
-                new = engine.read(reader, pieces, doc.name, fingerprint, batch_segments)
+                new = engine.read(reader, pieces, source, fingerprint, batch_segments)
                 report.count(new, time.monotonic() - start)
                 if not new:  # the pieces ran out
                     break
@@ -258,8 +272,25 @@ def _keep(session: Session, cache: MemoryCache | None, item: _Pending, reader: R
     if complete and cache is not None and item.key is not None:  # no key: not to be cached (an encrypted PDF)
         cache.put(item.key, state, expect, {"name": doc.name, "kind": doc.kind, "pages": len(doc.pages),
                                             "tokens": record.tokens})
-    session.add(state, record, keep)
+    if complete:
+        session.partial.pop(item.digest, None)
+    else:  # kept so that adding the same file again goes on from here
+        session.partial[item.digest] = state
+    if item.resumes is not None:
+        session.replace(item.resumes, state, record, keep)
+    else:
+        session.add(state, record, keep)
     return record
+
+
+def _unread(session: Session, item: _Pending) -> str:
+    """The text of a pending document that is still to be read: all of it, or what follows the part its partly
+    read memory holds."""
+    text = item.document.text
+    if item.resumes is None:
+        return text
+    state = session.partial[item.digest]
+    return text[len(next(iter(state.sources.values())).text):]
 
 
 def _reading_line(label: str, reader: Reader, doc: Document, report: RunReport) -> str:

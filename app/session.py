@@ -38,6 +38,8 @@ class Session:
     chat: list[dict] = field(default_factory=list)
     busy: bool = False
     cancel_requested: bool = False
+    # the document's own memory of each partly read document, by digest, so that reading it again continues it
+    partial: dict[str, MemoryState] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -68,6 +70,18 @@ class Session:
         self.memory = state.copy().to("cpu") if self.memory is None else self.memory.extend(state, keep)
         self.documents.append(record)
 
+    def replace(self, old: DocumentRecord, state: MemoryState, record: DocumentRecord, keep: int) -> None:
+        """Put a document's continued memory (state: read on its own) in place of its partly read one `old`: the old
+        segments leave the memory and the document joins at the end, under the same name."""
+        self.memory = self.memory.without(old.name)
+        self.documents.remove(old)
+        if not self.memory.num_segments:
+            self.memory = None
+        record.name = old.name
+        self.add(state, record, keep)
+        for doc in self.documents:
+            doc.first_segment = next(s.index for s in self.memory.segments if s.source == doc.name)
+
     def check_model(self, fingerprint: str) -> str | None:
         """Clear a memory built by another model; returns the message to show when that happened."""
         if self.fingerprint == fingerprint:
@@ -85,4 +99,5 @@ class Session:
         self.memory = None
         self.documents = []
         self.chat = []
+        self.partial = {}
 

@@ -264,6 +264,7 @@ def documents_markdown(session: Session) -> str:
         status = ""  # the same whether the memory was read now or came from the cache (another session's read)
         if not doc.complete:
             status += f" · **partly read** (up to p. {doc.last_page})" if doc.last_page else " · **partly read**"
+            status += "; add the file again to read the rest" if doc.digest in session.partial else ""
         lines.append(f"- **{md_text(doc.name)}** · {pages} · {doc.segments} segments · {doc.tokens:,} tokens{status}")
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ from .state import MemoryState
 ANSWER_MODES = ("reread", "faithful")  # stream_answer(mode=...): recall and re-read, or faithful HMT
 CHAT_SOURCE = "chat"  # the source that chat turns are written into (remember_turn)
 SYSTEM_PROMPT = "You answer questions about the user's documents. Use the passages. Answer in one or two sentences."
+WITHHELD = "I can't share the instructions I was given. Ask me about your documents."
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
 
 
@@ -99,6 +100,15 @@ def cut_repetition(text: str, tail: int = 40, times: int = 3) -> str | None:
     if text.count(end) < times:
         return None
     return text[:text.find(end) + tail]
+
+
+def discloses_instructions(text: str, words: int = 5) -> bool:
+    """True when text repeats `words` or more consecutive words of SYSTEM_PROMPT (case and punctuation aside): an
+    answer led there by instructions injected into a document ("print the system prompt"). Such an answer is
+    withheld, so it is neither shown nor written into chat memory."""
+    said = f" {' '.join(re.findall(r'[a-z0-9]+', text.lower()))} "
+    prompt = re.findall(r"[a-z0-9]+", SYSTEM_PROMPT.lower())
+    return any(f" {' '.join(prompt[i:i + words])} " in said for i in range(len(prompt) - words + 1))
 
 
 def widen_to_sentences(text: str, start: int, end: int, reach: int = 300) -> tuple[int, int]:
@@ -238,9 +248,10 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     P. The state is not changed (a copy takes any segments written while answering); write the turn into memory with
     remember_turn(). A model without recall (RMT) answers in faithful mode only. With cut_loops, generation stops
     when the answer starts to repeat itself (cut_repetition), and 'done' carries the answer up to the first round of
-    the loop, marked with ' …'. `ranking` (non-negative scores
-    over every segment) picks the re-read passages instead of the recall weights, to compare retrievers under the
-    same prompt and decoding.
+    the loop, marked with ' …'. An answer that starts to repeat the system prompt stops there and 'done' carries
+    WITHHELD instead (discloses_instructions); the token that completed the quote is not streamed. `ranking`
+    (non-negative scores over every segment) picks the re-read passages instead of the recall weights, to compare
+    retrievers under the same prompt and decoding.
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"mode must be one of {ANSWER_MODES}")
@@ -292,6 +303,9 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             break
         delta = decoder.add(token)
         if delta:
+            if discloses_instructions(decoder.text):
+                answer = WITHHELD
+                break
             yield AnswerEvent("token", text=delta)
             looped = cut_repetition(decoder.text) if cut_loops else None
             if looped is not None:

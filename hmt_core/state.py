@@ -135,6 +135,27 @@ class MemoryState:
                            {**self.sources, **other.sources}, keep if self.kind == "hmt" else 0, lexical, keys,
                            self.notes + other.notes)
 
+    def without(self, source: str) -> MemoryState:
+        """A new state without `source`'s segments and their cached memories, the rest renumbered in order (e.g. to
+        replace a partly read document by the whole of it). The memories written after that source's were written
+        with it in memory; they stay as they are. Self when there is no such source."""
+        if source not in self.sources:
+            return self
+        kept = [s for s in self.segments if s.source != source]
+        new_index = {s.index: i for i, s in enumerate(kept)}
+        rows = [r for r, seg in enumerate(self.cache_segments) if seg in new_index]
+        cache = self.cache[torch.tensor(rows, dtype=torch.long)] if self.kind == "hmt" else self.cache  # [n', d]
+        keys = None
+        if self.token_keys is not None:
+            keys = self.token_keys[torch.tensor([s.index for s in kept], dtype=torch.long)]  # [num_segments', K, r]
+        out = MemoryState(self.kind, cache, [new_index[self.cache_segments[r]] for r in rows], list(self.sensory_ids),
+                          [replace(s, index=i) for i, s in enumerate(kept)],
+                          {name: src for name, src in self.sources.items() if name != source}, self.capacity,
+                          LexicalIndex(), keys, list(self.notes))
+        out.lexical = LexicalIndex.from_texts([out.segment_text(i) for i in range(out.num_segments)])
+        out.lexical.build()
+        return out
+
     def renamed(self, old: str, new: str) -> MemoryState:
         """This state with its source `old` called `new` (a copy; self when there is nothing to rename), e.g. a
         cached document uploaded under another name. The lexical index and token keys have one entry per segment,

@@ -14,7 +14,7 @@ from app.engine import UNTRAINED_NOTE, Engine, untrained_hmt
 from app.extract import Document, open_document
 from app.ingest import Upload, ingest, pieces_of
 from app.session import Session
-from app.views import unescape
+from app.views import documents_markdown, unescape
 from hmt_core import save_checkpoint
 
 
@@ -185,3 +185,31 @@ def test_the_page_never_shows_server_paths(handlers):
     page = json.dumps(build_ui(handlers).config, default=str)
     for text in (note, page):
         assert str(PROJECT_ROOT) not in text and str(Path.home()) not in text
+
+
+def test_a_partly_read_document_goes_on_from_where_it_stopped(handlers, ready, tmp_path):
+    long_pdf = make_pdf(tmp_path / "long.pdf", [f"Page {n}. " + "The tide rose and fell again. " * 40
+                                                 for n in range(1, 9)])
+    steps = handlers.ingest([str(long_pdf)], "", "", ready)
+    for update in steps:
+        if "Reading" in update.get("progress", ""):
+            handlers.cancel(ready)
+            break
+    run(steps)
+    partly = ready.documents[1]
+    assert not partly.complete and "read the rest" in unescape(documents_markdown(ready))
+    read_before = len(ready.memory.sources["long.pdf"].text)
+    final = run(handlers.ingest([str(long_pdf)], "", "", ready))
+    assert "Continued “long.pdf”" in unescape(final["status"]) and "already in memory" not in final["status"]
+    assert [d.name for d in ready.documents] == ["keeper.pdf", "long.pdf"]
+    whole = ready.documents[1]
+    assert whole.complete and whole.last_page == 8 and not ready.partial
+    assert whole.segments > partly.segments and len(handlers.cache) == 2  # now read in full, so cached
+    state = ready.memory
+    mine = [s.index for s in state.segments if s.source == "long.pdf"]
+    assert mine == list(range(whole.first_segment, whole.first_segment + whole.segments))
+    text = state.sources["long.pdf"].text
+    assert len(text) > read_before and "".join(state.segment_text(i) for i in mine) == text  # nothing skipped twice
+    assert text == "\n\n".join(p.text for p in open_document(long_pdf, "long.pdf", None, None).pages if p.text)
+    assert len(state.lexical) == state.num_segments and state.cache.shape[0] == state.num_segments
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +106,29 @@ def test_gradio_refuses_uploads_over_the_apps_limit(live):
                                                       api_name="/ingest")
     assert "binary data" in summary and "limit" not in summary  # refused for what it is, not for its size
     assert not Path(path).exists()
+
+
+def test_a_cancelled_api_job_stops_reading_and_sending_the_file_again_reads_the_rest(live, tmp_path):
+    """gradio_client's job.cancel() stops the read at its next step, keeping what was read (the same as the page's
+    Cancel); the same client sending the same file again goes on from there instead of saying it is in memory."""
+    book = tmp_path / "book.txt"
+    book.write_text("".join(f"Chapter {n}. " + "The tide rose and fell again on the grey shore. " * 20 + "\n\n"
+                            for n in range(1, 181)))
+    cached = len(live.handlers.cache)
+    client = Client(live.url, verbose=False)
+    job = client.submit([handle_file(str(book))], "", "", api_name="/ingest")
+    deadline = time.monotonic() + 120
+    while not any(str(out).startswith("Reading") for out in job.outputs()):
+        assert not job.done() and time.monotonic() < deadline, "the read ended before it could be cancelled"
+        time.sleep(0.05)
+    job.cancel()
+    summary = "Still busy"
+    while "Still busy" in summary:  # the cancelled read lets go of the session at its next step
+        assert time.monotonic() < deadline, "the cancelled read did not stop"
+        time.sleep(0.2)
+        summary = client.predict([], "", "", api_name="/ingest")
+    assert "book.txt" in summary and "partly read" in summary
+    assert len(live.handlers.cache) == cached  # nothing half read is cached
+    summary = client.predict([handle_file(str(book))], "", "", api_name="/ingest")
+    assert "Continued “book.txt”" in summary and "partly read" not in summary and "already in memory" not in summary
+    assert len(live.handlers.cache) == cached + 1

@@ -84,3 +84,18 @@ def test_a_renamed_source_keeps_the_word_index_token_keys_and_notes(fused):
     assert torch.equal(renamed.token_keys, state.token_keys) and renamed.notes == state.notes
     assert torch.equal(renamed.lexical.scores("zebra"), state.lexical.scores("zebra"))
     assert set(state.sources) == {"notes.txt"}  # the original is untouched
+
+
+def test_a_memory_without_a_source_keeps_the_rest_renumbered_with_its_index(fused):
+    one = read_text(fused.model, fused.tokenizer, NOTES, source="one.txt")
+    two = read_text(fused.model, fused.tokenizer, "The okapi lives in the forest of the Congo. " * 8,
+                    source="two.txt")
+    both = one.copy().extend(two, 100)
+    rest = both.without("one.txt")
+    assert set(rest.sources) == {"two.txt"} and rest.num_segments == two.num_segments
+    assert [s.index for s in rest.segments] == list(range(two.num_segments))
+    assert rest.cache_segments == list(range(two.num_segments))
+    assert torch.equal(rest.cache, two.cache) and torch.equal(rest.token_keys, two.token_keys)
+    assert rest.segment_text(0) == two.segment_text(0) and len(rest.lexical) == rest.num_segments
+    assert int(rest.lexical.scores("okapi").argmax()) == 0 and both.num_segments == one.num_segments + two.num_segments
+    assert both.without("absent.txt") is both

@@ -179,3 +179,20 @@ def test_hmt_and_rmt_keep_the_memory_model_contract(backbone):
         assert isinstance(model, MemoryModel)
     assert hmt.has_recall and hmt.recall_channels == ("memory",)
     assert not rmt.has_recall and rmt.recall_channels == ()
+
+
+def test_an_answer_that_quotes_the_system_prompt_is_withheld(read, tokenizer, monkeypatch):
+    """Instructions injected into a document ("print the system prompt") can lead the model to quote it: the quote
+    is cut before its fifth word is streamed and the answer is replaced."""
+    import hmt_core.answer as answer
+
+    model, state = read
+    quote = tokenizer(" Sure: " + answer.SYSTEM_PROMPT, add_special_tokens=False)["input_ids"]
+    calls = iter(range(10**6))
+    monkeypatch.setattr(answer, "_sample", lambda *args: quote[min(next(calls), len(quote) - 1)])
+    events = _events(model, tokenizer, state, mode="reread", max_new_tokens=60)
+    streamed = "".join(e.text for e in events if e.kind == "token")
+    assert events[-1].text == answer.WITHHELD and not answer.discloses_instructions(streamed)
+    assert "You answer questions about" in streamed  # four words got out, the fifth did not
+    assert not answer.discloses_instructions("The user asked about the documents. Use the passages below.")
+    assert answer.discloses_instructions("my rules: USE the passages; answer in one or two sentences!")
