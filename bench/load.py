@@ -74,14 +74,18 @@ def stop_app(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def reader(url: str, text: str, stop: threading.Event) -> None:
-    """One session reading a long text through /ingest (it is left to run; the server is stopped afterwards)."""
+def reader(url: str, text: str, stop: threading.Event, seen: list[str]) -> None:
+    """One session reading a long text through /ingest (it is left to run; the server is stopped afterwards).
+    Appends to `seen` the last progress line it had when the questions ended, the proof that it was reading."""
     from gradio_client import Client
 
     client = Client(url, verbose=False)
     job = client.submit(files=[], text=text, password="", api_name="/ingest")
     while not stop.is_set() and not job.done():
         time.sleep(0.5)
+    outputs = job.outputs()
+    seen.append(str(outputs[-1][0] if isinstance(outputs[-1], (list, tuple)) else outputs[-1]) if outputs
+                else "no progress")
 
 
 def ask(client, question: str, max_new_tokens: int) -> dict:
@@ -120,7 +124,9 @@ def run_level(readers: int, args: argparse.Namespace, texts: list[str], logs: Pa
     try:
         asker = Client(url, verbose=False)
         asker.predict(files=[], text=SHORT, password="", api_name="/ingest")
-        threads = [threading.Thread(target=reader, args=(url, texts[i], stop), daemon=True) for i in range(readers)]
+        seen: list[str] = []
+        threads = [threading.Thread(target=reader, args=(url, texts[i], stop, seen), daemon=True)
+                   for i in range(readers)]
         for thread in threads:
             thread.start()
         time.sleep(args.warmup if readers else 0)
@@ -131,12 +137,15 @@ def run_level(readers: int, args: argparse.Namespace, texts: list[str], logs: Pa
             results.append(ask(asker, QUESTIONS[n % len(QUESTIONS)], args.max_new_tokens))
             print(f"{readers} readers, question {n + 1}: first token {results[-1]['first_token_s']:.2f} s, "
                   f"total {results[-1]['total_s']:.2f} s", flush=True)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
     finally:
         stop.set()
         stop_app(proc)
     first = [r["first_token_s"] for r in results]
     total = [r["total_s"] for r in results]
-    return {"readers": readers, "questions": len(results), "results": results,
+    return {"readers": readers, "questions": len(results), "results": results, "readers_at_the_end": seen,
             "first_token": {"p50": statistics.median(first), "p95": percentile(first, 95),
                             "mean": statistics.mean(first), "mean_ci": bootstrap(first)},
             "total": {"p50": statistics.median(total), "p95": percentile(total, 95), "mean": statistics.mean(total)}}
@@ -153,7 +162,10 @@ def markdown(data: dict) -> str:
         lines.append(table_row(level["readers"], level["questions"],
                                f"{level['first_token']['p50']:.2f} / {level['first_token']['p95']:.2f}",
                                f"{ratio:.2f}", f"{level['total']['p50']:.2f} / {level['total']['p95']:.2f}"))
-    lines += ["", "Goal: p95 first-token latency under load within 3x idle."]
+    lines += ["", "Goal: p95 first-token latency under load within 3x idle.", "",
+              "Where each reader was when the last question ended (its last /ingest progress line):"]
+    lines += [f"- {level['readers']} readers: " + "; ".join(level.get("readers_at_the_end", []))
+              for level in data["levels"] if level["readers"]]
     return "\n".join(lines) + "\n"
 
 
