@@ -207,7 +207,7 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
     fingerprint = expect.fingerprint
     L = engine.segment_length
     for item in pending:
-        item.tokens = engine.count_tokens(_unread(session, item))
+        item.tokens = engine.count_tokens(item.document.text[_chars_read(session, item):])
     total_segments = sum(max(1, math.ceil(item.tokens / L)) for item in pending)
     report.total_tokens = sum(item.tokens for item in pending)
     for number, item in enumerate(pending, 1):
@@ -216,8 +216,7 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
             reader, source, done = engine.new_reader(), doc.name, 0
         else:  # go on from the memory the cancelled read left, with the text after what it read
             reader = engine.new_reader(session.partial[item.digest])
-            source = next(iter(reader.state.sources))
-            done = len(reader.state.sources[source].text)
+            source, done = next(iter(reader.state.sources)), _chars_read(session, item)
             report.notes.append(f"Continued “{item.resumes.name}” from where its reading stopped"
                                 f"{f' (p. {item.resumes.last_page})' if item.resumes.last_page else ''}.")
         pieces = iter(pieces_of(doc, skip=done))
@@ -283,14 +282,12 @@ def _keep(session: Session, cache: MemoryCache | None, item: _Pending, reader: R
     return record
 
 
-def _unread(session: Session, item: _Pending) -> str:
-    """The text of a pending document that is still to be read: all of it, or what follows the part its partly
-    read memory holds."""
-    text = item.document.text
+def _chars_read(session: Session, item: _Pending) -> int:
+    """How many characters of a pending document its memory already holds: 0, or the length of the text its
+    partly read memory was read from (the document's text from there on is what is left to read)."""
     if item.resumes is None:
-        return text
-    state = session.partial[item.digest]
-    return text[len(next(iter(state.sources.values())).text):]
+        return 0
+    return len(next(iter(session.partial[item.digest].sources.values())).text)
 
 
 def _reading_line(label: str, reader: Reader, doc: Document, report: RunReport) -> str:

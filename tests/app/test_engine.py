@@ -111,16 +111,26 @@ def test_answer_streams_tokens_cites_pages_and_remembers_the_turn(handlers, read
     assert len(ready.chat) == 4
 
 
-def test_cancel_keeps_what_was_read_and_the_earlier_memory(handlers, ready, tmp_path):
-    before = ready.memory.num_segments
-    long_pdf = make_pdf(tmp_path / "long.pdf", [f"Page {n}. " + "The tide rose and fell again. " * 40
-                                                 for n in range(1, 9)])
-    steps = handlers.ingest([str(long_pdf)], "", "", ready)
+def _long_pdf(tmp_path: Path) -> Path:
+    """An 8-page PDF, long enough to be cancelled while it is read."""
+    return make_pdf(tmp_path / "long.pdf", [f"Page {n}. " + "The tide rose and fell again. " * 40
+                                            for n in range(1, 9)])
+
+
+def _cancel_once_reading(handlers, session: Session, path: Path) -> dict:
+    """Ingest `path`, press Cancel at the first 'Reading' progress, run the rest; returns the final update."""
+    steps = handlers.ingest([str(path)], "", "", session)
     for update in steps:
         if "Reading" in update.get("progress", ""):
-            handlers.cancel(ready)
+            handlers.cancel(session)
             break
-    final = run(steps)
+    return run(steps)
+
+
+def test_cancel_keeps_what_was_read_and_the_earlier_memory(handlers, ready, tmp_path):
+    before = ready.memory.num_segments
+    long_pdf = _long_pdf(tmp_path)
+    final = _cancel_once_reading(handlers, ready, long_pdf)
     assert "Cancelled" in final["status"] and "up to p." in unescape(final["status"])
     assert ready.documents[0].name == "keeper.pdf" and ready.memory.num_segments > before
     assert not ready.documents[1].complete
@@ -131,8 +141,7 @@ def test_cancel_keeps_what_was_read_and_the_earlier_memory(handlers, ready, tmp_
 def test_a_read_closed_from_outside_stops_and_keeps_what_was_read(handlers, ready, tmp_path):
     """What Gradio does when a client cancels a job or goes away: it stops iterating and the generator is closed."""
     before = ready.memory.num_segments
-    long_pdf = make_pdf(tmp_path / "long.pdf", [f"Page {n}. " + "The tide rose and fell again. " * 40
-                                                 for n in range(1, 9)])
+    long_pdf = _long_pdf(tmp_path)
     steps = handlers.api_ingest([str(long_pdf)], "", "", ready)
     for line, _ in steps:
         if line.startswith("Reading"):
@@ -188,14 +197,8 @@ def test_the_page_never_shows_server_paths(handlers):
 
 
 def test_a_partly_read_document_goes_on_from_where_it_stopped(handlers, ready, tmp_path):
-    long_pdf = make_pdf(tmp_path / "long.pdf", [f"Page {n}. " + "The tide rose and fell again. " * 40
-                                                 for n in range(1, 9)])
-    steps = handlers.ingest([str(long_pdf)], "", "", ready)
-    for update in steps:
-        if "Reading" in update.get("progress", ""):
-            handlers.cancel(ready)
-            break
-    run(steps)
+    long_pdf = _long_pdf(tmp_path)
+    _cancel_once_reading(handlers, ready, long_pdf)
     partly = ready.documents[1]
     assert not partly.complete and "read the rest" in unescape(documents_markdown(ready))
     read_before = len(ready.memory.sources["long.pdf"].text)
