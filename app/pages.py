@@ -212,11 +212,14 @@ def _to_image(page: pdfium.PdfPage, width: int, height: int, x: float, y: float)
 def render_pdf_page(data: bytes, number: int, wanted: str | None = None, near: float = 0.0,
                     scale: float = SCALE) -> RenderedPage:
     """Page `number` (from 1) of the PDF as a PNG at `scale` pixels per point, with the boxes of the characters
-    that match `wanted` (locate, nearest to `near`); no boxes when wanted is None or not found on the page."""
+    that match `wanted` (locate, nearest to `near`); no boxes when wanted is None or not found on the page. Raises
+    ValueError for a page the PDF does not have."""
     with PDFIUM_LOCK:
         pdf = pdfium.PdfDocument(data)
         try:
             count = len(pdf)
+            if not 1 <= number <= count:
+                raise ValueError(f"page {number} is not in a PDF of {count} pages")
             page = pdf[number - 1]
             image = page.render(scale=scale).to_pil()
             width, height = image.size

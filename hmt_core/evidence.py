@@ -7,9 +7,9 @@ among the passages' sentences (idf), as the share of that text's weight the sent
     score = ANSWER_WEIGHT * covered(answer) + QUESTION_WEIGHT * covered(question)
 
 The answer counts most, since the sentence should support what was said; the question counts too, since a small
-model often words its answer in its own terms. A neighbouring sentence joins the best one when it covers at least
-JOIN_GAIN more of that score (an answer drawn from two sentences). Ties go to the passage with the higher recall
-weight, then to the earlier sentence. A sentence that shares no term with either is never evidence.
+model often words its answer in its own terms. A neighbouring sentence joins the best one when it adds at least
+JOIN_GAIN to the answer's part of the score (an answer drawn from two sentences). Ties go to the passage with the
+higher recall weight, then to the earlier sentence. A sentence that shares no term with either is never evidence.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 
 ANSWER_WEIGHT = 2.0
 QUESTION_WEIGHT = 1.0
-JOIN_GAIN = 0.25  # least score a neighbouring sentence must add to join (the score runs from 0 to 3)
+JOIN_GAIN = 0.25  # least a neighbouring sentence must add to the answer's part of the score (0 to 2) to join
 LONG_SENTENCE = 400  # characters; a longer "sentence" (a list, a table) is also cut at line ends and semicolons
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|\n\s*\n")
+_BOUNDARY = re.compile(r"[.!?][\"'”’)\]]*(\s+)|\n\s*\n")  # group 1: the space after a sentence's end
 _LONG_BOUNDARY = re.compile(r"\n|(?<=;)\s+")
 # a sentence end after these is not one: 'Mr. Bingley', 'e.g. this', 'J. Smith'
 _ABBREVIATION = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Prof|Sr|Jr|vs|etc|No|Fig|Vol|pp?|e\.g|i\.e|cf)|\b[A-Z])\.$")
@@ -56,9 +56,10 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     semicolons."""
     pieces, start = [], 0
     for cut in _BOUNDARY.finditer(text):
-        if _ABBREVIATION.search(text[start:cut.start()]):
+        end = cut.start(1) if cut.group(1) else cut.start()
+        if _ABBREVIATION.search(text[start:end]):
             continue
-        pieces.append((start, cut.start()))
+        pieces.append((start, end))
         start = cut.end()
     pieces.append((start, len(text)))
     spans = []
@@ -95,9 +96,10 @@ def _covered(found: set[str], wanted: set[str], idf: dict[str, float]) -> float:
 
 
 def rank_evidence(state: MemoryState, passages: list[Passage], question: str, answer: str) -> list[Evidence]:
-    """For each passage, its best sentence, joined by a neighbour where that adds JOIN_GAIN, strongest first;
-    passages with no sentence sharing a term with the question or the answer are left out. The first is the
-    answer's evidence. Give document passages only: a recalled chat turn is what was said, never evidence."""
+    """For each passage, its best sentence (joined by the neighbour that adds most of the answer's words, where that
+    adds JOIN_GAIN), strongest first; passages with no sentence sharing a term with the question or the answer are
+    left out. The first is the answer's evidence. Give document passages only: a recalled chat turn is what was
+    said, never evidence."""
     sentences: list[_Sentence] = []
     for n, passage in enumerate(passages):
         text = state.sources[passage.source].text[passage.char_start:passage.char_end]
@@ -124,15 +126,15 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
         if value > 0 and (s.passage not in best or value > best[s.passage][0]):
             best[s.passage] = (value, s, s)
     for n, (value, s, _) in list(best.items()):
-        joined = []
-        for other in (by_place.get((n, s.order - 1)), by_place.get((n, s.order + 1))):
-            if other is not None:
-                joined.append((score(set(s.terms | other.terms)) - value, other))
-        if joined:
-            gain, other = max(joined, key=lambda g: g[0])
-            if gain >= JOIN_GAIN:
-                first, last = (other, s) if other.order < s.order else (s, other)
-                best[n] = (value + gain, first, last)
+        neighbours = [o for o in (by_place.get((n, s.order - 1)), by_place.get((n, s.order + 1))) if o is not None]
+        if not neighbours:
+            continue
+        other = max(neighbours, key=lambda o: _covered(set(s.terms | o.terms), wanted_answer, idf))
+        both = set(s.terms | other.terms)
+        added = _covered(both, wanted_answer, idf) - _covered(set(s.terms), wanted_answer, idf)
+        if ANSWER_WEIGHT * added >= JOIN_GAIN:
+            first, last = (other, s) if other.order < s.order else (s, other)
+            best[n] = (score(both), first, last)
     ranked = sorted(best.values(), key=lambda b: (-b[0], -b[1].weight, b[1].passage, b[1].order))
     out = []
     for value, first, last in ranked:
