@@ -1,15 +1,18 @@
 """An answer's evidence: the sentence (or two) of the recalled passages that supports it, chosen by a measurable rule.
 
-Every sentence of the document passages is scored by the words it shares with the answer and with the question
+Every sentence of the document passages is scored by the words it shares with the question and with the answer
 (the lexical channel's terms: case-folded, stop words out, stemmed), each shared term weighted by how rare it is
 among the passages' sentences (idf), as the share of that text's weight the sentence covers:
 
-    score = ANSWER_WEIGHT * covered(answer) + QUESTION_WEIGHT * covered(question)
+    score = QUESTION_WEIGHT * covered(question) + ANSWER_WEIGHT * covered(answer)
 
-The answer counts most, since the sentence should support what was said; the question counts too, since a small
-model often words its answer in its own terms. A neighbouring sentence joins the best one when it adds at least
-JOIN_GAIN to the answer's part of the score (an answer drawn from two sentences). Ties go to the passage with the
-higher recall weight, then to the earlier sentence. A sentence that shares no term with either is never evidence.
+The weights were chosen by measurement on training SQuAD articles (bench.evidence --split train; README): with this
+small reader, whose answers are often wrong or ramble, the question is the surer guide and the answer the tie-breaker
+(the sentence that supports what was said among those the question points to); counting the answer twice the
+question chose the sentence holding the gold answer for 0.64 of the questions, the question alone 0.78, these
+weights 0.92. A neighbouring sentence joins the best one when it adds at least JOIN_SHARE of the answer's weight (an
+answer drawn from two sentences). Ties go to the passage with the higher recall weight, then to the earlier sentence.
+A sentence that shares no term with either is never evidence.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from .state import MemoryState
 if TYPE_CHECKING:
     from .answer import Passage
 
-ANSWER_WEIGHT = 2.0
 QUESTION_WEIGHT = 1.0
-JOIN_GAIN = 0.25  # least a neighbouring sentence must add to the answer's part of the score (0 to 2) to join
+ANSWER_WEIGHT = 0.5
+JOIN_SHARE = 0.25  # least share of the answer's weight a neighbouring sentence must add to join the best one
 LONG_SENTENCE = 400  # characters; a longer "sentence" (a list, a table) is also cut at line ends and semicolons
 _BOUNDARY = re.compile(r"[.!?][\"'”’)\]]*(\s+)|\n\s*\n")  # group 1: the space after a sentence's end
 _LONG_BOUNDARY = re.compile(r"\n|(?<=;)\s+")
@@ -97,7 +100,7 @@ def _covered(found: set[str], wanted: set[str], idf: dict[str, float]) -> float:
 
 def rank_evidence(state: MemoryState, passages: list[Passage], question: str, answer: str) -> list[Evidence]:
     """For each passage, its best sentence (joined by the neighbour that adds most of the answer's words, where that
-    adds JOIN_GAIN), strongest first; passages with no sentence sharing a term with the question or the answer are
+    adds JOIN_SHARE), strongest first; passages with no sentence sharing a term with the question or the answer are
     left out. The first is the answer's evidence. Give document passages only: a recalled chat turn is what was
     said, never evidence."""
     sentences: list[_Sentence] = []
@@ -116,8 +119,8 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
     wanted_answer, wanted_question = set(terms(answer)), set(terms(question))
 
     def score(found: set[str]) -> float:
-        return (ANSWER_WEIGHT * _covered(found, wanted_answer, idf)
-                + QUESTION_WEIGHT * _covered(found, wanted_question, idf))
+        return (QUESTION_WEIGHT * _covered(found, wanted_question, idf)
+                + ANSWER_WEIGHT * _covered(found, wanted_answer, idf))
 
     by_place = {(s.passage, s.order): s for s in sentences}
     best: dict[int, tuple[float, _Sentence, _Sentence]] = {}  # passage -> (score, first, last sentence)
@@ -132,7 +135,7 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
         other = max(neighbours, key=lambda o: _covered(set(s.terms | o.terms), wanted_answer, idf))
         both = set(s.terms | other.terms)
         added = _covered(both, wanted_answer, idf) - _covered(set(s.terms), wanted_answer, idf)
-        if ANSWER_WEIGHT * added >= JOIN_GAIN:
+        if added >= JOIN_SHARE:
             first, last = (other, s) if other.order < s.order else (s, other)
             best[n] = (score(both), first, last)
     ranked = sorted(best.values(), key=lambda b: (-b[0], -b[1].weight, b[1].passage, b[1].order))
