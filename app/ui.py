@@ -91,7 +91,8 @@ def _wire(fn, components: dict[str, gr.components.Component]):
 
 
 def build_ui(handlers: Handlers) -> gr.Blocks:
-    """The page: documents and reading on the left, chat on the right, recall and memory below, settings last."""
+    """The page: documents and reading on the left, chat on the right; below, what was recalled beside the cited
+    page and the memory; settings last."""
     engine = handlers.engine
     types = sorted(set(KINDS))
     with gr.Blocks(title="Ask your documents · HMT", delete_cache=UPLOAD_SWEEP) as demo:
@@ -133,12 +134,12 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
                                    color_title="recall channel", elem_id="recall-chart",
                                    label="Recall attention over every segment read, each bar split by channel")
                 passages = gr.HTML(views.passages_html(None, [], ""), elem_id="passages", js_on_load=CITE_CLICKS)
-                gr.Markdown("### The cited page")
+            with gr.Column(scale=2):
+                gr.Markdown("### The cited page")  # beside the passages, whose citations show their page here
                 with gr.Row():
                     page_prev = gr.Button("◀ Previous page", size="sm", interactive=False, elem_id="page-prev")
                     page_next = gr.Button("Next page ▶", size="sm", interactive=False, elem_id="page-next")
                 page_view = gr.HTML(views.page_empty_html(), elem_id="page-view")
-            with gr.Column(scale=2):
                 gr.Markdown("### Memory")
                 memory = gr.HTML(elem_id="memory")
         with gr.Accordion("Settings", open=False, elem_id="settings"):

@@ -311,8 +311,8 @@ def evidence_line(evidence: list[Evidence]) -> str:
 
 def page_empty_html() -> str:
     """The page view before any citation was clicked."""
-    return ('<div class="hmt-page-view hmt-empty">Click the evidence or a passage\'s name above to see its page '
-            "here, the evidence marked.</div>")
+    return ('<div class="hmt-page-view hmt-empty">Click the evidence or a passage\'s name under “What was recalled” '
+            "to see its page here, the evidence marked.</div>")
 
 
 def _page_head(name: str, page: int | None, count: int, note: str) -> str:
