@@ -94,16 +94,24 @@ class ViewCache:
         return len(self._views)
 
     def get(self, key: tuple) -> str | None:
+        """The view made for key, now the most recently used; None when there is none."""
         view = self._views.get(key)
         if view is not None:
-            self._views.move_to_end(key)
+            try:
+                self._views.move_to_end(key)
+            except KeyError:  # dropped meanwhile by the session's other page event
+                pass
         return view
 
     def put(self, key: tuple, view: str) -> None:
+        """Keep a view, dropping the least recently used past `size` (two page events of a session may run at
+        once, so one may find an entry the other already dropped)."""
         self._views[key] = view
-        self._views.move_to_end(key)
         while len(self._views) > self.size:
-            self._views.popitem(last=False)
+            try:
+                self._views.popitem(last=False)
+            except KeyError:
+                break
 
 
 def page_count(data: bytes) -> int | None:
