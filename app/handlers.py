@@ -311,7 +311,7 @@ class Handlers:
         """Show the page of the citation clicked (evt.value: 'evidence' or a passage's number, from the passages'
         data-cite): a PDF's page as an image with the evidence's boxes, else the page's text with it marked."""
         cited = session.cited.get(str(evt.value))
-        if cited is None or session.memory is None:
+        if cited is None or session.memory is None or cited.source not in session.memory.sources:
             return self._page_nav(session, views.page_empty_html())
         session.viewing = (cited, cited.page)
         return self._page_nav(session, self._page_view(session))
@@ -325,7 +325,7 @@ class Handlers:
         return self._turn_page(session, +1)
 
     def _turn_page(self, session: Session, step: int) -> Update:
-        if session.viewing is None or session.memory is None:
+        if session.viewing is None or session.memory is None or session.viewing[0].source not in session.memory.sources:
             return self._page_nav(session, views.page_empty_html())
         cited, page = session.viewing
         numbers = self._page_numbers(session, cited.source)
