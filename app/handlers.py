@@ -17,19 +17,23 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from app import views
+from app import pages, views
 from app.cache import MemoryCache
 from app.engine import Engine, EngineError
 from app.extract import MB
 from app.ingest import Progress, Upload, ingest
+from app.pages import Cited
 from app.session import Session
 from app.uploads import discard
-from hmt_core import DEFAULT_BACKBONE
+from hmt_core import DEFAULT_BACKBONE, MemoryState, Passage
+from hmt_core.answer import CHAT_SOURCE
 from hmt_core.config import RECALL_CHANNELS
+from hmt_core.evidence import Evidence
 
 logger = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 2000
+TEXT_VIEW_CHARS = 6000  # most of a text page shown around the evidence (an EPUB chapter can be far longer)
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "pride_and_prejudice_ch1-7.pdf"
 CHANNEL_CHOICES = [("HMT memory", "memory"), ("Words (lexical index)", "lexical"), ("Token keys", "token")]
 Update = dict[str, Any]
@@ -119,14 +123,21 @@ class Handlers:
     def ingest(self, files: list[str] | None, text: str | None, password: str | None,
                session: Session) -> Iterator[Update]:
         """Read uploaded files and pasted text into the session's memory, yielding progress. When the call ends
-        (read, rejected, cancelled or the page closed), the uploads it was given are deleted, but for those another
+        (read, rejected, cancelled or the page closed), the bytes of the PDFs now in memory are kept in the session
+        (to render cited pages; pages.keep_originals) and the uploads it was given are deleted, but for those another
         call is still reading (two sessions may upload the same file, which Gradio stores once)."""
+        yield from self._read(files, text, password, session, keep_pages=True)
+
+    def _read(self, files: list[str] | None, text: str | None, password: str | None, session: Session,
+              keep_pages: bool) -> Iterator[Update]:
         paths = [str(f) for f in files or []]
         with self._reading_lock:
             self._reading.update(paths)
         try:
             yield from self._ingest(paths, text, password, session)
         finally:
+            if keep_pages:
+                pages.keep_originals(session, paths)
             with self._reading_lock:
                 self._reading.subtract(paths)
                 done = [path for path in paths if self._reading[path] <= 0]
@@ -181,7 +192,7 @@ class Handlers:
         return {"status": "Memory cleared.", "documents": views.documents_markdown(session), "chat": [],
                 "memory": self.memory_panel(session), "chart": self._chart(None, None), "passages":
                 views.passages_html(None, [], ""), "progress": views.progress_html(0.0, "", "idle"),
-                "session": session, **self._chat_enabled(False)}
+                "session": session, **self._page_nav(session, views.page_empty_html()), **self._chat_enabled(False)}
 
     @staticmethod
     def _status(progress: Progress) -> str:
@@ -233,7 +244,8 @@ class Handlers:
         session.busy = True
         # the chat shows the question and the answer as text: the model's Markdown, HTML or URLs never become live
         session.chat += [{"role": "user", "content": views.md_text(question)}, {"role": "assistant", "content": ""}]
-        answer, passages, used, result = "", [], (), {"answer": "", "citations": []}
+        answer, passages, used, evidence = "", [], (), []
+        result = {"answer": "", "citations": [], "evidence": None}
         try:
             yield {"chat": self._chat(session), "question": gr.update(value="", interactive=False),
                    "ask": gr.update(interactive=False), "ask_status": "Recalling from memory…"}
@@ -244,6 +256,7 @@ class Handlers:
                     recalled = True
                     passages, detail = event.passages, event.recall
                     used = detail.channels if detail is not None else ()
+                    session.cited = self._targets(state, passages, [])
                     yield {"chart": self._chart(state, event.weights, detail),
                            "passages": views.passages_html(state, passages, question), "ask_status": "Answering…"}
                 elif event.kind == "token":
@@ -252,12 +265,16 @@ class Handlers:
                     yield {"chat": self._chat(session)}
                 elif event.kind == "done":
                     answer = event.text  # cut short, marked with " …", when the model started to loop
+                    evidence = event.evidence
             cites = views.citation_line(passages)
+            found = views.evidence_line(evidence)
             shown = views.md_text(answer.strip() or "(The model gave no answer.)") + (
-                f"\n\n*{views.md_text(cites)}*" if cites else "")
+                f"\n\n*{views.md_text(cites)}*" if cites else "") + (f"\n\n{views.md_text(found)}" if found else "")
             session.chat[-1] = {"role": "assistant", "content": shown}
+            session.cited = self._targets(state, passages, evidence)
             self.engine.remember(state, question, answer, fingerprint)
-            result = {"answer": answer.strip(), "citations": views.citations(passages, used)}
+            result = {"answer": answer.strip(), "citations": views.citations(passages, used),
+                      "evidence": views.evidence_data(evidence, passages)}
             status = ""
         except EngineError as err:
             session.chat = session.chat[:-2]
@@ -265,9 +282,120 @@ class Handlers:
             session.check_model(self.engine.fingerprint)
         finally:
             session.busy = False
+        final = {"passages": views.passages_html(state, passages, question, evidence)} if passages else {}
         yield {"chat": self._chat(session), "ask_status": status, "memory": self.memory_panel(session),
                "result": result, "session": session, "documents": views.documents_markdown(session),
-               **self._chat_enabled(session.ready)}
+               **final, **self._chat_enabled(session.ready)}
+
+    @staticmethod
+    def _targets(state: MemoryState, passages: list[Passage], evidence: list[Evidence]) -> dict[str, Cited]:
+        """What each citation shows when clicked: 'evidence' (the answer's evidence) and each document passage by
+        its number (views.documents_first), with the passage's own best sentence marked, or before the answer
+        is done the whole passage."""
+        targets = {}
+        for n, passage in enumerate(views.documents_first(passages), 1):
+            if passage.source == CHAT_SOURCE:
+                continue
+            best = views.evidence_in(passage, evidence)
+            start, end = (best.char_start, best.char_end) if best else (passage.char_start, passage.char_end)
+            page = best.page if best else passage.page_start
+            targets[str(n)] = Cited(passage.source, page, start, end, passage.char_start, passage.char_end)
+            if evidence and best is evidence[0]:
+                targets["evidence"] = targets[str(n)]
+        source = state.sources
+        return {k: v for k, v in targets.items() if v.source in source}
+
+    # --- the cited page --------------------------------------------------------------------------------------
+
+    def show_cited(self, session: Session, evt: gr.SelectData) -> Update:
+        """Show the page of the citation clicked (evt.value: 'evidence' or a passage's number, from the passages'
+        data-cite): a PDF's page as an image with the evidence's boxes, else the page's text with it marked."""
+        cited = session.cited.get(str(evt.value))
+        if cited is None or session.memory is None or cited.source not in session.memory.sources:
+            return self._page_nav(session, views.page_empty_html())
+        session.viewing = (cited, cited.page)
+        return self._page_nav(session, self._page_view(session))
+
+    def previous_page(self, session: Session) -> Update:
+        """The page before the one on view (a PDF's pages all count, a text source's pages with text)."""
+        return self._turn_page(session, -1)
+
+    def next_page(self, session: Session) -> Update:
+        """The page after the one on view."""
+        return self._turn_page(session, +1)
+
+    def _turn_page(self, session: Session, step: int) -> Update:
+        if session.viewing is None or session.memory is None or session.viewing[0].source not in session.memory.sources:
+            return self._page_nav(session, views.page_empty_html())
+        cited, page = session.viewing
+        numbers = self._page_numbers(session, cited.source)
+        if page in numbers and 0 <= numbers.index(page) + step < len(numbers):
+            session.viewing = (cited, numbers[numbers.index(page) + step])
+        return self._page_nav(session, self._page_view(session))
+
+    @staticmethod
+    def _page_numbers(session: Session, name: str) -> list[int]:
+        """The pages one can turn to in a source: every page of a kept PDF, else the pages that hold text."""
+        record = session.document(name)
+        if record is not None and record.digest in session.originals:
+            return list(range(1, session.originals[record.digest].pages + 1))
+        source = session.memory.sources.get(name) if session.memory is not None else None
+        return list(source.page_numbers) if source is not None else []
+
+    def _page_nav(self, session: Session, view: str) -> Update:
+        """The page view with its previous and next buttons enabled where there is a page to turn to."""
+        numbers = self._page_numbers(session, session.viewing[0].source) if session.viewing else []
+        page = session.viewing[1] if session.viewing else None
+        at = numbers.index(page) if page in numbers else None
+        return {"page_view": view, "page_prev": gr.update(interactive=at is not None and at > 0),
+                "page_next": gr.update(interactive=at is not None and at + 1 < len(numbers))}
+
+    def _page_view(self, session: Session) -> str:
+        """The page on view as HTML, from the session's LRU or made now (pages.render_pdf_page for a kept PDF)."""
+        cited, page = session.viewing
+        key = (cited, page)
+        view = session.views.get(key)
+        if view is None:
+            view = self._make_page_view(session, cited, page)
+            session.views.put(key, view)
+        return view
+
+    def _make_page_view(self, session: Session, cited: Cited, page: int | None) -> str:
+        source = session.memory.sources[cited.source]
+        part = pages.part_on_page(source, page, cited.char_start, cited.char_end) if page is not None else None
+        note = "evidence marked" if part else ""
+        record = session.document(cited.source)
+        kept = session.originals.get(record.digest) if record is not None and record.kind == "pdf" else None
+        if kept is not None and page is not None:
+            try:
+                rendered = pages.render_pdf_page(kept.data, page, *(part or (None, 0.0)))
+                if part and not rendered.boxes:
+                    note = "the evidence could not be found in this page's characters"
+                return views.page_image_html(cited.source, page, rendered, note)
+            except Exception:  # a page pdfium cannot render still shows as text
+                logger.exception("could not render page %s of %s", page, cited.source)
+                note = "this page could not be drawn, so its text is shown"
+        elif record is not None and record.kind == "pdf":
+            note = "; ".join(filter(None, [note, "page images are not kept for this PDF"]))
+        return self._text_view(session, cited, page, note)
+
+    def _text_view(self, session: Session, cited: Cited, page: int | None, note: str) -> str:
+        """The page's text (or, on a long page, the part around the evidence), the passage and evidence marked."""
+        source = session.memory.sources[cited.source]
+        start, end = (pages.page_span(source, page) if page is not None else None) or (0, len(source.text))
+        if end - start > TEXT_VIEW_CHARS:
+            middle = (cited.char_start + cited.char_end) // 2 if start <= cited.char_start < end else start
+            start = max(start, middle - TEXT_VIEW_CHARS // 2)
+            end = min(end, start + TEXT_VIEW_CHARS)
+        text = source.text[start:end]
+
+        def local(a: int, b: int) -> list[tuple[int, int]]:
+            a, b = max(a - start, 0), min(b - start, len(text))
+            return [(a, b)] if a < b else []
+
+        count = len(source.page_numbers)
+        return views.page_text_html(cited.source, page, count, text, local(cited.char_start, cited.char_end),
+                                    local(cited.passage_start, cited.passage_end), note)
 
     @staticmethod
     def _chat(session: Session) -> list[dict]:
@@ -346,7 +474,7 @@ class Handlers:
         a summary of what is in memory (and any problems). A job cancelled by the client (gradio_client's
         job.cancel()) stops reading at the next step and keeps what was read, as the page's Cancel does."""
         last: Update = {}
-        for update in self.ingest(files, text, password, session):
+        for update in self._read(files, text, password, session, keep_pages=False):
             last.update({k: v for k, v in update.items() if k in ("progress", "status")})
             if "progress_line" in update and session.busy:
                 yield update["progress_line"], session
@@ -357,33 +485,35 @@ class Handlers:
 
     def api_ask(self, question: str, mode: str, max_new_tokens: float, temperature: float,
                 channels: list[str] | str | None = None, session: Session | None = None
-                ) -> tuple[str, list[dict], Session]:
-        """API: answer a question from this client's memory; returns (answer, citations). channels: a list of
-        recall channel names (None, the default: every channel the model weighs; [] = memory only). The session
-        (a gr.State, always given by Gradio) comes last, so channels can have a default for older clients."""
+                ) -> tuple[str, list[dict], dict | None, Session]:
+        """API: answer a question from this client's memory; returns (answer, citations, evidence), evidence being
+        views.evidence_data (None when no sentence of the passages shares a word with the question or answer).
+        channels: a list of recall channel names (None, the default: every channel the model weighs; [] = memory
+        only). The session (a gr.State, always given by Gradio) comes last, so channels can have a default for
+        older clients."""
         result, status = None, ""
         for update in self.ask(question, session, mode, max_new_tokens, temperature, channels):
             result = update.get("result", result)
             status = update.get("ask_status", status)
         if result is None:
             raise gr.Error(status.replace("**", ""))
-        return result["answer"], result["citations"], session
+        return result["answer"], result["citations"], result["evidence"], session
 
     def api_ask_stream(self, question: str, mode: str, max_new_tokens: float, temperature: float,
                        channels: list[str] | str | None = None, session: Session | None = None
-                       ) -> Iterator[tuple[str, list[dict], Session]]:
-        """API: api_ask, streamed: yields (the answer so far, [], session) as its tokens come, then (answer,
-        citations, session) once it is done."""
+                       ) -> Iterator[tuple[str, list[dict], dict | None, Session]]:
+        """API: api_ask, streamed: yields (the answer so far, [], None, session) as its tokens come, then (answer,
+        citations, evidence, session) once it is done."""
         result, status = None, ""
         for update in self.ask(question, session, mode, max_new_tokens, temperature, channels):
             result = update.get("result", result)
             status = update.get("ask_status", status)
             chat = update.get("chat")
             if result is None and chat and chat[-1]["role"] == "assistant" and chat[-1]["content"]:
-                yield chat[-1]["content"], [], session
+                yield chat[-1]["content"], [], None, session
         if result is None:
             raise gr.Error(status.replace("**", ""))
-        yield result["answer"], result["citations"], session
+        yield result["answer"], result["citations"], result["evidence"], session
 
 
 def new_session() -> Session:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.pages import Cited, KeptPdf, ViewCache
 from hmt_core import MemoryState
 from hmt_core.answer import CHAT_SOURCE
 
@@ -40,6 +41,11 @@ class Session:
     cancel_requested: bool = False
     # the document's own memory of each partly read document, by digest, so that reading it again continues it
     partial: dict[str, MemoryState] = field(default_factory=dict)
+    # the bytes of its PDFs by digest, in memory only, to render cited pages (app/pages.keep_originals)
+    originals: dict[str, KeptPdf] = field(default_factory=dict)
+    cited: dict[str, Cited] = field(default_factory=dict)  # what each citation of the last answer shows
+    viewing: tuple[Cited, int] | None = None  # the citation on view and the page shown
+    views: ViewCache = field(default_factory=ViewCache)  # the newest page views, made on demand
 
     @property
     def ready(self) -> bool:
@@ -95,9 +101,17 @@ class Session:
         return None
 
     def clear(self) -> None:
-        """Forget every document and the chat."""
+        """Forget every document (with the PDF bytes kept for its pages and the page views) and the chat."""
         self.memory = None
         self.documents = []
         self.chat = []
         self.partial = {}
+        self.originals = {}
+        self.cited = {}
+        self.viewing = None
+        self.views = ViewCache()
+
+    def document(self, name: str) -> DocumentRecord | None:
+        """The document in memory under this name."""
+        return next((doc for doc in self.documents if doc.name == name), None)
 

@@ -23,6 +23,7 @@ from hmt_core import DEFAULT_BACKBONE
 # question waiting in Gradio's queue, and every event takes its model steps in turn (turns.py: answers first).
 READ_CONCURRENCY = 2
 ANSWER_CONCURRENCY = 2
+RENDER_CONCURRENCY = 2  # cited pages are drawn in slots of their own, without the model (app/pages.py)
 UPLOAD_SWEEP = (600, 3600)  # every 10 minutes Gradio deletes uploads older than an hour that no handler deleted
 ANSWER_MODE_CHOICES = [("Recall and re-read (cites pages)", "reread"), ("Faithful HMT (memory only)", "faithful")]
 CHANNEL_INFO = ("What ranks the recalled segments. HMT memory only = the paper's HMT; nothing ticked = memory only. "
@@ -51,7 +52,23 @@ CSS = """
 .hmt-model { font-size: .85em; margin-bottom: 6px; color: var(--body-text-color-subdued); }
 .hmt-empty { color: var(--body-text-color-subdued); font-style: italic; }
 #model-note { font-size: .9em; }
+.hmt-passages mark.hmt-evidence { background: #bbf7d0; color: #14532d; box-shadow: 0 0 0 1px #16a34a; }
+.hmt-evidence-box { border-left: 3px solid #16a34a; padding: 4px 10px; margin: 8px 0; }
+.hmt-cite { background: none; border: none; padding: 0; font: inherit; font-weight: bold; color: inherit;
+  text-decoration: underline dotted; cursor: pointer; }
+.hmt-page-head { font-size: .9em; margin: 4px 0; color: var(--body-text-color-subdued); }
+.hmt-page { position: relative; display: inline-block; max-width: 100%; border: 1px solid var(--neutral-300); }
+.hmt-page img.hmt-page-image { display: block; width: 100%; height: auto; }
+.hmt-page mark.hmt-box { position: absolute; background: rgba(250, 204, 21, .45); mix-blend-mode: multiply;
+  outline: 2px solid #f59e0b; border-radius: 2px; padding: 0; }
+.hmt-page-text mark.hmt-cited { background: #e0e7ff; color: #1f2937; }
+.hmt-page-text mark.hmt-evidence { background: #bbf7d0; color: #14532d; box-shadow: 0 0 0 1px #16a34a; }
 """
+# A click on a citation in the passages (a button with data-cite) asks for its page (handlers.show_cited).
+CITE_CLICKS = """element.addEventListener('click', (event) => {
+  const cite = event.target.closest('[data-cite]');
+  if (cite) trigger('select', {index: cite.dataset.cite, value: cite.dataset.cite, selected: true});
+});"""
 
 INTRO = """# Ask your documents · Hierarchical Memory Transformer
 Drop PDFs, books (EPUB), HTML, Markdown or text files, or paste text. The model reads them segment by segment into a
@@ -74,7 +91,8 @@ def _wire(fn, components: dict[str, gr.components.Component]):
 
 
 def build_ui(handlers: Handlers) -> gr.Blocks:
-    """The page: documents and reading on the left, chat on the right, recall and memory below, settings last."""
+    """The page: documents and reading on the left, chat on the right; below, what was recalled beside the cited
+    page and the memory; settings last."""
     engine = handlers.engine
     types = sorted(set(KINDS))
     with gr.Blocks(title="Ask your documents · HMT", delete_cache=UPLOAD_SWEEP) as demo:
@@ -115,8 +133,13 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
                                    x_title="segment read (in order)", y_title="recall attention",
                                    color_title="recall channel", elem_id="recall-chart",
                                    label="Recall attention over every segment read, each bar split by channel")
-                passages = gr.HTML(views.passages_html(None, [], ""), elem_id="passages")
+                passages = gr.HTML(views.passages_html(None, [], ""), elem_id="passages", js_on_load=CITE_CLICKS)
             with gr.Column(scale=2):
+                gr.Markdown("### The cited page")  # beside the passages, whose citations show their page here
+                with gr.Row():
+                    page_prev = gr.Button("◀ Previous page", size="sm", interactive=False, elem_id="page-prev")
+                    page_next = gr.Button("Next page ▶", size="sm", interactive=False, elem_id="page-next")
+                page_view = gr.HTML(views.page_empty_html(), elem_id="page-view")
                 gr.Markdown("### Memory")
                 memory = gr.HTML(elem_id="memory")
         with gr.Accordion("Settings", open=False, elem_id="settings"):
@@ -153,6 +176,7 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
             api_channels = gr.JSON(label="channels")
             api_answer = gr.Textbox(label="answer")
             api_citations = gr.JSON(label="citations")
+            api_evidence = gr.JSON(label="evidence")
             api_ingest_button = gr.Button("ingest")
             api_ask_button = gr.Button("ask")
             api_ask_stream_button = gr.Button("ask_stream")
@@ -160,7 +184,8 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         c = {"session": session, "files": files, "progress": progress, "status": status, "documents": documents,
              "chat": chat, "question": question, "ask": ask, "ask_status": ask_status, "chart": chart,
              "passages": passages, "memory": memory, "cancel": cancel, "model_status": model_status,
-             "model_note": model_note, "channels": channels}
+             "model_note": model_note, "channels": channels, "page_view": page_view, "page_prev": page_prev,
+             "page_next": page_next}
         reading = {"concurrency_id": "read", "concurrency_limit": READ_CONCURRENCY}
         answering = {"concurrency_id": "answer", "concurrency_limit": ANSWER_CONCURRENCY}
         private = {"api_visibility": "private"}
@@ -171,13 +196,18 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
             trigger(_wire(fn, c), inputs, ingest_out, show_progress="hidden", **reading, **private)
         cancel.click(_wire(handlers.cancel, c), [session], [status], concurrency_limit=None, **private)
         clear.click(_wire(handlers.clear, c), [session],
-                    [session, status, documents, chat, memory, chart, passages, progress, question, ask],
-                    concurrency_limit=None, **private)
+                    [session, status, documents, chat, memory, chart, passages, progress, question, ask, page_view,
+                     page_prev, page_next], concurrency_limit=None, **private)
         ask_out = [session, chat, question, ask, ask_status, chart, passages, memory, documents]
         ask_in = [question, session, mode, max_tokens, temperature, channels]
         for trigger in (question.submit, ask.click):
             trigger(_wire(handlers.ask, c), ask_in, ask_out, show_progress="minimal", show_progress_on=[ask_status],
                     **answering, **private)
+        rendering = {"concurrency_id": "render", "concurrency_limit": RENDER_CONCURRENCY, "show_progress": "minimal"}
+        page_out = [page_view, page_prev, page_next]
+        passages.select(_wire(handlers.show_cited, c), [session], page_out, **rendering, **private)
+        page_prev.click(_wire(handlers.previous_page, c), [session], page_out, **rendering, **private)
+        page_next.click(_wire(handlers.next_page, c), [session], page_out, **rendering, **private)
         load.click(_wire(handlers.load_model, c), [backbone, weights, device, secret, session],
                    [model_status, model_note, memory, documents, chat, session, channels, question, ask], **reading,
                    **private)
@@ -186,10 +216,11 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         api_ingest_button.click(handlers.api_ingest, [api_files, api_text, api_password, session],
                                 [api_summary, session], api_name="ingest", **reading)
         api_ask_button.click(handlers.api_ask, [api_question, mode, max_tokens, temperature, api_channels, session],
-                             [api_answer, api_citations, session], api_name="ask", **answering)
+                             [api_answer, api_citations, api_evidence, session], api_name="ask", **answering)
         api_ask_stream_button.click(handlers.api_ask_stream,
                                     [api_question, mode, max_tokens, temperature, api_channels, session],
-                                    [api_answer, api_citations, session], api_name="ask_stream", **answering)
+                                    [api_answer, api_citations, api_evidence, session], api_name="ask_stream",
+                                    **answering)
     demo.queue(default_concurrency_limit=ANSWER_CONCURRENCY)
     return demo
 

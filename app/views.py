@@ -12,9 +12,11 @@ from itertools import pairwise
 import pandas as pd
 import torch
 
+from app.pages import RenderedPage
 from app.session import Session
 from hmt_core import MemoryState, Passage
 from hmt_core.answer import CHAT_SOURCE
+from hmt_core.evidence import Evidence
 from hmt_core.recall import Recall
 from hmt_core.recall.lexical import LexicalIndex
 
@@ -151,13 +153,21 @@ def whole_words(spans: list[Span], text: str) -> list[Span]:
     return widened
 
 
-def marked(text: str, words: list[Span], windows: list[Span]) -> str:
-    """HTML-escaped text with <mark class="hmt-word"> over the word spans and <mark class="hmt-token"> over the
-    token-window spans; where they overlap, one mark has both classes."""
-    cuts = sorted({0, len(text), *(i for span in words + windows for i in span if 0 <= i <= len(text))})
+def marked(text: str, words: list[Span], windows: list[Span], evidence: list[Span] = ()) -> str:
+    """HTML-escaped text with <mark class="hmt-word"> over the word spans, <mark class="hmt-token"> over the
+    token-window spans and <mark class="hmt-evidence"> over the evidence; where they overlap, one mark has each
+    class."""
+    return marks(text, {"hmt-word": words, "hmt-token": windows, "hmt-evidence": list(evidence)})
+
+
+def marks(text: str, spans_by_class: dict[str, list[Span]]) -> str:
+    """HTML-escaped text with one <mark> per run of characters that the same classes' spans cover, carrying those
+    classes."""
+    every = [span for spans in spans_by_class.values() for span in spans]
+    cuts = sorted({0, len(text), *(i for span in every for i in span if 0 <= i <= len(text))})
     pieces: list[list] = []  # [classes, text]
     for start, end in pairwise(cuts):
-        classes = " ".join(name for name, spans in (("hmt-word", words), ("hmt-token", windows))
+        classes = " ".join(name for name, spans in spans_by_class.items()
                            if any(a <= start and end <= b for a, b in spans))
         if pieces and pieces[-1][0] == classes:
             pieces[-1][1] += text[start:end]
@@ -184,46 +194,82 @@ def reasons(passage: Passage) -> str:
     return f"{parts} (raw scores: {raw})"
 
 
-def passage_body(state: MemoryState, passage: Passage, question: str) -> str:
-    """A passage's text as HTML, reflowed, with the words the question's terms match (LexicalIndex.matches) and
-    its token windows (Passage.token_windows, spans in the source's text; widened to whole words) marked. The marks
-    are placed on the raw text and moved through the reflow, so the text reads exactly as reflow() gives it."""
+def passage_body(state: MemoryState, passage: Passage, question: str, evidence: Evidence | None = None) -> str:
+    """A passage's text as HTML, reflowed, with the words the question's terms match (LexicalIndex.matches), its
+    token windows (Passage.token_windows, spans in the source's text; widened to whole words) and the evidence in it
+    marked. The marks are placed on the raw text and moved through the reflow, so the text reads exactly as
+    reflow() gives it."""
     raw = state.sources[passage.source].text[passage.char_start:passage.char_end]
     start = passage.char_start + len(raw) - len(raw.lstrip())  # passage.text is the stripped span
     n = len(passage.text)
     spans = [(max(a - start, 0), min(b - start, n)) for a, b in passage.token_windows]
     spans = whole_words([s for s in spans if s[0] < s[1]], passage.text)
+    found = [(max(evidence.char_start - start, 0), min(evidence.char_end - start, n))] if evidence else []
     shown = reflow(passage.text)
     words = move_spans(LexicalIndex.matches(question, passage.text), passage.text, shown)
-    return marked(shown, words, move_spans(spans, passage.text, shown))
+    return marked(shown, words, move_spans(spans, passage.text, shown), move_spans(found, passage.text, shown))
 
 
-def legend(channels: list[str]) -> str:
+def evidence_in(passage: Passage, evidence: list[Evidence]) -> Evidence | None:
+    """The best evidence that lies in this passage, if any (evidence: strongest first, as rank_evidence gives it)."""
+    return next((e for e in evidence if e.source == passage.source
+                 and passage.char_start <= e.char_start < passage.char_end), None)
+
+
+def evidence_where(evidence: Evidence) -> str:
+    """'book.pdf, p. 4' (or pp. 4-5) for the evidence."""
+    pages = pages_label(evidence.page, evidence.page_end)
+    return f"{evidence.source}, {pages}" if pages else evidence.source
+
+
+def legend(channels: list[str], evidence: bool = False) -> str:
     """What the marks and the numbers in the passages mean, for the channels this recall used."""
     found = "that the word index matched" if "lexical" in channels else "(the word index was not used for this recall)"
-    marks = [f'<mark class="hmt-word">words</mark> of the question {found}']
+    shown = [f'<mark class="hmt-word">words</mark> of the question {found}']
     if "token" in channels:
-        marks.append('<mark class="hmt-token">token windows</mark> whose token keys matched the question best')
-    return ('<div class="hmt-legend">Marked: ' + " · ".join(marks)
-            + ". “why”: each recall channel's part of the passage's recall score.</div>")
+        shown.append('<mark class="hmt-token">token windows</mark> whose token keys matched the question best')
+    if evidence:
+        shown.append('<mark class="hmt-evidence">the evidence</mark>: the sentence sharing the most rare words with '
+                     'the answer and the question')
+    return ('<div class="hmt-legend">Marked: ' + " · ".join(shown)
+            + ". “why”: each recall channel's part of the passage's recall score. Click a passage's name (or the "
+            "evidence's) to see its page.</div>")
 
 
-def passages_html(state: MemoryState | None, passages: list[Passage], question: str) -> str:
-    """The recalled passages, strongest first, with their place in the documents, why each was recalled (the
-    recall channels' parts) and the matched words and token windows marked, under a legend."""
+def _cite_button(key: str, label: str) -> str:
+    """A citation to click: the page (ui.py) renders the cited page for data-cite (handlers.show_cited)."""
+    return (f'<button type="button" class="hmt-cite" data-cite="{html.escape(key)}" '
+            f'title="Show the page">{label}</button>')
+
+
+def passages_html(state: MemoryState | None, passages: list[Passage], question: str,
+                  evidence: list[Evidence] = ()) -> str:
+    """The answer's evidence first (evidence[0], once the answer is done), then the recalled passages, strongest
+    first, with their place in the documents, why each was recalled (the recall channels' parts) and the matched
+    words, token windows and evidence marked, under a legend. The evidence and each document passage's name are
+    buttons that show the cited page (data-cite: 'evidence' or the passage's number)."""
     if state is None or not passages:
         return '<div class="hmt-passages hmt-empty">Ask a question to see which passages the memory recalled.</div>'
     channels = list(dict.fromkeys(c for p in passages for c in p.contributions)) or ["memory"]
     blocks = []
+    if evidence:
+        best = evidence[0]
+        blocks.append('<div class="hmt-evidence-box"><div class="hmt-where"><b>Evidence</b> · '
+                      + _cite_button("evidence", html.escape(evidence_where(best)))
+                      + f' · overlap score {best.score:.2f}</div><div class="hmt-text"><mark class="hmt-evidence">'
+                      f'{html.escape(reflow(best.text))}</mark></div></div>')
     for n, passage in enumerate(documents_first(passages), 1):
         why = reasons(passage)
+        name = f"[{n}] {html.escape(where(passage))}"
+        head = name if passage.source == CHAT_SOURCE else _cite_button(str(n), name)
         blocks.append(
-            f'<div class="hmt-passage"><div class="hmt-where"><b>[{n}] {html.escape(where(passage))}</b> · '
+            f'<div class="hmt-passage"><div class="hmt-where"><b>{head}</b> · '
             f'{html.escape(location(state, passage))} · '
             f'recall weight {passage.weight:.3f}</div>'
             + (f'<div class="hmt-why">why: {html.escape(why)}</div>' if why else "")
-            + f'<div class="hmt-text">{passage_body(state, passage, question)}</div></div>')
-    return '<div class="hmt-passages">' + legend(channels) + "".join(blocks) + "</div>"
+            + f'<div class="hmt-text">{passage_body(state, passage, question, evidence_in(passage, evidence[:1]))}'
+            '</div></div>')
+    return '<div class="hmt-passages">' + legend(channels, bool(evidence)) + "".join(blocks) + "</div>"
 
 
 def _number(value: float) -> float | None:
@@ -241,6 +287,60 @@ def citations(passages: list[Passage], channels: tuple[str, ...] | list[str] | N
              "channels": {c: {"score": _number(p.scores.get(c, math.nan)),
                               "contribution": _number(p.contributions.get(c, math.nan))} for c in p.scores},
              "recall_channels": used} for p in documents_first(passages)]
+
+
+def evidence_data(evidence: list[Evidence], passages: list[Passage]) -> dict | None:
+    """The answer's evidence (evidence[0]) as plain data for the API: its text, source, page (and last page), its
+    character span in the source's extracted text, its score and the number (from 1) of the citation it lies in;
+    None without evidence."""
+    if not evidence:
+        return None
+    best = evidence[0]
+    cited = documents_first(passages)
+    inside = next((n for n, p in enumerate(cited, 1) if evidence_in(p, [best]) is best), None)
+    return {"text": best.text, "source": best.source, "page": best.page, "page_end": best.page_end,
+            "char_start": best.char_start, "char_end": best.char_end, "score": best.score, "citation": inside}
+
+
+def evidence_line(evidence: list[Evidence]) -> str:
+    """'Evidence (book.pdf, p. 4): “The sentence.”' for the chat, or '' without evidence."""
+    if not evidence:
+        return ""
+    return f"Evidence ({evidence_where(evidence[0])}): “{reflow(evidence[0].text)}”"
+
+
+def page_empty_html() -> str:
+    """The page view before any citation was clicked."""
+    return ('<div class="hmt-page-view hmt-empty">Click the evidence or a passage\'s name under “What was recalled” '
+            "to see its page here, the evidence marked.</div>")
+
+
+def _page_head(name: str, page: int | None, count: int, note: str) -> str:
+    where = f"page {page} of {count}" if page is not None else ""
+    parts = [f"<b>{html.escape(name)}</b>", where, html.escape(note)]
+    return '<div class="hmt-page-head">' + " · ".join(p for p in parts if p) + "</div>"
+
+
+def page_image_html(name: str, page: int, rendered: RenderedPage, note: str) -> str:
+    """A rendered PDF page, its evidence boxes laid over the image (positions in percent, so they follow its size)."""
+    boxes = "".join(f'<mark class="hmt-box" style="left:{100 * a:.2f}%;top:{100 * b:.2f}%;'
+                    f'width:{100 * (c - a):.2f}%;height:{100 * (d - b):.2f}%"></mark>'
+                    for a, b, c, d in rendered.boxes)
+    alt = html.escape(f"Page {page} of {name}", quote=True)
+    return (f'<div class="hmt-page-view" data-kind="pdf" data-page="{page}">'
+            + _page_head(name, page, rendered.page_count, note)
+            + f'<div class="hmt-page"><img class="hmt-page-image" src="{rendered.data_uri}" alt="{alt}" '
+            f'width="{rendered.width}" height="{rendered.height}">{boxes}</div></div>')
+
+
+def page_text_html(name: str, page: int | None, count: int, text: str, evidence: list[Span],
+                   passage: list[Span], note: str) -> str:
+    """A page of a text source (or a window of it), reflowed, with the recalled passage and the evidence marked."""
+    shown = reflow(text)
+    body = marks(shown, {"hmt-cited": move_spans(passage, text, shown),
+                         "hmt-evidence": move_spans(evidence, text, shown)})
+    return (f'<div class="hmt-page-view" data-kind="text" data-page="{page or ""}">'
+            + _page_head(name, page, count, note) + f'<div class="hmt-page-text hmt-text">{body}</div></div>')
 
 
 def documents_first(passages: list[Passage]) -> list[Passage]:

@@ -10,12 +10,14 @@ from .answer import AnswerEvent, Passage, remember_turn, stream_answer
 from .backbone import DEFAULT_BACKBONE, BackboneError, load_backbone
 from .checkpoint import CheckpointError, import_reference, load_checkpoint, save_checkpoint
 from .config import HMTConfig, RMTConfig
+from .evidence import Evidence, rank_evidence
 from .hmt import HMT
 from .memory_model import MemoryModel
 from .reader import Reader, read_text
 from .rmt import RMT
 from .state import MemoryState, SegmentInfo
 
-__all__ = ["AnswerEvent", "BackboneError", "CheckpointError", "DEFAULT_BACKBONE", "HMT", "HMTConfig", "MemoryModel",
-           "MemoryState", "Passage", "RMT", "RMTConfig", "Reader", "SegmentInfo", "import_reference", "load_backbone",
-           "load_checkpoint", "read_text", "remember_turn", "save_checkpoint", "stream_answer"]
+__all__ = ["AnswerEvent", "BackboneError", "CheckpointError", "DEFAULT_BACKBONE", "Evidence", "HMT", "HMTConfig",
+           "MemoryModel", "MemoryState", "Passage", "RMT", "RMTConfig", "Reader", "SegmentInfo", "import_reference",
+           "load_backbone", "load_checkpoint", "rank_evidence", "read_text", "remember_turn", "save_checkpoint",
+           "stream_answer"]

@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 
 from .backbone import final_hidden_states, lm_logits
+from .evidence import Evidence, rank_evidence
 from .memory_model import MemoryModel
 from .reader import Reader
 from .recall import Recall, matched_windows, recall
@@ -60,7 +61,8 @@ class Passage:
 class AnswerEvent:
     """One step of a streamed answer: 'recall' (weights over every segment, the passages they rank first and, for the
     question's own recall, its per-channel detail), 'token' (text is the new text), or 'done' (text is the whole
-    answer, ids its token ids)."""
+    answer, ids its token ids, evidence the best sentence(s) of each recalled document passage, strongest first:
+    evidence[0] is the answer's evidence; rank_evidence)."""
 
     kind: str
     text: str = ""
@@ -68,6 +70,7 @@ class AnswerEvent:
     passages: list[Passage] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     recall: Recall | None = None
+    evidence: list[Evidence] = field(default_factory=list)
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -249,7 +252,9 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     remember_turn(). A model without recall (RMT) answers in faithful mode only. With cut_loops, generation stops
     when the answer starts to repeat itself (cut_repetition), and 'done' carries the answer up to the first round of
     the loop, marked with ' …'. An answer that starts to repeat the system prompt stops there and 'done' carries
-    WITHHELD instead (discloses_instructions); the token that completed the quote is not streamed. `ranking`
+    WITHHELD instead (discloses_instructions); the token that completed the quote is not streamed. 'done' also
+    names the answer's evidence among the recalled document passages (rank_evidence; none for a withheld answer or
+    without passages). `ranking`
     (non-negative scores over every segment) picks the re-read passages instead of the recall weights, to compare
     retrievers under the same prompt and decoding.
     """
@@ -260,6 +265,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     if mode == "reread" and (state.num_segments == 0 or not model.has_recall):
         raise ValueError("recall-and-re-read needs a model with recall (HMT) and at least one segment read")
     work = state.copy()
+    passages: list[Passage] = []
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length
     if mode == "reread":
@@ -328,7 +334,10 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             step = model.embed(torch.tensor([[token]]))
             hidden, kv = final_hidden_states(backbone, step, cache=kv, use_cache=True)
             length += 1
-    yield AnswerEvent("done", text=decoder.text if answer is None else answer, ids=decoder.ids)
+    text = decoder.text if answer is None else answer
+    documents = [p for p in passages if p.source != CHAT_SOURCE]
+    evidence = rank_evidence(work, documents, question, text) if text != WITHHELD else []
+    yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence)
 
 
 def remember_turn(model: MemoryModel, tokenizer, state: MemoryState, question: str, answer: str) -> None:

@@ -155,7 +155,11 @@ def test_upload_read_ask_and_see_the_recall(page, lighthouse_pdf):
     assert "Sensory memory" in memory and "Long-term cache" in memory
     assert "Token keys" in memory and "Word index" in memory
     page.wait_for_selector("#question textarea:not([disabled])", timeout=20_000)
+    evidence = page.inner_text("#passages .hmt-evidence-box")
+    assert "Evidence" in evidence and "gull_island.pdf, p. 3" in evidence and "blue heron" in evidence.lower()
+    assert page.locator("#passages .hmt-text mark.hmt-evidence").count() >= 2  # shown first, and in its passage
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    see_the_cited_page(page)
     page.screenshot(path=str(SCREENSHOTS / "app.png"), full_page=True)
     assert page.outside == []  # no telemetry, fonts or scripts from other hosts
     page.locator("#settings").get_by_text("Settings", exact=True).first.click()  # after the screenshot
@@ -166,6 +170,28 @@ def test_upload_read_ask_and_see_the_recall(page, lighthouse_pdf):
     assert "--admin-secret" in page.inner_text("#model-status")
 
 
+def see_the_cited_page(page) -> None:
+    """Click the evidence: its PDF page appears as an image with the evidence's boxes on it; the next page is one
+    click away (without boxes: the evidence is not on it), and so is the way back. Saves docs/screenshots/page.png."""
+    page.click("#passages [data-cite=evidence]")
+    page.wait_for_selector("#page-view img.hmt-page-image", timeout=20_000)
+    page.wait_for_function("document.querySelector('#page-view img.hmt-page-image').naturalWidth > 0")
+    assert "gull_island.pdf · page 3 of 4 · evidence marked" in page.inner_text("#page-view")
+    image = page.locator("#page-view img.hmt-page-image").bounding_box()
+    boxes = [b.bounding_box() for b in page.locator("#page-view mark.hmt-box").all()]
+    assert boxes and image["width"] > 300
+    for box in boxes:  # each highlight lies on the page image and has a size
+        assert box["width"] > 5 and box["height"] > 3
+        assert image["x"] <= box["x"] and box["x"] + box["width"] <= image["x"] + image["width"] + 1
+        assert image["y"] <= box["y"] and box["y"] + box["height"] <= image["y"] + image["height"] + 1
+    page.locator("#page-view").screenshot(path=str(SCREENSHOTS / "page.png"))
+    page.click("#page-next")
+    page.wait_for_selector("#page-view [data-page='4'] img.hmt-page-image", timeout=20_000)
+    assert page.locator("#page-view mark.hmt-box").count() == 0 and page.is_disabled("#page-next")
+    page.click("#page-prev")
+    page.wait_for_selector("#page-view [data-page='3'] mark.hmt-box", timeout=20_000)
+
+
 @pytest.mark.slow
 def test_named_api_endpoints_with_gradio_client(server, lighthouse_pdf, tmp_path):
     from gradio_client import Client, handle_file
@@ -173,8 +199,11 @@ def test_named_api_endpoints_with_gradio_client(server, lighthouse_pdf, tmp_path
     alice = Client(server, verbose=False)
     summary = alice.predict(files=[handle_file(str(lighthouse_pdf))], text="", password="", api_name="/ingest")
     assert "gull_island.pdf" in summary and "4 pages" in summary
-    answer, citations = alice.predict(question="Who built the lighthouse on Gull Island?", api_name="/ask")
+    answer, citations, evidence = alice.predict(question="Who built the lighthouse on Gull Island?", api_name="/ask")
     assert answer.strip()
+    assert evidence["source"] == "gull_island.pdf" and evidence["page"] == 1 and "Ellory" in evidence["text"]
+    assert evidence["char_end"] - evidence["char_start"] == len(evidence["text"])
+    assert " ".join(evidence["text"].split()) in " ".join(citations[evidence["citation"] - 1]["text"].split())
     assert citations and citations[0]["source"] == "gull_island.pdf" and citations[0]["pages"].startswith("p")
     assert citations[0]["recall_channels"] == ["memory", "lexical"] or "token" in citations[0]["recall_channels"]
     assert set(citations[0]["channels"]) == set(citations[0]["recall_channels"])
@@ -182,7 +211,7 @@ def test_named_api_endpoints_with_gradio_client(server, lighthouse_pdf, tmp_path
     for c in citations:  # passages quoted from the PDF (which ones depends on recall, not on the API)
         assert any(x in " ".join(c["text"].split()) for x in sentences), c["text"]
 
-    _, citations = alice.predict(question="Who kept the lamp?", max_new_tokens=16, channels=["memory"],
+    _, citations, _ = alice.predict(question="Who kept the lamp?", max_new_tokens=16, channels=["memory"],
                                  api_name="/ask")
     assert citations and all(c["recall_channels"] == ["memory"] for c in citations)
     with pytest.raises(Exception, match="Unknown recall channel 'bm25'"):

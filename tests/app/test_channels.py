@@ -89,7 +89,7 @@ def test_chart_rows_per_channel_stack_to_the_segments_weight(fused, notes_ready,
 
 def test_passages_say_why_with_both_marks_and_a_legend(fused_handlers, notes_ready):
     page = run(fused_handlers.ask(QUESTION, notes_ready, "reread", 4, 0.0))["passages"]
-    assert re.search(r'<mark class="hmt-word( hmt-token)?">zebra</mark>', page)
+    assert re.search(r'<mark class="hmt-word( hmt-token)?( hmt-evidence)?">zebra</mark>', page)
     assert "hmt-token" in page.split("</div>", 1)[1]  # a token window, past the legend
     assert 'class="hmt-legend"' in page and "token windows</mark> whose token keys" in page
     assert "word index matched" in page
@@ -179,9 +179,9 @@ def test_parse_channels_refuses_unknown_names(value):
 
 
 def test_api_takes_channels_and_refuses_unknown_names(fused_handlers, notes_ready):
-    _, citations, _ = fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, ["memory"], notes_ready)
+    _, citations, _, _ = fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, ["memory"], notes_ready)
     assert citations and citations[0]["recall_channels"] == ["memory"]
-    _, citations, _ = fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, None, notes_ready)
+    _, citations, _, _ = fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, None, notes_ready)
     assert citations[0]["recall_channels"] == ["memory", "lexical", "token"]
     chat = list(notes_ready.chat)
     with pytest.raises(gr.Error, match="Unknown recall channel 'words'"):
@@ -200,11 +200,12 @@ def test_the_ask_endpoint_has_an_optional_channels_input_after_temperature(fused
 
 def test_the_streaming_ask_endpoint_yields_the_answer_as_it_grows_then_the_citations(fused_handlers, notes_ready):
     outputs = list(fused_handlers.api_ask_stream(QUESTION, "reread", 8, 0.0, None, notes_ready))
-    *partial, (answer, citations, session) = outputs
-    assert partial and all(not cites for _, cites, _ in partial)  # tokens first, citations at the end
-    grown = [text for text, _, _ in partial]
+    *partial, (answer, citations, evidence, session) = outputs
+    assert partial and all(not cites and found is None for _, cites, found, _ in partial)  # citations at the end
+    grown = [text for text, _, _, _ in partial]
     assert all(a == b[:len(a)] for a, b in zip(grown, grown[1:]))  # each one the one before plus new text
     assert citations and session is notes_ready and answer
+    assert evidence["source"] == "pasted text" and "zebra" in evidence["text"]
     info = build_ui(fused_handlers).get_api_info()["named_endpoints"]
     assert [p["parameter_name"] for p in info["/ask_stream"]["parameters"]] == \
         [p["parameter_name"] for p in info["/ask"]["parameters"]]

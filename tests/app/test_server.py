@@ -69,8 +69,9 @@ def test_switching_the_model_by_fn_index_is_refused_and_logged(live, monkeypatch
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refused == ["model load refused for session mallory1 from 127.0.0.1: backbone='HuggingFaceTB/x' "
                        "weights='/no/such/folder' device='cpu'"]
-    answer, citations = alice.predict(question="What is the passkey?", max_new_tokens=16, api_name="/ask")
+    answer, citations, evidence = alice.predict(question="What is the passkey?", max_new_tokens=16, api_name="/ask")
     assert citations and citations[0]["source"] == "pasted text"  # alice's memory is still there
+    assert evidence["source"] == "pasted text" and evidence["citation"] in range(1, len(citations) + 1)
 
 
 def test_an_upload_is_never_served_and_is_deleted_once_read(live):

@@ -1,0 +1,125 @@
+"""How often the answer's evidence holds the gold answer: held-out SQuAD questions (the 10 articles never read in
+training or in fitting the recall), each article read as its own document, asked as the app asks (recall and re-read,
+every recall channel the weights fuse, greedy), counted only where a recalled document passage holds a gold answer
+(recall is measured by bench.recall; this measures the choice of sentence inside what was recalled).
+
+A hit: the evidence (the done event's evidence[0], hmt_core/evidence.py) contains a gold answer, after SQuAD's
+normalisation. Beside the app's rule, from the same passages and the same answers: the question's words alone, the
+answer's words alone, and the first sentence of the strongest passage (what a reader sees first without evidence).
+Each row keeps the recalled passages' text, the question and the answer, so other rules can be scored on a run's
+JSON without the model.
+Goal: >= 90% for the app's rule. Brackets: 95% bootstrap intervals over questions.
+
+    python -m bench.evidence --hmt-weights assets/hmt-smollm2-135m --questions-per-article 30
+
+--split train runs the same on training articles (evidence_train.*), which is where the rule's weights were chosen.
+
+Writes bench/results/evidence.json and evidence.md (--results elsewhere, e.g. for a trial run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from bench.common import (RESULTS, add_model_arguments, bootstrap, describe_weights, load_model, machine,
+                          read_article, squad_articles, table_head, table_row, with_interval, write_results)
+from bench.qa import normalize
+from hmt_core import stream_answer
+from hmt_core.answer import CHAT_SOURCE
+from hmt_core.evidence import rank_evidence, sentence_spans
+
+RULES = ("app", "question_only", "answer_only", "first_sentence")
+
+
+def holds(text: str | None, answers: list[str]) -> bool:
+    """Whether text contains one of the gold answers, both SQuAD-normalised."""
+    if not text:
+        return False
+    said = normalize(text)
+    return any(normalize(a) and normalize(a) in said for a in answers)
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a passage's text."""
+    spans = sentence_spans(text)
+    return text[spans[0][0]:spans[0][1]] if spans else ""
+
+
+def evidence_row(state, passages, question: str, answers: list[str], answer: str, evidence) -> dict | None:
+    """One question's evidence under every rule, or None when no recalled document passage holds a gold answer."""
+    documents = [p for p in passages if p.source != CHAT_SOURCE]
+    if not any(holds(p.text, answers) for p in documents):
+        return None
+    by_question = rank_evidence(state, documents, question, "")
+    by_answer = rank_evidence(state, documents, "", answer)
+    strongest = max(documents, key=lambda p: p.weight)
+    texts = {"app": evidence[0].text if evidence else None,
+             "question_only": by_question[0].text if by_question else None,
+             "answer_only": by_answer[0].text if by_answer else None,
+             "first_sentence": first_sentence(strongest.text)}
+    return {"question": question, "answers": answers, "answer": answer, "evidence": texts,
+            "passages": [{"text": p.text, "weight": round(p.weight, 5)} for p in documents],
+            "hits": {rule: holds(text, answers) for rule, text in texts.items()},
+            "sentences": len(sentence_spans(texts["app"] or "")), "chars": len(texts["app"] or "")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--articles", type=int, default=10, help="articles to use (10 are held out)")
+    parser.add_argument("--split", choices=("eval", "train"), default="eval",
+                        help="eval: the held-out articles (what to report); train: to choose a rule on")
+    parser.add_argument("--questions-per-article", type=int, default=30)
+    parser.add_argument("--first-question", type=int, default=0, help="skip each article's questions before this")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for evidence.json and evidence.md")
+    args = parser.parse_args()
+    model, tokenizer = load_model(args)
+    rows, asked, started = [], 0, time.time()
+    for article in squad_articles(args.split)[:args.articles]:
+        state = read_article(model, tokenizer, article)
+        for q in article["questions"][args.first_question:args.first_question + args.questions_per_article]:
+            asked += 1
+            events = list(stream_answer(model, tokenizer, state, q["question"], mode="reread",
+                                        max_new_tokens=args.max_new_tokens))
+            done = events[-1]
+            row = evidence_row(state, events[0].passages, q["question"], q["answers"], done.text, done.evidence)
+            if row is not None:
+                rows.append({"article": article["title"], **row})
+                print(len(rows), asked, {r: int(v) for r, v in row["hits"].items()}, flush=True)
+    n = len(rows)
+    if not n:
+        raise SystemExit("no question had its answer in the recalled passages")
+    scores = {}
+    for rule in RULES:
+        hits = [float(r["hits"][rule]) for r in rows]
+        scores[rule] = {"hit": sum(hits) / n, "hit_ci": bootstrap(hits)}
+    result = {"model": args.model, "hmt_weights": args.hmt_weights, "split": args.split, "machine": machine(),
+              "asked": asked,
+              "questions": n, "wall_seconds": time.time() - started, "scores": scores,
+              "two_sentences": sum(r["sentences"] > 1 for r in rows) / n,
+              "median_chars": statistics.median(r["chars"] for r in rows), "goal": 0.9, "rows": rows}
+    m = result["machine"]
+    held = "held-out" if args.split == "eval" else "TRAINING (not for reporting)"
+    lines = [f"Evidence on {n} {held} SQuAD questions whose gold answer is in a recalled passage (of {asked} asked, "
+             f"{args.questions_per_article} per article, {min(args.articles, 10)} articles, each read as its own "
+             f"document); backbone {args.model}, HMT weights {describe_weights(args.hmt_weights)}, recall and "
+             f"re-read, greedy, {args.max_new_tokens} new tokens; {result['wall_seconds']:.0f} s on {m['cpu']}, "
+             f"{m['cores']} cores. A hit: the sentence chosen contains a gold answer. Brackets: 95% bootstrap "
+             "intervals over questions.", "", *table_head("evidence rule", "holds the gold answer")]
+    names = {"app": "**the app's: idf-weighted overlap with the question (x1) and the answer (x0.5)**",
+             "question_only": "the question's words alone", "answer_only": "the answer's words alone",
+             "first_sentence": "first sentence of the strongest passage"}
+    for rule in RULES:
+        lines.append(table_row(names[rule], with_interval(scores[rule], "hit")))
+    lines += ["", f"The app's evidence is two sentences for {result['two_sentences']:.0%} of the questions; median "
+              f"length {result['median_chars']:.0f} characters. Goal: >= 0.90."]
+    name = "evidence" if args.split == "eval" else "evidence_train"
+    write_results(name, result, "\n".join(lines) + "\n", folder=args.results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The evidence benchmark's scoring (the benchmark itself reads held-out articles with the real model:
+python -m bench.evidence), and the render benchmark's choice of evidence on a page."""
+
+import torch
+
+from bench.evidence import evidence_row, first_sentence, holds
+from bench.render import middle_sentence
+from hmt_core.answer import Passage
+from hmt_core.evidence import rank_evidence
+from hmt_core.state import MemoryState, SourceText
+
+TEXT = ("The Normans were the people who gave their name to Normandy. They descended from Norse raiders. "
+        "Their leader Rollo swore fealty to King Charles III of West Francia in 911.")
+
+
+def one_passage() -> tuple[MemoryState, list[Passage]]:
+    state = MemoryState("hmt", torch.zeros(0, 4), sources={"Normans": SourceText("Normans", TEXT, [0], [1])})
+    return state, [Passage([0], "Normans", 1, 1, 0, len(TEXT), TEXT, 0.9)]
+
+
+def test_a_hit_is_a_normalised_gold_answer_inside_the_text():
+    assert holds("Rollo swore fealty to King Charles III.", ["Charles III"])
+    assert holds("the year was 911!", ["in 911", "911"]) and not holds("It was 912.", ["911"])
+    assert not holds(None, ["911"]) and not holds("The a an.", ["the"])  # an answer that normalises to nothing
+    assert first_sentence(TEXT) == "The Normans were the people who gave their name to Normandy."
+
+
+def test_a_row_scores_every_rule_on_the_same_passages_and_skips_answers_not_recalled():
+    state, passages = one_passage()
+    question, answer = "To whom did Rollo swear fealty?", "Rollo swore fealty to the king."
+    evidence = rank_evidence(state, passages, question, answer)
+    row = evidence_row(state, passages, question, ["King Charles III"], answer, evidence)
+    assert row["hits"] == {"app": True, "question_only": True, "answer_only": True, "first_sentence": False}
+    assert row["evidence"]["app"] == evidence[0].text and row["passages"] == [{"text": TEXT, "weight": 0.9}]
+    assert evidence_row(state, passages, question, ["Paris"], answer, evidence) is None  # not in what was recalled
+    missing = evidence_row(state, passages, question, ["King Charles III"], answer, [])
+    assert missing["hits"]["app"] is False  # no evidence counts as a miss
+
+
+def test_the_render_benchmark_cites_a_full_sentence_from_the_middle_of_a_page():
+    sentence, near = middle_sentence(TEXT)  # of the sentences of 40 characters or more, the middle one
+    assert sentence.startswith("Their leader Rollo") and sentence.endswith("in 911.")
+    assert near == TEXT.index(sentence) / len(TEXT)
+    assert middle_sentence("Short one. Tiny.") == ("Tiny.", 11 / 16)  # none that long: any sentence

@@ -1,0 +1,129 @@
+"""Evidence selection: the sentence (or two) of the recalled passages that shares the most rare words with the
+answer and the question, with its span in the source's text and its pages; and the 'done' event that carries it."""
+
+from __future__ import annotations
+
+import torch
+from tiny_models import CORPUS
+
+from hmt_core import HMT, HMTConfig, read_text, stream_answer
+from hmt_core.answer import WITHHELD, Passage
+from hmt_core.evidence import Evidence, rank_evidence, sentence_spans
+from hmt_core.state import MemoryState, SourceText
+
+GUILD = ("The Guild\n\nThe keepers of the northern lights formed a guild in 1902. The secret password of the "
+         "keepers' guild was 'blue heron', and it was written only inside the cover of each logbook. Mr. Wren kept "
+         "his logbook in a tin box.")
+STORM = "In the winter of 1911 a storm cut the island off for nineteen days. Wren kept the lamp burning every night."
+
+
+def state_of(texts: dict[str, tuple[str, list[int], list[int]]]) -> MemoryState:
+    """A memory state holding only the sources' texts and pages, which is all evidence selection reads."""
+    sources = {name: SourceText(name, text, starts, numbers) for name, (text, starts, numbers) in texts.items()}
+    return MemoryState("hmt", torch.zeros(0, 4), sources=sources)
+
+
+def passage(state: MemoryState, name: str, start: int = 0, end: int | None = None, weight: float = 0.5) -> Passage:
+    src = state.sources[name]
+    end = len(src.text) if end is None else end
+    return Passage([0], name, src.page_at(start), src.page_at(end - 1), start, end, src.text[start:end].strip(),
+                   weight)
+
+
+def texts(text: str) -> list[str]:
+    return [text[a:b] for a, b in sentence_spans(text)]
+
+
+def test_sentences_end_at_stops_and_blank_lines_but_not_after_abbreviations():
+    assert texts(GUILD) == [
+        "The Guild", "The keepers of the northern lights formed a guild in 1902.",
+        "The secret password of the keepers' guild was 'blue heron', and it was written only inside the cover of each "
+        "logbook.", "Mr. Wren kept his logbook in a tin box."]
+    assert texts('He said "Stop!" Then J. R. Smith left, e.g. at noon?  Yes.') == [
+        'He said "Stop!"', "Then J. R. Smith left, e.g. at noon?", "Yes."]
+    assert texts("") == [] and texts("  \n\n ") == [] and texts("no stop at the end") == ["no stop at the end"]
+
+
+def test_a_long_run_without_stops_is_cut_at_line_ends_and_semicolons():
+    items = "\n".join(f"item {n}: a part of the machine and its number" for n in range(12))
+    parts = texts(items + "; the end")
+    assert len(parts) == 13 and parts[0] == "item 0: a part of the machine and its number"
+    assert all(len(p) < 60 for p in parts)
+
+
+def test_the_sentence_the_question_points_to_with_its_span_in_the_source():
+    state = state_of({"d.pdf": (GUILD, [0], [3])})
+    best = rank_evidence(state, [passage(state, "d.pdf")], "What was the secret password of the keepers' guild?",
+                         "The password was blue heron.")[0]
+    assert best.text.startswith("The secret password") and best.text.endswith("each logbook.")
+    assert state.sources["d.pdf"].text[best.char_start:best.char_end] == best.text
+    assert (best.source, best.page, best.page_end) == ("d.pdf", 3, 3) and best.score > 1.2
+    founded = rank_evidence(state, [passage(state, "d.pdf")], "When did the keepers form a guild?", "In 1902.")[0]
+    assert founded.text == "The keepers of the northern lights formed a guild in 1902."
+
+
+def test_among_the_sentences_the_question_points_to_the_answer_decides():
+    text = "The keeper lit the lamp at dusk. The keeper lit the lamp with oil from the cellar."
+    state = state_of({"a.txt": (text, [0], [1])})
+    question = "How did the keeper light the lamp?"
+    assert rank_evidence(state, [passage(state, "a.txt")], question, "At dusk.")[0].text == \
+        "The keeper lit the lamp at dusk."
+    assert rank_evidence(state, [passage(state, "a.txt")], question, "With oil.")[0].text == \
+        "The keeper lit the lamp with oil from the cellar."
+    # a wrong answer does not pull the evidence away from what the question asks about
+    gulls = text + " Gulls nested on the rocks."
+    state = state_of({"b.txt": (gulls, [0], [1])})
+    assert "lamp" in rank_evidence(state, [passage(state, "b.txt")], question, "The gulls nested.")[0].text
+
+
+def test_an_answer_drawn_from_two_sentences_takes_both():
+    text = "The engineer was Margaret Ellory. She was born in Leith. The lamp was lit in 1887. Gulls nested there."
+    state = state_of({"a.txt": (text, [0], [1])})
+    best = rank_evidence(state, [passage(state, "a.txt")], "Who was the engineer and where was she born?",
+                         "Margaret Ellory, born in Leith.")[0]
+    assert best.text == "The engineer was Margaret Ellory. She was born in Leith."
+
+
+def test_one_best_sentence_per_passage_strongest_first_and_none_without_a_shared_word():
+    state = state_of({"d.pdf": (GUILD + "\n\n" + STORM, [0, len(GUILD) + 2], [3, 4])})
+    guild, storm = passage(state, "d.pdf", 0, len(GUILD), 0.2), passage(state, "d.pdf", len(GUILD) + 2, None, 0.7)
+    ranked = rank_evidence(state, [guild, storm], "How long did the storm cut Wren off?", "For nineteen days.")
+    assert [e.page for e in ranked] == [4, 3]  # the storm's sentence first, then the guild passage's best one
+    assert ranked[0].text == "In the winter of 1911 a storm cut the island off for nineteen days."
+    assert all(isinstance(e, Evidence) for e in ranked)
+    assert rank_evidence(state, [guild, storm], "Quantum chromodynamics?", "Gluons.") == []
+    assert rank_evidence(state, [], "What was the password?", "blue heron") == []
+
+
+def test_ties_go_to_the_passage_recalled_more_strongly():
+    text = "The lamp was lit at dusk.\n\nThe lamp was lit at dusk."
+    state = state_of({"a.txt": (text, [0], [1])})
+    weak, strong = passage(state, "a.txt", 0, 25, 0.1), passage(state, "a.txt", 27, None, 0.9)
+    best = rank_evidence(state, [weak, strong], "When was the lamp lit?", "At dusk.")[0]
+    assert best.char_start == 27
+
+
+def test_the_done_event_carries_the_evidence_from_the_recalled_passages(backbone, tokenizer):
+    torch.manual_seed(0)
+    model = HMT(backbone, HMTConfig(segment_length=32, sensory_size=4))
+    text = "".join(f"Page {n}. " + CORPUS[n % 4] + "\n" for n in range(12))
+    state = read_text(model, tokenizer, text, source="book")
+    events = list(stream_answer(model, tokenizer, state, "what is the passkey?", max_new_tokens=6))
+    passages, done = events[0].passages, events[-1]
+    assert done.kind == "done" and done.evidence
+    for found in done.evidence:  # every one lies inside a recalled passage and is the source's text there
+        assert any(p.source == found.source and p.char_start <= found.char_start < found.char_end <= p.char_end
+                   for p in passages)
+        assert state.sources["book"].text[found.char_start:found.char_end] == found.text
+    assert done.evidence == rank_evidence(state, passages, "what is the passkey?", done.text)
+
+
+def test_a_withheld_answer_names_no_evidence(backbone, tokenizer, monkeypatch):
+    import hmt_core.answer as answer
+
+    torch.manual_seed(0)
+    model = HMT(backbone, HMTConfig(segment_length=32, sensory_size=4))
+    state = read_text(model, tokenizer, "".join(CORPUS) * 3, source="book")
+    monkeypatch.setattr(answer, "discloses_instructions", lambda text: True)  # as if it quoted the system prompt
+    done = list(stream_answer(model, tokenizer, state, "what is the passkey?", max_new_tokens=6))[-1]
+    assert done.text == WITHHELD and done.evidence == []
