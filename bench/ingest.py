@@ -5,6 +5,7 @@ after each.
     python -m bench.ingest                       # SmolLM2-135M-Instruct, 10k vs 200k tokens, CPU
     python -m bench.ingest --short 2000 --long 8000 --rounds 1   # a quick look
     python -m bench.ingest --hmt-weights assets/hmt-smollm2-135m --baseline-weights runs/memory-only
+    python -m bench.ingest --throughput-only --summary-batch 8   # batched summary passes, same rounds
 
 --baseline-weights also reads the same text with other HMT weights in the same rounds (e.g. the weights before token
 keys were added), so the cost of a change is a ratio measured in one run.
@@ -44,9 +45,10 @@ def text_of_tokens(tokenizer, text: str, n_tokens: int, step: int = 20_000) -> s
     return text[:end]
 
 
-def read(model, tokenizer, text: str):
-    """Read text page by page, as the app does; returns the memory state."""
-    reader = Reader(model, tokenizer)
+def read(model, tokenizer, text: str, summary_batch: int = 1):
+    """Read text page by page, as the app does; returns the memory state. summary_batch > 1 runs that many
+    segments' summary passes as one batch (Reader's summary_batch)."""
+    reader = Reader(model, tokenizer, summary_batch=summary_batch)
     for i in range(0, len(text), PAGE_CHARS):
         reader.feed(text[i:i + PAGE_CHARS], source="book", page=i // PAGE_CHARS + 1)
     reader.finish()
@@ -81,6 +83,11 @@ def throughput(args: argparse.Namespace) -> dict:
         hmt_tps = sum(s.num_tokens for s in state.segments) / (t1 - t0)
         rounds.append({"hmt_tokens_per_s": hmt_tps, "plain_tokens_per_s": len(ids) / (t2 - t1),
                        "plain_hidden_tokens_per_s": len(ids) / (t3 - t2)})
+        if args.summary_batch > 1:
+            t4 = time.perf_counter()
+            batched = read(model, tokenizer, text, args.summary_batch)
+            rounds[-1]["batched_summaries_tokens_per_s"] = sum(s.num_tokens for s in batched.segments) / (
+                time.perf_counter() - t4)
         if baseline is not None:
             t4 = time.perf_counter()
             base_state = read(baseline, tokenizer, text)
@@ -89,11 +96,16 @@ def throughput(args: argparse.Namespace) -> dict:
     for r in rounds:
         r["ratio_vs_plain"] = r["hmt_tokens_per_s"] / r["plain_tokens_per_s"]
         r["ratio_vs_plain_hidden"] = r["hmt_tokens_per_s"] / r["plain_hidden_tokens_per_s"]
+        if "batched_summaries_tokens_per_s" in r:
+            r["batched_ratio_vs_plain"] = r["batched_summaries_tokens_per_s"] / r["plain_tokens_per_s"]
         if "baseline_tokens_per_s" in r:
             r["ratio_vs_baseline"] = r["hmt_tokens_per_s"] / r["baseline_tokens_per_s"]
     out = {"tokens": len(ids), "rounds": rounds, "baseline_weights": args.baseline_weights,
            "ratio_vs_plain": statistics.median(r["ratio_vs_plain"] for r in rounds),
            "ratio_vs_plain_hidden": statistics.median(r["ratio_vs_plain_hidden"] for r in rounds)}
+    if args.summary_batch > 1:
+        out["summary_batch"] = args.summary_batch
+        out["batched_ratio_vs_plain"] = statistics.median(r["batched_ratio_vs_plain"] for r in rounds)
     if baseline is not None:
         out["ratio_vs_baseline"] = statistics.median(r["ratio_vs_baseline"] for r in rounds)
     return out
@@ -170,6 +182,8 @@ def table(result: dict) -> str:
         "| (bound ~0.61 at k=32) |",
         f"| HMT ingest tokens/s (median round) | {statistics.median(r['hmt_tokens_per_s'] for r in t['rounds']):.0f} "
         "| |",
+        *([f"| HMT ingest, summaries in batches of {t['summary_batch']} / plain forward (with LM head) | "
+           f"{t['batched_ratio_vs_plain']:.2f} | >= 0.75 |"] if t.get("summary_batch") else []),
         *([f"| HMT ingest / the same with {t['baseline_weights']}, same run | {t['ratio_vs_baseline']:.2f} | >= 0.9 |"]
           if t.get("baseline_weights") else []),
         f"| peak RSS reading {s['tokens']:,} tokens | {s['peak_rss_during_read_mb']:.0f} MB | |",
@@ -195,6 +209,8 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=200_000)
     parser.add_argument("--throughput-tokens", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--summary-batch", type=int, default=8,
+                        help="also read with this many summary passes per batch in the same rounds (1: do not)")
     parser.add_argument("--latency-repeats", type=int, default=5)
     parser.add_argument("--throughput-only", action="store_true",
                         help="only the reading rounds (no RSS or latency children); writes ingest_throughput.*")
@@ -211,6 +227,9 @@ def main() -> None:
                  f"{result['machine']['cpu']}, {result['machine']['torch_threads']} threads, fp32; "
                  f"{time.time() - started:.0f} s.", "", "| measure | value |", "|---|---|",
                  f"| HMT ingest / plain forward (with LM head) | {t['ratio_vs_plain']:.2f} |"]
+        if t.get("summary_batch"):
+            lines.append(f"| HMT ingest, summaries in batches of {t['summary_batch']} / plain forward (with LM head) | "
+                         f"{t['batched_ratio_vs_plain']:.2f} |")
         if t.get("baseline_weights"):
             lines.append(f"| HMT ingest ({args.hmt_weights}) / the same with {t['baseline_weights']} | "
                          f"{t['ratio_vs_baseline']:.2f} |")

@@ -351,13 +351,14 @@ class HMT(nn.Module):
         return MemoryState("hmt", self.initial_memory.new_zeros(0, d).detach(),
                            capacity=max(keep or 0, self.config.cache_size))
 
-    def _recall_state(self, state: MemoryState, query_ids: list[int], window: int | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Summary of query_ids, then recall over the newest `window` cached memories (None: all of them)
-        -> (P [1, d], weights over every segment read so far, or None with an empty cache)."""
+    def _recall_state(self, state: MemoryState, query_ids: list[int], window: int | None = None,
+                      summary: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Summary of query_ids (unless given, [1, d]), then recall over the newest `window` cached memories
+        (None: all of them) -> (P [1, d], weights over every segment read so far, or None with an empty cache)."""
         rows = len(state.cache_segments) if window is None else min(window, len(state.cache_segments))
-        query = torch.tensor([query_ids[:self.config.summary_length]], dtype=torch.long, device=self.device)
-        summary = self.summarize(query.reshape(1, -1))
+        if summary is None:
+            query = torch.tensor([query_ids[:self.config.summary_length]], dtype=torch.long, device=self.device)
+            summary = self.summarize(query.reshape(1, -1))
         if rows == 0:
             return self.recall(summary, None)[0], None
         cache = state.cache[-rows:][None].to(self.device, self.initial_memory.dtype)  # [1, rows, d]
@@ -377,11 +378,29 @@ class HMT(nn.Module):
         state.sensory_ids = (state.sensory_ids + list(ids))[-k:] if k else []
 
     @torch.no_grad()
+    def summarize_segments(self, segments: list[list[int]]) -> torch.Tensor:
+        """The summary passes of several segments as one right-padded batch -> S [num_segments, d].
+
+        A summary pass sees only [T, x[:j], T], never the memory, so the summaries of every segment of a piece can
+        run together before the main passes, which must go one segment after another. Padding is masked and
+        positions follow the mask (run_backbone), so each row's summary equals its one-at-a-time summary to float
+        tolerance.
+        """
+        heads = [list(ids[:self.config.summary_length]) for ids in segments]
+        width = max(len(h) for h in heads)
+        ids = torch.zeros(len(heads), width, dtype=torch.long)  # [S, j]
+        mask = torch.zeros(len(heads), width, dtype=torch.bool)  # [S, j]
+        for row, head in enumerate(heads):
+            ids[row, :len(head)] = torch.tensor(head, dtype=torch.long)
+            mask[row, :len(head)] = True
+        return self.summarize(ids.to(self.device), None if bool(mask.all()) else mask.to(self.device))
+
+    @torch.no_grad()
     def read_segment(self, state: MemoryState, ids: list[int], segment_index: int,
-                     return_logits: bool = False) -> SegmentResult:
-        """Read one segment of at most L token ids into the state: summary, recall over the newest N memories,
-        main pass, write the memory."""
-        memory, weights = self._recall_state(state, ids, window=self.config.cache_size)
+                     return_logits: bool = False, summary: torch.Tensor | None = None) -> SegmentResult:
+        """Read one segment of at most L token ids into the state: summary (or the given one [1, d], from
+        summarize_segments), recall over the newest N memories, main pass, write the memory."""
+        memory, weights = self._recall_state(state, ids, window=self.config.cache_size, summary=summary)
         x = torch.tensor([ids], device=self.device)
         embeds, _, x_start = self.main_embeds(memory, self._sensory(state), x)
         layer = self.config.token_key_layer

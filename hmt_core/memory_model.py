@@ -53,8 +53,9 @@ class MemoryModel(Protocol):
         """An empty memory state keeping at least `keep` cached memories (when the model has a cache)."""
 
     def read_segment(self, state: MemoryState, ids: list[int], segment_index: int,
-                     return_logits: bool = False) -> SegmentResult:
-        """Read one segment of at most L token ids into the state."""
+                     return_logits: bool = False, summary: torch.Tensor | None = None) -> SegmentResult:
+        """Read one segment of at most L token ids into the state; `summary` [1, d] is its summary computed
+        beforehand in a batch (HMT's summarize_segments; None: computed here; unused without recall)."""
 
     def begin_segment(self, state: MemoryState, ids: list[int], query_ids: list[int] | None = None,
                       weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

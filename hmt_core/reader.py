@@ -63,10 +63,17 @@ class Reader:
 
     feed() and feed_ids() take pieces of any size and return the segments they completed; finish() reads the last
     partial segment. A new source always starts a new segment, so that no segment spans two documents.
+
+    summary_batch S > 1 (HMT only) waits until S full segments are pending and runs their summary passes as one
+    batch before the main passes (HMT.summarize_segments): the same memories, fewer and larger backbone calls, but
+    a feed returns up to S segments at once. finish() reads whatever is pending in the same way.
     """
 
-    def __init__(self, model: MemoryModel, tokenizer, state: MemoryState | None = None):
+    def __init__(self, model: MemoryModel, tokenizer, state: MemoryState | None = None, summary_batch: int = 1):
+        if summary_batch < 1:
+            raise ValueError("summary_batch must be at least 1")
         self.model = model
+        self.summary_batch = summary_batch if model.has_recall else 1
         self.tokenizer = tokenizer
         self.state = state if state is not None else model.new_state()
         self._source: str | None = None
@@ -114,9 +121,7 @@ class Reader:
             return []
         for offset, chunk in self._chunker.push("", final=True):
             self._add_chunk(offset, chunk)
-        done = self._read_full_segments()
-        if self._ids:
-            done.append(self._read(len(self._ids)))
+        done = self._read_full_segments(final=True)
         self.state.lexical.build()
         return done
 
@@ -125,17 +130,27 @@ class Reader:
         self._ids.extend(enc["input_ids"])
         self._spans.extend((offset + a, offset + b) for a, b in enc["offset_mapping"])
 
-    def _read_full_segments(self) -> list[ReadSegment]:
-        done = []
-        while len(self._ids) >= self.model.segment_length:
-            done.append(self._read(self.model.segment_length))
-        return done
+    def _read_full_segments(self, final: bool = False) -> list[ReadSegment]:
+        """Read pending full segments in groups of summary_batch (final: also fewer, and the last partial one)."""
+        length, done = self.model.segment_length, []
+        while True:
+            full = len(self._ids) // length
+            if full >= self.summary_batch:
+                sizes = [length] * self.summary_batch
+            elif final and self._ids:
+                sizes = [length] * full + ([len(self._ids) - full * length] if len(self._ids) % length else [])
+            else:
+                return done
+            ids = [self._ids[i * length:i * length + size] for i, size in enumerate(sizes)]
+            summaries = self.model.summarize_segments(ids) if self.summary_batch > 1 else [None] * len(ids)
+            for size, summary in zip(sizes, summaries):
+                done.append(self._read(size, None if summary is None else summary[None]))
 
-    def _read(self, n: int) -> ReadSegment:
+    def _read(self, n: int, summary: torch.Tensor | None = None) -> ReadSegment:
         ids, spans = self._ids[:n], self._spans[:n]
         self._ids, self._spans = self._ids[n:], self._spans[n:]
         state = self.state
-        result = self.model.read_segment(state, ids, state.num_segments)
+        result = self.model.read_segment(state, ids, state.num_segments, summary=summary)
         src = state.sources[self._source]
         start, end = spans[0][0], max(b for _, b in spans)
         info = SegmentInfo(state.num_segments, self._source, start, end, src.page_at(start),

@@ -105,8 +105,9 @@ class RMT(nn.Module):
 
     @torch.no_grad()
     def read_segment(self, state: MemoryState, ids: list[int], segment_index: int,
-                     return_logits: bool = False) -> SegmentResult:
-        """Read one segment into the state: its write block becomes the new memory [m, d]."""
+                     return_logits: bool = False, summary: torch.Tensor | None = None) -> SegmentResult:
+        """Read one segment into the state: its write block becomes the new memory [m, d]. RMT has no summary
+        pass, so `summary` is unused."""
         x = torch.tensor([ids], device=self.device)
         embeds, _, x_start = self.main_embeds(state.cache[None].to(self.device, self.memory.dtype), x)
         hidden = run_backbone(self.backbone, embeds, None)

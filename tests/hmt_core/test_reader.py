@@ -125,3 +125,32 @@ def test_a_state_can_keep_more_memories_than_reading_recalls_over(backbone):
     assert weights.shape == (10,) and torch.all(weights > 0)
     assert torch.equal(weights, model.begin_segment(state, [], query_ids=[1, 2, 3])[1])
     assert model.recall_weights(model.new_state(), [1, 2, 3]) is None
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_batched_summary_passes_write_the_same_memories_as_one_at_a_time(backbone, tokenizer, batch):
+    model = _model(backbone, token_key_layer=1, token_key_width=8, token_keys_per_segment=4)
+    text = TEXT[:3000] + " a short last segment."
+    one = Reader(model, tokenizer)
+    one_done = one.feed(text, "doc") + one.finish()
+    batched = Reader(model, tokenizer, summary_batch=batch)
+    batched_done = []
+    for piece in _pieces(text, random.Random(3)):
+        batched_done += batched.feed(piece, "doc")
+    batched_done += batched.finish()
+    assert one_done[-1].info.num_tokens < model.segment_length  # a padded row in the last batch
+    assert [s.info for s in batched_done] == [s.info for s in one_done]
+    torch.testing.assert_close(batched.state.cache, one.state.cache, rtol=1e-4, atol=1e-4)
+    for a, b in zip(batched_done, one_done):
+        if b.recall_weights is not None:
+            torch.testing.assert_close(a.recall_weights, b.recall_weights, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched.state.token_keys.float(), one.state.token_keys.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_a_reader_with_summary_batches_returns_segments_only_in_whole_batches(backbone, tokenizer):
+    model = _model(backbone)
+    reader = Reader(model, tokenizer, summary_batch=3)
+    done = reader.feed(TEXT[:3000], "doc")
+    assert len(done) % 3 == 0 and reader.pending_tokens < 3 * model.segment_length
+    with pytest.raises(ValueError):
+        Reader(model, tokenizer, summary_batch=0)
