@@ -28,6 +28,7 @@ import torch
 from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, MemoryState, load_backbone, load_checkpoint, read_text
 from hmt_core.answer import SYSTEM_PROMPT, chat_ids
 from hmt_core.backbone import cache_argument
+from hmt_core.quantize import QUANTIZATIONS, quantize_int8
 from hmt_core.training.fit_recall import read_document
 
 if TYPE_CHECKING:
@@ -55,9 +56,12 @@ def machine() -> dict:
 # The model
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options load_model reads: --model, --hmt-weights and, for fresh parameters, --segment-length."""
+    """The options load_model reads: --model, --hmt-weights, --quantize and, for fresh parameters,
+    --segment-length."""
     parser.add_argument("--model", default=DEFAULT_BACKBONE)
     parser.add_argument("--hmt-weights", default=None)
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+                        help="int8: the backbone's linear layers in int8 (hmt_core.quantize; cpu only)")
     parser.add_argument("--segment-length", type=int, default=256, help="only without --hmt-weights")
 
 
@@ -68,11 +72,14 @@ def untrained_hmt(backbone: torch.nn.Module, segment_length: int = 256) -> HMT:
 
 
 def load_model(args: argparse.Namespace, device: str = "cpu"):
-    """(HMT, tokenizer): the given weights, else fresh parameters with a fixed seed."""
+    """(HMT, tokenizer): the given weights, else fresh parameters with a fixed seed; --quantize int8 then
+    quantises the backbone."""
     backbone, tokenizer = load_backbone(args.model, device=device)
-    if args.hmt_weights:
-        return load_checkpoint(args.hmt_weights, backbone), tokenizer
-    return untrained_hmt(backbone, args.segment_length), tokenizer
+    model = load_checkpoint(args.hmt_weights, backbone) if args.hmt_weights else untrained_hmt(backbone,
+                                                                                                 args.segment_length)
+    if args.quantize == "int8":  # after the checkpoint, whose LoRA adapters merge into fp32 weights
+        quantize_int8(backbone, tokenizer)
+    return model, tokenizer
 
 
 def training_steps(folder: str | Path) -> int | None:

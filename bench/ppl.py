@@ -6,9 +6,10 @@ Every method scores the same tokens (all but the text's first) with the same bac
   blocks of --stride tokens, so every token past the start sees at least W - stride tokens;
 - full context: non-overlapping windows of the backbone's full length (8k for SmolLM2), each after a start token;
 - HMT sensory only: HMT's main pass with the k sensory tokens and no memory vector (an ablation);
-- HMT (untrained and trained weights) and RMT (trained weights), reading the text segment by segment.
+- HMT (untrained and trained weights) and RMT (trained weights), reading the text segment by segment;
+- with --int8, segment-only and HMT again on a copy of the backbone in int8 (hmt_core.quantize).
 
-    python -m bench.ppl --hmt-weights assets/hmt-smollm2-135m --rmt-weights runs/rmt-smollm2-135m/final
+    python -m bench.ppl --hmt-weights assets/hmt-smollm2-135m --rmt-weights runs/rmt-smollm2-135m/final --int8
 
 Writes bench/results/ppl.json and ppl.md.
 """
@@ -16,6 +17,7 @@ Writes bench/results/ppl.json and ppl.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from bench.common import DATA, describe_weights, machine, table_head, table_row, untrained_hmt, write_results
 from hmt_core import DEFAULT_BACKBONE, load_backbone, load_checkpoint
 from hmt_core.backbone import final_hidden_states, lm_logits
+from hmt_core.quantize import quantize_int8
 
 HELD_OUT = "austen_persuasion"
 
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rmt-weights", default=None)
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--stride", type=int, default=64, help="sliding-window block size")
+    parser.add_argument("--int8", action="store_true", help="also segment-only and HMT with an int8 backbone")
     args = parser.parse_args()
     backbone, tokenizer = load_backbone(args.model, device="cpu")
     untrained = untrained_hmt(backbone)
@@ -101,6 +105,12 @@ def main() -> None:
     if args.rmt_weights:
         rmt = args.rmt_weights
         runs[f"RMT {describe_weights(rmt)}"] = lambda: memory_nll(load_checkpoint(rmt, backbone), ids, "direct")
+    if args.int8:
+        int8 = quantize_int8(copy.deepcopy(backbone), tokenizer)
+        runs["segment-only, int8 backbone"] = lambda: blocks_nll(int8, ids, start, L, 0)
+        if args.hmt_weights:
+            runs[f"HMT {describe_weights(args.hmt_weights)}, int8 backbone"] = lambda: memory_nll(
+                load_checkpoint(args.hmt_weights, int8), ids, "recall")
     results, started = {}, time.time()
     for name, run in runs.items():
         t0 = time.time()

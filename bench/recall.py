@@ -98,11 +98,13 @@ def main() -> None:
         print(f"{article['title']}: {len(questions)} questions ({time.time() - started:.0f} s)", flush=True)
     total = sum(a["questions"] for a in per_article)
     cfg = model.config
-    result = {"model": args.model, "hmt_weights": args.hmt_weights, "config": vars(cfg), "machine": machine(),
-              "questions": total, "articles": per_article, "segments_all_articles": together.num_segments,
+    result = {"model": args.model, "hmt_weights": args.hmt_weights, "quantize": args.quantize, "config": vars(cfg),
+              "machine": machine(), "questions": total, "articles": per_article,
+              "segments_all_articles": together.num_segments,
               "channels": list(available_channels(model, together, None)), "wall_seconds": time.time() - started,
               "settings": {s: {name: summary(r) for name, r in by.items()} for s, by in ranks.items()}}
-    lines = [f"Recall on all {total} questions of {len(articles)} held-out SQuAD articles; backbone {args.model}, "
+    lines = [f"Recall on all {total} questions of {len(articles)} held-out SQuAD articles; backbone {args.model}"
+             f"{' in int8 (hmt_core.quantize)' if args.quantize == 'int8' else ''}, "
              f"segment L {cfg.segment_length}, cache N {cfg.cache_size} while reading (recall ranks every segment), "
              f"sensory k {cfg.sensory_size}, HMT weights {describe_weights(args.hmt_weights)}, channels "
              f"{', '.join(result['channels'])}, fusion {cfg.recall_fusion} / T {cfg.recall_temperature:.3f}; "
@@ -116,7 +118,8 @@ def main() -> None:
             r = result["settings"][setting][name]
             lines.append(table_row(LABELS[name], *(with_interval(r, m) for m in ("hit@1", "hit@3", "mrr"))))
         lines.append("")
-    write_results("recall" if args.hmt_weights else "recall_untrained", result, "\n".join(lines))
+    name = ("recall" if args.hmt_weights else "recall_untrained") + ("_int8" if args.quantize == "int8" else "")
+    write_results(name, result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import backbone_identity, identity_mismatch
+from .quantize import quantization
 from .config import HMTConfig, config_from_dict, config_to_dict
 from .hmt import HMT
 from .rmt import RMT
@@ -78,6 +79,9 @@ def load_checkpoint(folder: str | Path, backbone: nn.Module, merge_lora: bool = 
         raise CheckpointError(f"the weights file in {folder} is missing or damaged: {err}") from err
     _assign(model, tensors)
     if meta.get("lora"):
+        if quantization(backbone) != "none":
+            raise CheckpointError(f"the checkpoint in {folder} carries LoRA adapters, which merge into fp32 weights: "
+                                  "load it before quantising the backbone")
         try:
             load_lora(backbone, meta["lora"], load_file(str(Path(folder) / LORA_FILE)), merge_lora)
         except (ImportError, OSError, ValueError, RuntimeError) as err:

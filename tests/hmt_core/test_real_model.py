@@ -8,6 +8,7 @@ from pypdf import PdfReader
 
 from hmt_core import HMT, HMTConfig, Reader, load_backbone, stream_answer
 from hmt_core.backbone import backbone_identity
+from hmt_core.quantize import quantize_int8
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "pride_and_prejudice_ch1-7.pdf"
 pytestmark = pytest.mark.slow
@@ -61,3 +62,14 @@ def test_the_shipped_weights_fuse_three_channels_and_find_a_needle(smollm2):
         assert int(detail.scores[channel].argmax()) == needle, channel
     events = list(stream_answer(model, tokenizer, state, question, max_new_tokens=12))
     assert "48213" in events[-1].text
+
+
+def test_int8_backbone_keeps_perplexity_close(smollm2):
+    backbone, tokenizer = smollm2
+    text = " ".join(page.extract_text() for page in PdfReader(EXAMPLE).pages[:2])
+    ids = torch.tensor([tokenizer(text)["input_ids"][:512]])
+    quantised = quantize_int8(load_backbone()[0], tokenizer)
+    with torch.no_grad():
+        fp32 = backbone(input_ids=ids, labels=ids).loss.exp().item()
+        int8 = quantised(input_ids=ids, labels=ids).loss.exp().item()
+    assert int8 < 1.05 * fp32, (fp32, int8)

@@ -94,3 +94,11 @@ def test_lora_checkpoint_that_does_not_fit_is_refused(tmp_path):
     (tmp_path / "ckpt" / "lora.safetensors").unlink()
     with pytest.raises(CheckpointError, match="LoRA"):
         load_checkpoint(tmp_path / "ckpt", make_backbone("llama"))
+
+
+def test_lora_checkpoint_is_refused_by_a_quantised_backbone(tmp_path, tokenizer):
+    from hmt_core.quantize import quantize_int8
+
+    save_checkpoint(_lora_hmt(rank=4), tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="before quantising"):
+        load_checkpoint(tmp_path / "ckpt", quantize_int8(make_backbone("llama"), tokenizer))
