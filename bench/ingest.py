@@ -5,7 +5,8 @@ after each.
     python -m bench.ingest                       # SmolLM2-135M-Instruct, 10k vs 200k tokens, CPU
     python -m bench.ingest --short 2000 --long 8000 --rounds 1   # a quick look
     python -m bench.ingest --hmt-weights assets/hmt-smollm2-135m --baseline-weights runs/memory-only
-    python -m bench.ingest --throughput-only --summary-batch 8   # batched summary passes, same rounds
+    python -m bench.ingest --throughput-only     # reading speed only: fp32, batched summaries, int8, same rounds
+    python -m bench.ingest --device cuda --throughput-only   # on a GPU: fp32, bf16, batched summaries
 
 --baseline-weights also reads the same text with other HMT weights in the same rounds (e.g. the weights before token
 keys were added), so the cost of a change is a ratio measured in one run.
@@ -16,6 +17,7 @@ Writes bench/results/ingest.json and ingest.md. Ratios compare runs made in the 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -28,6 +30,7 @@ import torch
 
 from bench.common import ROOT, add_model_arguments, load_model, long_text, machine, write_results
 from hmt_core import Reader, load_checkpoint, stream_answer
+from hmt_core.quantize import quantize_int8
 
 PAGE_CHARS = 3000
 WARMUP_CHARS = 100_000  # read once before measuring; RSS settles after about this much (see README)
@@ -36,7 +39,9 @@ QUESTION = "What did the captain say about the white whale?"
 
 def text_of_tokens(tokenizer, text: str, n_tokens: int, step: int = 20_000) -> str:
     """The prefix of `text` that tokenizes to about n_tokens tokens, counted a few thousand characters at a time so
-    that the count itself leaves no large allocation behind in the measured process."""
+    that the count itself leaves no large allocation behind in the measured process (and at most ~4 characters a
+    token at a time, so that a short text does not overshoot)."""
+    step = min(step, 4 * n_tokens)
     end, count = 0, 0
     while count < n_tokens and end < len(text):
         piece = text[end:end + step]
@@ -64,50 +69,72 @@ def plain_forward(backbone, ids: list[int], window: int, logits: bool) -> None:
         backbone(x) if logits else backbone.base_model(input_ids=x)
 
 
+def low_precision(model, tokenizer, device: str):
+    """(name, copy of model): on CPU the backbone in int8 (hmt_core.quantize), on a GPU in bf16."""
+    other = copy.deepcopy(model)
+    if device == "cpu":
+        quantize_int8(other.backbone, tokenizer)
+        return "int8", other
+    return "bf16", other.to(torch.bfloat16)
+
+
+def timed_read(model, tokenizer, text: str, summary_batch: int = 1) -> float:
+    """tokens/s of one read of text (the GPU synchronised before the clock stops)."""
+    t0 = time.perf_counter()
+    state = read(model, tokenizer, text, summary_batch)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return sum(s.num_tokens for s in state.segments) / (time.perf_counter() - t0)
+
+
+def timed_plain(backbone, ids: list[int], window: int, logits: bool) -> float:
+    t0 = time.perf_counter()
+    plain_forward(backbone, ids, window, logits)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return len(ids) / (time.perf_counter() - t0)
+
+
 def throughput(args: argparse.Namespace) -> dict:
-    """tokens/s of HMT reading and of the plain backbone, interleaved over several rounds; ratios per round."""
+    """tokens/s of HMT reading (fp32 one summary at a time, fp32 with batched summaries, the backbone in int8 on
+    CPU or bf16 on a GPU with and without batched summaries, other weights) and of the plain fp32 backbone,
+    interleaved over several rounds; every ratio is to the plain forward with LM head of the same round."""
     model, tokenizer = load_model(args, args.device)
     text = text_of_tokens(tokenizer, long_text(200_000), args.throughput_tokens)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    baseline = load_checkpoint(args.baseline_weights, model.backbone) if args.baseline_weights else None
-    read(model, tokenizer, text[:20_000])  # warm-up
+    others = {}  # name -> (model, summary batch), read after the plain forwards in each round
+    if args.summary_batch > 1:
+        others["batched_summaries"] = (model, args.summary_batch)
+    precision = None
+    if args.low_precision:
+        precision, low = low_precision(model, tokenizer, args.device)
+        others[precision] = (low, 1)
+        if args.summary_batch > 1:
+            others[f"{precision}_batched_summaries"] = (low, args.summary_batch)
+    if args.baseline_weights:
+        others["baseline"] = (load_checkpoint(args.baseline_weights, model.backbone), 1)
+    for reader, batch in [(model, 1), *others.values()]:
+        read(reader, tokenizer, text[:20_000], batch)  # warm-up
     rounds = []
     for _ in range(args.rounds):
-        t0 = time.perf_counter()
-        state = read(model, tokenizer, text)
-        t1 = time.perf_counter()
-        plain_forward(model.backbone, ids, model.segment_length, logits=True)
-        t2 = time.perf_counter()
-        plain_forward(model.backbone, ids, model.segment_length, logits=False)
-        t3 = time.perf_counter()
-        hmt_tps = sum(s.num_tokens for s in state.segments) / (t1 - t0)
-        rounds.append({"hmt_tokens_per_s": hmt_tps, "plain_tokens_per_s": len(ids) / (t2 - t1),
-                       "plain_hidden_tokens_per_s": len(ids) / (t3 - t2)})
-        if args.summary_batch > 1:
-            t4 = time.perf_counter()
-            batched = read(model, tokenizer, text, args.summary_batch)
-            rounds[-1]["batched_summaries_tokens_per_s"] = sum(s.num_tokens for s in batched.segments) / (
-                time.perf_counter() - t4)
-        if baseline is not None:
-            t4 = time.perf_counter()
-            base_state = read(baseline, tokenizer, text)
-            rounds[-1]["baseline_tokens_per_s"] = sum(s.num_tokens for s in base_state.segments) / (
-                time.perf_counter() - t4)
-    for r in rounds:
+        r = {"hmt_tokens_per_s": timed_read(model, tokenizer, text)}
+        r["plain_tokens_per_s"] = timed_plain(model.backbone, ids, model.segment_length, logits=True)
+        r["plain_hidden_tokens_per_s"] = timed_plain(model.backbone, ids, model.segment_length, logits=False)
+        for name, (reader, batch) in others.items():
+            r[f"{name}_tokens_per_s"] = timed_read(reader, tokenizer, text, batch)
         r["ratio_vs_plain"] = r["hmt_tokens_per_s"] / r["plain_tokens_per_s"]
         r["ratio_vs_plain_hidden"] = r["hmt_tokens_per_s"] / r["plain_hidden_tokens_per_s"]
-        if "batched_summaries_tokens_per_s" in r:
-            r["batched_ratio_vs_plain"] = r["batched_summaries_tokens_per_s"] / r["plain_tokens_per_s"]
-        if "baseline_tokens_per_s" in r:
+        for name in others:
+            if name != "baseline":
+                r[f"{name}_ratio_vs_plain"] = r[f"{name}_tokens_per_s"] / r["plain_tokens_per_s"]
+        if args.baseline_weights:
             r["ratio_vs_baseline"] = r["hmt_tokens_per_s"] / r["baseline_tokens_per_s"]
+        rounds.append(r)
     out = {"tokens": len(ids), "rounds": rounds, "baseline_weights": args.baseline_weights,
-           "ratio_vs_plain": statistics.median(r["ratio_vs_plain"] for r in rounds),
-           "ratio_vs_plain_hidden": statistics.median(r["ratio_vs_plain_hidden"] for r in rounds)}
-    if args.summary_batch > 1:
-        out["summary_batch"] = args.summary_batch
-        out["batched_ratio_vs_plain"] = statistics.median(r["batched_ratio_vs_plain"] for r in rounds)
-    if baseline is not None:
-        out["ratio_vs_baseline"] = statistics.median(r["ratio_vs_baseline"] for r in rounds)
+           "summary_batch": args.summary_batch, "low_precision": precision}
+    for key in rounds[0]:
+        if "ratio" in key:
+            out[key] = statistics.median(r[key] for r in rounds)
     return out
 
 
@@ -166,26 +193,41 @@ def run_child(args: argparse.Namespace, n_tokens: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def throughput_rows(t: dict) -> list[str]:
+    """Table rows (measure, value, goal) of throughput()'s result: every reading path as a ratio to the plain fp32
+    forward with LM head of the same rounds, then the plain path's tokens/s."""
+    batch, low = t["summary_batch"], t.get("low_precision")
+    rows = [("HMT ingest, fp32 / plain forward (with LM head), same tokens, same run", t["ratio_vs_plain"], ">= 0.6"),
+            ("HMT ingest, fp32 / plain forward (hidden states only)", t["ratio_vs_plain_hidden"],
+             "(bound ~0.61 at k=32)")]
+    if batch > 1:
+        rows.append((f"HMT ingest, fp32, summaries in batches of {batch} / plain forward",
+                     t["batched_summaries_ratio_vs_plain"], ">= 0.75"))
+    if low:
+        rows.append((f"HMT ingest, {low} backbone / plain forward", t[f"{low}_ratio_vs_plain"], ""))
+        if batch > 1:
+            rows.append((f"HMT ingest, {low} backbone, summaries in batches of {batch} / plain forward",
+                         t[f"{low}_batched_summaries_ratio_vs_plain"], ">= 1.0"))
+    if t.get("baseline_weights"):
+        rows.append((f"HMT ingest / the same with {t['baseline_weights']}, same run", t["ratio_vs_baseline"], ">= 0.9"))
+    lines = [f"| {measure} | {value:.2f} | {goal} |" for measure, value, goal in rows]
+    for key, label in (("hmt", "HMT ingest, fp32"), ("plain", "plain forward (with LM head)")):
+        tps = statistics.median(r[f"{key}_tokens_per_s"] for r in t["rounds"])
+        lines.append(f"| {label}, tokens/s (median round) | {tps:.0f} | |")
+    return lines
+
+
 def table(result: dict) -> str:
     t, s, long = result["throughput"], result["short"], result["long"]
     rss = long["peak_rss_during_read_mb"] / s["peak_rss_during_read_mb"]
     lines = [
         f"Backbone {result['model']}, HMT segment {result['config']['segment_length']}, "
         f"k {result['config']['sensory_size']}, N {result['config']['cache_size']}; {result['machine']['cpu']}, "
-        f"{result['machine']['torch_threads']} threads, fp32.",
+        f"{result['machine']['torch_threads']} threads; the plain forwards in fp32.",
         "",
         "| measure | value | goal |",
         "|---|---|---|",
-        f"| HMT ingest / plain forward (with LM head), same tokens, same run | {t['ratio_vs_plain']:.2f} "
-        "| >= 0.6 |",
-        f"| HMT ingest / plain forward (hidden states only) | {t['ratio_vs_plain_hidden']:.2f} "
-        "| (bound ~0.61 at k=32) |",
-        f"| HMT ingest tokens/s (median round) | {statistics.median(r['hmt_tokens_per_s'] for r in t['rounds']):.0f} "
-        "| |",
-        *([f"| HMT ingest, summaries in batches of {t['summary_batch']} / plain forward (with LM head) | "
-           f"{t['batched_ratio_vs_plain']:.2f} | >= 0.75 |"] if t.get("summary_batch") else []),
-        *([f"| HMT ingest / the same with {t['baseline_weights']}, same run | {t['ratio_vs_baseline']:.2f} | >= 0.9 |"]
-          if t.get("baseline_weights") else []),
+        *throughput_rows(t),
         f"| peak RSS reading {s['tokens']:,} tokens | {s['peak_rss_during_read_mb']:.0f} MB | |",
         f"| peak RSS reading {long['tokens']:,} tokens | {long['peak_rss_during_read_mb']:.0f} MB | |",
         f"| RSS growth, long vs short | {100 * (rss - 1):+.1f}% | < 5% |",
@@ -211,6 +253,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--summary-batch", type=int, default=8,
                         help="also read with this many summary passes per batch in the same rounds (1: do not)")
+    parser.add_argument("--low-precision", action=argparse.BooleanOptionalAction, default=True,
+                        help="also read with the backbone in int8 (cpu) or bf16 (cuda) in the same rounds")
     parser.add_argument("--latency-repeats", type=int, default=5)
     parser.add_argument("--throughput-only", action="store_true",
                         help="only the reading rounds (no RSS or latency children); writes ingest_throughput.*")
@@ -224,15 +268,9 @@ def main() -> None:
     if args.throughput_only:
         t = result["throughput"]
         lines = [f"Reading throughput only, {t['tokens']:,} tokens, {args.rounds} interleaved rounds; "
-                 f"{result['machine']['cpu']}, {result['machine']['torch_threads']} threads, fp32; "
-                 f"{time.time() - started:.0f} s.", "", "| measure | value |", "|---|---|",
-                 f"| HMT ingest / plain forward (with LM head) | {t['ratio_vs_plain']:.2f} |"]
-        if t.get("summary_batch"):
-            lines.append(f"| HMT ingest, summaries in batches of {t['summary_batch']} / plain forward (with LM head) | "
-                         f"{t['batched_ratio_vs_plain']:.2f} |")
-        if t.get("baseline_weights"):
-            lines.append(f"| HMT ingest ({args.hmt_weights}) / the same with {t['baseline_weights']} | "
-                         f"{t['ratio_vs_baseline']:.2f} |")
+                 f"{result['machine']['cpu']}, {result['machine']['torch_threads']} threads; "
+                 f"{time.time() - started:.0f} s.", "", "| measure | value | goal |", "|---|---|---|",
+                 *throughput_rows(t)]
         write_results("ingest_throughput", result, "\n".join(lines) + "\n")
         return
     result["short"] = run_child(args, args.short)
