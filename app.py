@@ -18,6 +18,7 @@ from app.ui import serve
 from app.uploads import make_upload_folder
 from hmt_core import DEFAULT_BACKBONE
 from hmt_core.backbone import cache_root
+from hmt_core.quantize import QUANTIZATIONS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder with memory_config.json + memory_params.safetensors "
                              "(default: assets/hmt-smollm2-135m; untrained recall when none fit the backbone)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--quantize", default=os.environ.get("HMT_QUANTIZE", "none"), choices=QUANTIZATIONS,
+                        help="int8: the backbone's linear layers in int8, for faster reading on CPU "
+                             "(README, 'Reading speed'; default: %(default)s)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (0.0.0.0 to serve your network)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(memory_segments=args.memory_segments)
     try:
         print(f"Loading {args.model} …", flush=True)
-        print(engine.load(args.model, args.hmt_weights, args.device), flush=True)
+        print(engine.load(args.model, args.hmt_weights, args.device, quantize=args.quantize), flush=True)
     except EngineError as err:
         raise SystemExit(str(err)) from err
     if args.check:  # the app would start: say whether it has trained HMT weights, and exit

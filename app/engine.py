@@ -17,6 +17,7 @@ from app.turns import ANSWER, READ, ModelTurns
 from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryModel,
                       MemoryState, Reader, SegmentInfo, load_backbone, load_checkpoint, remember_turn, stream_answer)
 from hmt_core.backbone import backbone_identity, cache_root
+from hmt_core.quantize import QUANTIZATIONS, quantization, quantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class Engine:
         self.weights_note = ""
         self.trained = False
         self.fingerprint = ""
+        self.quantize = "none"
 
     @property
     def loaded(self) -> bool:
@@ -157,12 +159,16 @@ class Engine:
         return self.model.segment_length
 
     def load(self, backbone: str = DEFAULT_BACKBONE, weights: str | Path | None = None, device: str = "auto",
-             dtype: str = "auto") -> str:
+             dtype: str = "auto", quantize: str | None = None) -> str:
         """Load a backbone and its HMT weights, replacing the current model only if all went well; returns a
-        one-line description. Raises EngineError with a message for the page."""
+        one-line description. quantize 'int8' quantises the backbone for CPU reading (hmt_core.quantize); None
+        keeps the engine's current setting. Raises EngineError with a message for the page."""
         backbone = (backbone or DEFAULT_BACKBONE).strip()
+        quantize = self.quantize if quantize is None else quantize
         if device not in DEVICES:
             raise EngineError(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
+        if quantize not in QUANTIZATIONS:
+            raise EngineError(f"Unknown quantisation {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}.")
         if device == "cuda" and not torch.cuda.is_available():
             raise EngineError("CUDA is not available on this machine; choose auto or cpu.")
         if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -173,13 +179,14 @@ class Engine:
             logger.warning("could not load the backbone %r: %s", backbone, err)
             raise EngineError(f"Could not load the backbone {backbone!r}: {without_paths(str(err))}") from err
         with self.turns.turn(READ):
-            self.attach(model, tokenizer, weights, backbone, device)
+            self.attach(model, tokenizer, weights, backbone, device, quantize)
         return self.describe_model()
 
     def attach(self, backbone_model: torch.nn.Module, tokenizer, weights: str | Path | None, name: str,
-               device: str = "auto") -> None:
+               device: str = "auto", quantize: str = "none") -> None:
         """Wrap a loaded backbone in HMT with the given weights folder (None: the shipped default) or untrained
-        parameters when there are none for it, and make it the current model."""
+        parameters when there are none for it, quantise it when asked (after the weights, whose LoRA adapters
+        merge into fp32), and make it the current model."""
         folder = Path(weights) if weights else DEFAULT_WEIGHTS
         trained, note = False, UNTRAINED_NOTE
         model = None
@@ -194,21 +201,29 @@ class Engine:
             note = f"{UNTRAINED_NOTE} (no HMT checkpoint in the folder {folder.name})"
         if model is None:
             model = untrained_hmt(backbone_model)
+        if quantize == "int8":
+            try:
+                quantize_int8(backbone_model, tokenizer)
+            except BackboneError as err:
+                raise EngineError(f"Could not quantise {name!r} to int8: {without_paths(str(err))}") from err
         model.requires_grad_(False)
         model.eval()
         self.model, self.tokenizer = model, tokenizer
         self.backbone_name, self.device = name, device
         self.trained, self.weights_note = trained, note
+        self.quantize = quantize
         self.fingerprint = self._fingerprint()
         logger.info("model ready: %s; %s", name, note)
 
     def _fingerprint(self) -> str:
-        """What a memory depends on besides the text: backbone identity, memory weights and config, dtype and
-        cache size."""
+        """What a memory depends on besides the text: backbone identity, memory weights and config, dtype,
+        quantisation and cache size."""
         first = next(self.model.parameters())
         data = {"format": FINGERPRINT_FORMAT, "backbone": backbone_identity(self.model.backbone),
                 "config": vars(self.model.config), "weights": _parameters_digest(self.model),
                 "dtype": str(first.dtype), "memory_segments": self.memory_segments}
+        if quantization(self.model.backbone) != "none":  # only then, so fp32 memories cached before stay valid
+            data["quantize"] = quantization(self.model.backbone)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
     def describe_model(self) -> str:
@@ -217,7 +232,10 @@ class Engine:
         first = next(self.model.parameters())
         kind = type(self.model).__name__
         name = Path(self.backbone_name).name if Path(self.backbone_name).is_dir() else self.backbone_name
-        return (f"{name} on {first.device.type} ({str(first.dtype).replace('torch.', '')}) · {kind}, "
+        precision = str(first.dtype).replace("torch.", "")
+        if quantization(self.model.backbone) == "int8":
+            precision += ", linear layers in int8"
+        return (f"{name} on {first.device.type} ({precision}) · {kind}, "
                 f"{self.segment_length} tokens per segment · {self.weights_note}")
 
     def expected_memory(self) -> Expect:

@@ -7,9 +7,11 @@ Every method scores the same tokens (all but the text's first) with the same bac
 - full context: non-overlapping windows of the backbone's full length (8k for SmolLM2), each after a start token;
 - HMT sensory only: HMT's main pass with the k sensory tokens and no memory vector (an ablation);
 - HMT (untrained and trained weights) and RMT (trained weights), reading the text segment by segment;
-- with --int8, segment-only and HMT again on a copy of the backbone in int8 (hmt_core.quantize).
+- with --int8 instead, segment-only and HMT with the fp32 backbone and with a copy in int8 (hmt_core.quantize),
+  written to ppl_int8.*.
 
-    python -m bench.ppl --hmt-weights assets/hmt-smollm2-135m --rmt-weights runs/rmt-smollm2-135m/final --int8
+    python -m bench.ppl --hmt-weights assets/hmt-smollm2-135m --rmt-weights runs/rmt-smollm2-135m/final
+    python -m bench.ppl --hmt-weights assets/hmt-smollm2-135m --int8
 
 Writes bench/results/ppl.json and ppl.md.
 """
@@ -82,8 +84,11 @@ def main() -> None:
     parser.add_argument("--rmt-weights", default=None)
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--stride", type=int, default=64, help="sliding-window block size")
-    parser.add_argument("--int8", action="store_true", help="also segment-only and HMT with an int8 backbone")
+    parser.add_argument("--int8", action="store_true",
+                        help="instead: segment-only and HMT (--hmt-weights) with the fp32 and the int8 backbone")
     args = parser.parse_args()
+    if args.int8 and not args.hmt_weights:
+        parser.error("--int8 compares HMT reading with both backbones: give --hmt-weights")
     backbone, tokenizer = load_backbone(args.model, device="cpu")
     untrained = untrained_hmt(backbone)
     cfg = untrained.config
@@ -105,12 +110,12 @@ def main() -> None:
     if args.rmt_weights:
         rmt = args.rmt_weights
         runs[f"RMT {describe_weights(rmt)}"] = lambda: memory_nll(load_checkpoint(rmt, backbone), ids, "direct")
-    if args.int8:
+    if args.int8:  # fp32 against int8 only: segment-only and HMT with each backbone, written to ppl_int8.*
         int8 = quantize_int8(copy.deepcopy(backbone), tokenizer)
-        runs["segment-only, int8 backbone"] = lambda: blocks_nll(int8, ids, start, L, 0)
-        if args.hmt_weights:
-            runs[f"HMT {describe_weights(args.hmt_weights)}, int8 backbone"] = lambda: memory_nll(
-                load_checkpoint(args.hmt_weights, int8), ids, "recall")
+        hmt = f"HMT {describe_weights(args.hmt_weights)}"
+        runs = {"segment-only": runs["segment-only"], hmt: runs[hmt],
+                "segment-only, int8 backbone": lambda: blocks_nll(int8, ids, start, L, 0),
+                f"{hmt}, int8 backbone": lambda: memory_nll(load_checkpoint(args.hmt_weights, int8), ids, "recall")}
     results, started = {}, time.time()
     for name, run in runs.items():
         t0 = time.time()
@@ -118,6 +123,9 @@ def main() -> None:
         results[name] = {"ppl": math.exp(nll / count), "tokens_scored": count, "seconds": time.time() - t0}
         print(name, results[name], flush=True)
     base = results["segment-only"]["ppl"]
+    if args.int8:
+        write_int8_results(args, ids, cfg, results, started)
+        return
     sliding = next(v["ppl"] for n, v in results.items() if n.startswith("sliding"))
     result = {"model": args.model, "text": HELD_OUT, "tokens": len(ids), "config": vars(cfg), "machine": machine(),
               "wall_seconds": time.time() - started, "results": results}
@@ -128,6 +136,19 @@ def main() -> None:
     for name, v in results.items():
         lines.append(table_row(name, f"{v['ppl']:.2f}", f"{v['ppl'] / base:.3f}", f"{v['ppl'] / sliding:.3f}"))
     write_results("ppl", result, "\n".join(lines) + "\n")
+
+
+def write_int8_results(args: argparse.Namespace, ids: list[int], cfg, results: dict, started: float) -> None:
+    """ppl_int8.*: each int8 row against its fp32 row of the same run (the CPU-default rule is within 1%)."""
+    result = {"model": args.model, "text": HELD_OUT, "tokens": len(ids), "config": vars(cfg), "machine": machine(),
+              "wall_seconds": time.time() - started, "results": results}
+    lines = [f"Perplexity with the backbone in fp32 and in int8 (hmt_core.quantize) on the first {len(ids)} tokens of "
+             f"{HELD_OUT} (held out of every training run); {time.time() - started:.0f} s on {machine()['cpu']}.",
+             "", *table_head("method", "PPL fp32", "PPL int8", "int8 / fp32")]
+    for name in [n for n in results if not n.endswith(", int8 backbone")]:
+        fp32, int8 = results[name]["ppl"], results[f"{name}, int8 backbone"]["ppl"]
+        lines.append(table_row(name, f"{fp32:.2f}", f"{int8:.2f}", f"{int8 / fp32:.3f}"))
+    write_results("ppl_int8", result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from apptools import run, tiny_engine
 from pdf_factory import make_pdf
 from tiny_models import make_backbone
 
-from app.engine import UNTRAINED_NOTE, Engine, untrained_hmt
+from app.engine import UNTRAINED_NOTE, Engine, EngineError, untrained_hmt
 from app.extract import Document, open_document
 from app.ingest import Upload, ingest, pieces_of
 from app.session import Session
@@ -84,6 +85,24 @@ def test_trained_weights_are_loaded_and_change_the_fingerprint(engine, tmp_path)
     other.attach(make_backbone("llama"), engine.tokenizer, str(tmp_path / "ckpt"), "tiny")
     assert other.trained and "Trained HMT weights" in other.weights_note
     assert other.fingerprint != engine.fingerprint
+
+
+def test_int8_engine_reads_with_a_quantised_backbone_and_its_own_fingerprint(engine, tmp_path):
+    other = Engine()
+    other.attach(make_backbone("llama"), engine.tokenizer, str(tmp_path / "nowhere"), "tiny", quantize="int8")
+    assert other.quantize == "int8" and "linear layers in int8" in other.describe_model()
+    assert "int8" not in engine.describe_model()
+    assert other.fingerprint != engine.fingerprint  # memories read in fp32 are not served to int8, nor back
+    reader = other.new_reader()
+    reader.feed("The passkey is 12345. " * 40, source="a.txt", page=1)
+    reader.finish()
+    assert reader.state.num_segments >= 1 and torch.isfinite(reader.state.cache).all()
+    with pytest.raises(EngineError, match="Unknown quantisation"):
+        other.load("tiny", quantize="int4")
+    gpt2 = Engine()
+    with pytest.raises(EngineError, match="Llama-style"):
+        gpt2.attach(make_backbone("gpt2"), engine.tokenizer, None, "tiny gpt2", quantize="int8")
+    assert not gpt2.loaded  # the failed quantisation replaced nothing
 
 
 def test_weights_for_another_backbone_fall_back_to_untrained(engine, tmp_path):
