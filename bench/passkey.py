@@ -134,8 +134,10 @@ def markdown(data: dict) -> str:
     """The header line and the per-length table."""
     s, m = data["settings"], data["machine"]
     weights = f"{s['hmt_weights']} ({s['hmt_steps']} training steps)" if s["hmt_weights"] else "untrained"
+    int8 = " in int8 (hmt_core.quantize)" if s.get("quantize") == "int8" else ""
     header = (f"Passkey retrieval: one needle (a random 5-digit key) at a random sentence boundary of the standard "
-              f"filler, question \"{s['question']}\"; backbone {s['model']} (window {s['window']}), HMT segment L "
+              f"filler, question \"{s['question']}\"; backbone {s['model']}{int8} (window {s['window']}), HMT "
+              f"segment L "
               f"{s['config']['segment_length']}, cache N {s['config']['cache_size']}, sensory k "
               f"{s['config']['sensory_size']}, every segment recallable when answering; HMT weights {weights}; "
               f"greedy, {s['max_new_tokens']} new tokens, seed {s['seed']}; wall time {data['wall_seconds']:.0f} s "
@@ -182,7 +184,8 @@ def run_benchmark(model: HMT, tokenizer: PreTrainedTokenizerBase, settings: dict
 def settings_for(args: argparse.Namespace, model: HMT) -> dict:
     """What a resumed run must share with the saved trials: backbone, weights, config, seed, question, decoding."""
     steps = training_steps(args.hmt_weights) if args.hmt_weights else None
-    return {"model": args.model, "hmt_weights": args.hmt_weights, "hmt_steps": steps, "config": vars(model.config),
+    return {"model": args.model, "hmt_weights": args.hmt_weights, "hmt_steps": steps, "quantize": args.quantize,
+            "config": vars(model.config),
             "seed": args.seed, "question": PASSKEY_QUESTION, "max_new_tokens": args.max_new_tokens,
             "window": model.backbone.config.max_position_embeddings, "keep": KEEP}
 
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     model, tokenizer = load_model(args)
-    name = "passkey" if args.hmt_weights else "passkey_untrained"
+    name = ("passkey" if args.hmt_weights else "passkey_untrained") + ("_int8" if args.quantize == "int8" else "")
     run_benchmark(model, tokenizer, settings_for(args, model), args.lengths, args.trials, args.modes,
                   args.results_dir, name)
 

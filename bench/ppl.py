@@ -112,10 +112,10 @@ def main() -> None:
         runs[f"RMT {describe_weights(rmt)}"] = lambda: memory_nll(load_checkpoint(rmt, backbone), ids, "direct")
     if args.int8:  # fp32 against int8 only: segment-only and HMT with each backbone, written to ppl_int8.*
         int8 = quantize_int8(copy.deepcopy(backbone), tokenizer)
-        hmt = f"HMT {describe_weights(args.hmt_weights)}"
-        runs = {"segment-only": runs["segment-only"], hmt: runs[hmt],
+        label = f"HMT {describe_weights(args.hmt_weights)}"
+        runs = {"segment-only": runs["segment-only"], label: runs[label],
                 "segment-only, int8 backbone": lambda: blocks_nll(int8, ids, start, L, 0),
-                f"{hmt}, int8 backbone": lambda: memory_nll(load_checkpoint(args.hmt_weights, int8), ids, "recall")}
+                f"{label}, int8 backbone": lambda: memory_nll(load_checkpoint(args.hmt_weights, int8), ids, "recall")}
     results, started = {}, time.time()
     for name, run in runs.items():
         t0 = time.time()

@@ -1,0 +1,132 @@
+"""App reading benchmark (README, 'Reading speed'): the same text read through the app's ingest (opening the text,
+bounded model calls, progress lines, the cache write) and through bench.ingest's Reader loop, in one process,
+interleaved over rounds, with one model; and how right the progress line's tokens/s and time left were.
+
+    python -m bench.app_reading                              # 20k tokens, 2 rounds, fp32
+    python -m bench.app_reading --quantize int8              # the same with the int8 backbone
+    python -m bench.app_reading --tokens 200000 --rounds 1   # a 500-page book through the app
+
+The progress line is judged at every report until 90% of the tokens are read (after that the time left is a few
+seconds and any relative error is large): its tokens/s against the rate the whole read turned out to have (tokens /
+wall seconds from the start of reading to the end), its time left against the time the read then still took.
+
+Writes bench/results/app_reading.json and .md (app_reading_int8.* with --quantize int8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from app.cache import MemoryCache
+from app.engine import Engine
+from app.ingest import Upload, ingest
+from app.session import Session
+from bench.common import long_text, machine, write_results
+from bench.ingest import read, text_of_tokens
+from hmt_core import DEFAULT_BACKBONE
+from hmt_core.quantize import QUANTIZATIONS
+
+PROGRESS = re.compile(r"· (\d+) tokens/s · about (?:(\d+) min )?(\d+) s left")
+JUDGED_UNTIL = 0.9  # the share of tokens read up to which progress lines are judged
+
+
+def shown(message: str) -> tuple[float, float] | None:
+    """(tokens/s, seconds left) as a progress line shows them, None for a line without an estimate."""
+    m = PROGRESS.search(message)
+    if m is None:
+        return None
+    return float(m[1]), 60 * float(m[2] or 0) + float(m[3])
+
+
+def app_read(engine: Engine, text: str, cache_dir: Path) -> dict:
+    """Read text through the app's ingest into a fresh session and cache; the wall time of the whole ingest, the
+    tokens read and, per progress line, (seconds since the start, tokens read, tokens/s shown, seconds left shown)."""
+    session, cache = Session(), MemoryCache(cache_dir)
+    lines, reading_started = [], None
+    start = time.perf_counter()
+    for progress in ingest(session, engine, cache, [Upload("book.txt", text=text)]):
+        now = time.perf_counter() - start
+        if progress.phase == "read":
+            if reading_started is None:  # the first bounded call ended; reading began when it began
+                reading_started = now - progress.report.seconds
+            estimate = shown(progress.message)
+            if estimate is not None:
+                lines.append((now, progress.report.tokens, *estimate))
+        if progress.errors:
+            raise RuntimeError(f"the app could not read the text: {progress.errors}")
+    wall = time.perf_counter() - start
+    tokens = session.documents[-1].tokens
+    return {"seconds": wall, "tokens": tokens, "tokens_per_s": tokens / wall, "reading_started_s": reading_started,
+            "lines": lines}
+
+
+def progress_errors(run: dict) -> dict:
+    """Relative errors of the progress lines judged (see the module's docstring): shown tokens/s against the read's
+    own rate, shown time left against the time the read still took."""
+    end, tokens, started = run["seconds"], run["tokens"], run["reading_started_s"]
+    true_rate = tokens / (end - started)
+    judged = [line for line in run["lines"] if line[1] <= JUDGED_UNTIL * tokens]
+    rate_err = [abs(rate - true_rate) / true_rate for _, _, rate, _ in judged]
+    left_err = [abs(left - (end - now)) / (end - now) for now, _, _, left in judged]
+    within = lambda errs: sum(e <= 0.2 for e in errs) / len(errs) if errs else None  # noqa: E731
+    return {"lines_judged": len(judged), "true_tokens_per_s": true_rate,
+            "rate_error_median": statistics.median(rate_err) if rate_err else None,
+            "rate_error_max": max(rate_err, default=None), "rate_within_20pct": within(rate_err),
+            "left_error_median": statistics.median(left_err) if left_err else None,
+            "left_error_max": max(left_err, default=None), "left_within_20pct": within(left_err)}
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_BACKBONE)
+    parser.add_argument("--hmt-weights", default=None, help="default: the app's (assets/hmt-smollm2-135m)")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none")
+    parser.add_argument("--tokens", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    engine = Engine()
+    description = engine.load(args.model, args.hmt_weights, "cpu", quantize=args.quantize)
+    text = text_of_tokens(engine.tokenizer, long_text(max(200_000, 6 * args.tokens)), args.tokens)
+    read(engine.model, engine.tokenizer, text[:20_000])  # warm-up
+    started, rounds = time.time(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            t0 = time.perf_counter()
+            state = read(engine.model, engine.tokenizer, text)
+            bench = sum(s.num_tokens for s in state.segments) / (time.perf_counter() - t0)
+            app = app_read(engine, text, Path(tmp) / f"cache{i}")
+            rounds.append({"bench_tokens_per_s": bench, "app": app, "app_ratio_vs_bench": app["tokens_per_s"] / bench,
+                           "progress": progress_errors(app)})
+            print(f"round {i + 1}: bench {bench:.0f} tokens/s, app {app['tokens_per_s']:.0f} tokens/s "
+                  f"({app['seconds']:.0f} s)", flush=True)
+    ratio = statistics.median(r["app_ratio_vs_bench"] for r in rounds)
+    result = {"model": description, "quantize": args.quantize, "machine": machine(),
+              "tokens": rounds[0]["app"]["tokens"], "rounds": rounds, "app_ratio_vs_bench": ratio,
+              "wall_seconds": time.time() - started}
+    m = result["machine"]
+    lines = [f"{result['tokens']:,} tokens of Moby-Dick read through the app's ingest and through bench.ingest's "
+             f"Reader loop, {args.rounds} interleaved rounds, one process; {description}; {m['cpu']}, "
+             f"{m['torch_threads']} threads; {result['wall_seconds']:.0f} s.", "",
+             "| round | bench tokens/s | app tokens/s | app / bench (goal >= 0.9) | app wall time | progress lines "
+             "judged | tokens/s shown: median error, within 20% | time left shown: median error, within 20% |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(rounds, 1):
+        p = r["progress"]
+        lines.append(f"| {i} | {r['bench_tokens_per_s']:.0f} | {r['app']['tokens_per_s']:.0f} | "
+                     f"{r['app_ratio_vs_bench']:.2f} | {r['app']['seconds']:.0f} s | {p['lines_judged']} | "
+                     f"{pct(p['rate_error_median'])}, {pct(p['rate_within_20pct'])} | "
+                     f"{pct(p['left_error_median'])}, {pct(p['left_within_20pct'])} |")
+    write_results("app_reading" + ("_int8" if args.quantize == "int8" else ""), result, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
