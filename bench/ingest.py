@@ -6,7 +6,7 @@ after each.
     python -m bench.ingest --short 2000 --long 8000 --rounds 1   # a quick look
     python -m bench.ingest --hmt-weights assets/hmt-smollm2-135m --baseline-weights runs/memory-only
     python -m bench.ingest --throughput-only     # reading speed only: fp32, batched summaries, int8, same rounds
-    python -m bench.ingest --device cuda --throughput-only   # on a GPU: fp32, bf16, batched summaries
+    python -m bench.ingest --device cuda --throughput-only   # on a GPU: fp32, bf16, batched summaries, documents
 
 --baseline-weights also reads the same text with other HMT weights in the same rounds (e.g. the weights before token
 keys were added), so the cost of a change is a ratio measured in one run.
@@ -30,6 +30,7 @@ import torch
 
 from bench.common import ROOT, add_model_arguments, load_model, long_text, machine, write_results
 from hmt_core import Reader, load_checkpoint, stream_answer
+from hmt_core.reader import read_together
 from hmt_core.quantize import quantize_int8
 
 PAGE_CHARS = 3000
@@ -60,6 +61,21 @@ def read(model, tokenizer, text: str, summary_batch: int = 1):
     return reader.state
 
 
+def read_documents(model, tokenizer, text: str, documents: int) -> list:
+    """Cut text into `documents` parts of whole pages and read them as rows of one batch, each into its own memory
+    (hmt_core.reader.read_together); returns their states."""
+    pages = [text[i:i + PAGE_CHARS] for i in range(0, len(text), PAGE_CHARS)]
+    per = -(-len(pages) // documents)
+    readers = []
+    for n in range(documents):
+        reader = Reader(model, tokenizer)
+        for page, piece in enumerate(pages[n * per:(n + 1) * per], 1):
+            reader.feed(piece, source=f"book {n + 1}", page=page, read=False)
+        readers.append(reader)
+    read_together(readers)
+    return [reader.state for reader in readers]
+
+
 @torch.no_grad()
 def plain_forward(backbone, ids: list[int], window: int, logits: bool) -> None:
     """The plain backbone over the same tokens in windows of one HMT segment: with the LM head (what a plain
@@ -78,13 +94,17 @@ def low_precision(model, tokenizer, device: str):
     return "bf16", other.to(torch.bfloat16)
 
 
-def timed_read(model, tokenizer, text: str, summary_batch: int = 1) -> float:
-    """tokens/s of one read of text (the GPU synchronised before the clock stops)."""
+def timed_read(model, tokenizer, text: str, summary_batch: int = 1, documents: int = 1) -> float:
+    """tokens/s of one read of text, as one document or as several read together (the GPU synchronised before the
+    clock stops)."""
     t0 = time.perf_counter()
-    state = read(model, tokenizer, text, summary_batch)
+    if documents > 1:
+        states = read_documents(model, tokenizer, text, documents)
+    else:
+        states = [read(model, tokenizer, text, summary_batch)]
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return sum(s.num_tokens for s in state.segments) / (time.perf_counter() - t0)
+    return sum(s.num_tokens for state in states for s in state.segments) / (time.perf_counter() - t0)
 
 
 def timed_plain(backbone, ids: list[int], window: int, logits: bool) -> float:
@@ -102,26 +122,30 @@ def throughput(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model(args, args.device)
     text = text_of_tokens(tokenizer, long_text(200_000), args.throughput_tokens)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    others = {}  # name -> (model, summary batch), read after the plain forwards in each round
+    others = {}  # name -> (model, summary batch, documents), read after the plain forwards in each round
     if args.summary_batch > 1:
-        others["batched_summaries"] = (model, args.summary_batch)
+        others["batched_summaries"] = (model, args.summary_batch, 1)
+    if args.documents > 1:
+        others["batched_documents"] = (model, 1, args.documents)
     precision = None
     if args.low_precision:
         precision, low = low_precision(model, tokenizer, args.device)
-        others[precision] = (low, 1)
+        others[precision] = (low, 1, 1)
         if args.summary_batch > 1:
-            others[f"{precision}_batched_summaries"] = (low, args.summary_batch)
+            others[f"{precision}_batched_summaries"] = (low, args.summary_batch, 1)
+        if args.documents > 1:
+            others[f"{precision}_batched_documents"] = (low, 1, args.documents)
     if args.baseline_weights:
-        others["baseline"] = (load_checkpoint(args.baseline_weights, model.backbone), 1)
-    for reader, batch in [(model, 1), *others.values()]:
-        read(reader, tokenizer, text[:20_000], batch)  # warm-up
+        others["baseline"] = (load_checkpoint(args.baseline_weights, model.backbone), 1, 1)
+    for reader, batch, documents in [(model, 1, 1), *others.values()]:
+        timed_read(reader, tokenizer, text[:20_000], batch, documents)  # warm-up
     rounds = []
     for _ in range(args.rounds):
         r = {"hmt_tokens_per_s": timed_read(model, tokenizer, text)}
         r["plain_tokens_per_s"] = timed_plain(model.backbone, ids, model.segment_length, logits=True)
         r["plain_hidden_tokens_per_s"] = timed_plain(model.backbone, ids, model.segment_length, logits=False)
-        for name, (reader, batch) in others.items():
-            r[f"{name}_tokens_per_s"] = timed_read(reader, tokenizer, text, batch)
+        for name, (reader, batch, documents) in others.items():
+            r[f"{name}_tokens_per_s"] = timed_read(reader, tokenizer, text, batch, documents)
         r["ratio_vs_plain"] = r["hmt_tokens_per_s"] / r["plain_tokens_per_s"]
         r["ratio_vs_plain_hidden"] = r["hmt_tokens_per_s"] / r["plain_hidden_tokens_per_s"]
         for name in others:
@@ -131,7 +155,7 @@ def throughput(args: argparse.Namespace) -> dict:
             r["ratio_vs_baseline"] = r["hmt_tokens_per_s"] / r["baseline_tokens_per_s"]
         rounds.append(r)
     out = {"tokens": len(ids), "rounds": rounds, "baseline_weights": args.baseline_weights,
-           "summary_batch": args.summary_batch, "low_precision": precision}
+           "summary_batch": args.summary_batch, "documents": args.documents, "low_precision": precision}
     for key in rounds[0]:
         if "ratio" in key:
             out[key] = statistics.median(r[key] for r in rounds)
@@ -196,18 +220,24 @@ def run_child(args: argparse.Namespace, n_tokens: int) -> dict:
 def throughput_rows(t: dict) -> list[str]:
     """Table rows (measure, value, goal) of throughput()'s result: every reading path as a ratio to the plain fp32
     forward with LM head of the same rounds, then the plain path's tokens/s."""
-    batch, low = t["summary_batch"], t.get("low_precision")
+    batch, documents, low = t["summary_batch"], t.get("documents", 1), t.get("low_precision")
     rows = [("HMT ingest, fp32 / plain forward (with LM head), same tokens, same run", t["ratio_vs_plain"], ">= 0.6"),
             ("HMT ingest, fp32 / plain forward (hidden states only)", t["ratio_vs_plain_hidden"],
              "(bound ~0.61 at k=32)")]
     if batch > 1:
         rows.append((f"HMT ingest, fp32, summaries in batches of {batch} / plain forward",
                      t["batched_summaries_ratio_vs_plain"], ">= 0.75"))
+    if documents > 1:
+        rows.append((f"HMT ingest, fp32, the text as {documents} documents read together / plain forward",
+                     t["batched_documents_ratio_vs_plain"], ""))
     if low:
         rows.append((f"HMT ingest, {low} backbone / plain forward", t[f"{low}_ratio_vs_plain"], ""))
         if batch > 1:
             rows.append((f"HMT ingest, {low} backbone, summaries in batches of {batch} / plain forward",
                          t[f"{low}_batched_summaries_ratio_vs_plain"], ">= 1.0"))
+        if documents > 1:
+            rows.append((f"HMT ingest, {low} backbone, {documents} documents read together / plain forward",
+                         t[f"{low}_batched_documents_ratio_vs_plain"], ""))
     if t.get("baseline_weights"):
         rows.append((f"HMT ingest / the same with {t['baseline_weights']}, same run", t["ratio_vs_baseline"], ">= 0.9"))
     lines = [f"| {measure} | {value:.2f} | {goal} |" for measure, value, goal in rows]
@@ -253,6 +283,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--summary-batch", type=int, default=8,
                         help="also read with this many summary passes per batch in the same rounds (1: do not)")
+    parser.add_argument("--documents", type=int, default=4,
+                        help="also read the text as this many documents together, rows of one batch (1: do not)")
     parser.add_argument("--low-precision", action=argparse.BooleanOptionalAction, default=True,
                         help="also read with the backbone in int8 (cpu) or bf16 (cuda) in the same rounds")
     parser.add_argument("--latency-repeats", type=int, default=5)

@@ -417,6 +417,45 @@ class HMT(nn.Module):
         return SegmentResult(new_memory, weights, logits, keys)
 
     @torch.no_grad()
+    def read_segments(self, states: list[MemoryState], rows: list[list[int]]) -> list[SegmentResult]:
+        """Read one segment into each of several memory states (several documents, each its own memory) with one
+        batched summary pass and one batched main pass: row b's segment rows[b] (at most L ids) goes into
+        states[b] exactly as read_segment would put it there, to float tolerance.
+
+        Rows differ in length (a document's last segment, a first segment without sensory tokens), so each row's
+        [P, sensory, x, P] is right-padded and masked, positions follow the mask (run_backbone), and its new memory
+        is the hidden state of its own last input.
+        """
+        summaries = self.summarize_segments(rows)  # [B, d]
+        inputs = []  # per row: (embeds [n_b, d], x_start, recall weights)
+        for b, (state, ids) in enumerate(zip(states, rows)):
+            memory, weights = self._recall_state(state, ids, window=self.config.cache_size,
+                                                 summary=summaries[b:b + 1])
+            x = torch.tensor([ids], device=self.device)
+            embeds, _, x_start = self.main_embeds(memory, self._sensory(state), x)
+            inputs.append((embeds[0], x_start, weights))
+        width = max(e.shape[0] for e, _, _ in inputs)
+        embeds = inputs[0][0].new_zeros(len(rows), width, inputs[0][0].shape[-1])  # [B, n, d]
+        mask = torch.zeros(len(rows), width, dtype=torch.bool, device=self.device)  # [B, n]
+        for b, (e, _, _) in enumerate(inputs):
+            embeds[b, :e.shape[0]], mask[b, :e.shape[0]] = e, True
+        layer = self.config.token_key_layer
+        with capture_hidden(self.backbone, [layer] if layer else []) as captured:
+            hidden = run_backbone(self.backbone, embeds, mask)  # [B, n, d]
+        results = []
+        for b, (state, ids) in enumerate(zip(states, rows)):
+            e, x_start, weights = inputs[b]
+            new_memory = hidden[b, e.shape[0] - 1]  # [d], the row's trailing P
+            self._write(state, new_memory, ids, state.num_segments)
+            keys = None
+            if layer:
+                token_states = captured[layer][b, x_start:x_start + len(ids)]  # [n, d]
+                keys = select_keys(token_states, self.token_key_mean, self.token_key_proj,
+                                   self.config.token_keys_per_segment).half().cpu()  # [K, r]
+            results.append(SegmentResult(new_memory, weights, None, keys))
+        return results
+
+    @torch.no_grad()
     def question_keys(self, ids: list[int], content: torch.Tensor | None = None) -> torch.Tensor:
         """Token keys [q, r] of a bare question (its ids, no chat template): the token-key layer's states of the
         tokens that `content` [q] marks (token_keys.question_token_mask; all of them when None or when none is

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .memory_model import MemoryModel
 from .state import MemoryState, SegmentInfo, SourceText
+
+if TYPE_CHECKING:
+    from .hmt import SegmentResult
 
 SOFT_CHUNK = 2000
 HARD_CHUNK = 8000
@@ -94,8 +98,10 @@ class Reader:
             self._chunker.start = len(src.text)
         return done
 
-    def feed(self, text: str, source: str = "document", page: int | None = None) -> list[ReadSegment]:
-        """Read a piece of `source`'s text (a page, a line, a few characters); `page` labels where it begins."""
+    def feed(self, text: str, source: str = "document", page: int | None = None, read: bool = True
+             ) -> list[ReadSegment]:
+        """Read a piece of `source`'s text (a page, a line, a few characters); `page` labels where it begins.
+        read=False only tokenises it, for read_together to read with other readers' documents."""
         done = self._switch(source)
         src = self.state.sources[source]
         if page is not None and (not src.page_numbers or src.page_numbers[-1] != page):
@@ -104,7 +110,7 @@ class Reader:
         src.text += text
         for offset, chunk in self._chunker.push(text):
             self._add_chunk(offset, chunk)
-        return done + self._read_full_segments()
+        return done + (self._read_full_segments() if read else [])
 
     def feed_ids(self, ids: list[int], source: str = "tokens") -> list[ReadSegment]:
         """Read token ids directly; such a source has no text, and its segments' spans count tokens, not characters."""
@@ -147,16 +153,48 @@ class Reader:
                 done.append(self._read(size, None if summary is None else summary[None]))
 
     def _read(self, n: int, summary: torch.Tensor | None = None) -> ReadSegment:
+        ids, spans = self._take(n)
+        return self._record(ids, spans, self.model.read_segment(self.state, ids, self.state.num_segments,
+                                                                summary=summary))
+
+    def _take(self, n: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """The next n pending token ids and their character spans, no longer pending."""
         ids, spans = self._ids[:n], self._spans[:n]
         self._ids, self._spans = self._ids[n:], self._spans[n:]
-        state = self.state
-        result = self.model.read_segment(state, ids, state.num_segments, summary=summary)
+        return ids, spans
+
+    def _record(self, ids: list[int], spans: list[tuple[int, int]], result: SegmentResult) -> ReadSegment:
+        """Add the segment just read (its memory already written) to the state: where it is, its token keys."""
+        state, n = self.state, len(ids)
         src = state.sources[self._source]
         start, end = spans[0][0], max(b for _, b in spans)
         info = SegmentInfo(state.num_segments, self._source, start, end, src.page_at(start),
                            src.page_at(max(end - 1, start)), n)
         state.add_segment(info, result.token_keys)
         return ReadSegment(info, result.memory, result.recall_weights)
+
+
+def read_together(readers: list[Reader]) -> list[list[ReadSegment]]:
+    """Read what several readers have pending (fed with read=False), each into its own memory, as rows of one
+    batch: step t reads segment t of every document that still has one, with one summary and one main pass
+    (HMT.read_segments). The same segments and memories as each reader's finish() alone, to float tolerance; then
+    each reader is finished. Returns each reader's segments."""
+    model = readers[0].model
+    if not model.has_recall or any(r.model is not model for r in readers):
+        raise ValueError("read_together needs readers of one HMT model")
+    for reader in readers:
+        for offset, chunk in reader._chunker.push("", final=True):
+            reader._add_chunk(offset, chunk)
+    done: list[list[ReadSegment]] = [[] for _ in readers]
+    length = model.segment_length
+    while active := [i for i, r in enumerate(readers) if r._ids]:
+        taken = [readers[i]._take(min(length, len(readers[i]._ids))) for i in active]
+        results = model.read_segments([readers[i].state for i in active], [ids for ids, _ in taken])
+        for i, (ids, spans), result in zip(active, taken, results):
+            done[i].append(readers[i]._record(ids, spans, result))
+    for reader in readers:
+        reader.finish()
+    return done
 
 
 def read_text(model: MemoryModel, tokenizer, text: str, source: str = "document", state: MemoryState | None = None

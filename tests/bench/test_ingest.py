@@ -12,12 +12,13 @@ def test_throughput_times_every_reading_path_in_each_round(tmp_path, tokenizer):
     make_backbone("llama").save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     args = argparse.Namespace(model=str(tmp_path / "tiny"), hmt_weights=None, quantize="none", segment_length=32,
-                              device="cpu", throughput_tokens=300, rounds=2, summary_batch=4, low_precision=True,
-                              baseline_weights=None)
+                              device="cpu", throughput_tokens=300, rounds=2, summary_batch=4, documents=3,
+                              low_precision=True, baseline_weights=None)
     t = throughput(args)
     assert t["low_precision"] == "int8" and len(t["rounds"]) == 2 and t["tokens"] >= 300
     for r in t["rounds"]:
-        for name in ("hmt", "plain", "plain_hidden", "batched_summaries", "int8", "int8_batched_summaries"):
+        for name in ("hmt", "plain", "plain_hidden", "batched_summaries", "batched_documents", "int8",
+                     "int8_batched_summaries", "int8_batched_documents"):
             assert r[f"{name}_tokens_per_s"] > 0
         assert abs(r["int8_ratio_vs_plain"] - r["int8_tokens_per_s"] / r["plain_tokens_per_s"]) < 1e-9
     rows = throughput_rows(t)

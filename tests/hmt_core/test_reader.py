@@ -5,7 +5,7 @@ import torch
 from tiny_models import CORPUS
 
 from hmt_core import HMT, HMTConfig, Reader, read_text
-from hmt_core.reader import HARD_CHUNK, SOFT_CHUNK, TextChunker
+from hmt_core.reader import HARD_CHUNK, SOFT_CHUNK, TextChunker, read_together
 
 TEXT = "\n".join(CORPUS * 12) + " " + "word " * 900 + "x" * (HARD_CHUNK + 50) + " tail."
 
@@ -154,3 +154,28 @@ def test_a_reader_with_summary_batches_returns_segments_only_in_whole_batches(ba
     assert len(done) % 3 == 0 and reader.pending_tokens < 3 * model.segment_length
     with pytest.raises(ValueError):
         Reader(model, tokenizer, summary_batch=0)
+
+
+def test_documents_read_together_get_the_memories_they_get_alone(backbone, tokenizer):
+    model = _model(backbone, token_key_layer=1, token_key_width=8, token_keys_per_segment=4)
+    texts = [TEXT[:2500], TEXT[1000:1400] + " a short one.", TEXT[200:1900]]  # different numbers of segments
+    alone = [Reader(model, tokenizer) for _ in texts]
+    for reader, text in zip(alone, texts):
+        reader.feed(text[:700], "doc", page=1)
+        reader.feed(text[700:], "doc", page=2)
+        reader.finish()
+    together = [Reader(model, tokenizer) for _ in texts]
+    for reader, text in zip(together, texts):
+        assert reader.feed(text[:700], "doc", page=1, read=False) == []
+        reader.feed(text[700:], "doc", page=2, read=False)
+    done = read_together(together)
+    counts = [a.state.num_segments for a in alone]
+    assert len(set(counts)) == 3 and [len(d) for d in done] == counts
+    for a, t in zip(alone, together):
+        assert t.state.segments == a.state.segments
+        assert t.state.sensory_ids == a.state.sensory_ids and t.state.cache_segments == a.state.cache_segments
+        torch.testing.assert_close(t.state.cache, a.state.cache, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(t.state.token_keys.float(), a.state.token_keys.float(), rtol=1e-2, atol=1e-2)
+        assert torch.equal(t.state.lexical.scores("Ishmael money"), a.state.lexical.scores("Ishmael money"))
+    with pytest.raises(ValueError, match="one HMT model"):
+        read_together([Reader(model, tokenizer), Reader(_model(backbone), tokenizer)])
