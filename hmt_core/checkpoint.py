@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import backbone_identity, identity_mismatch
-from .quantize import quantization
 from .config import HMTConfig, config_from_dict, config_to_dict
 from .hmt import HMT
+from .quantize import quantization
 from .rmt import RMT
 from .training.lora import load_lora, lora_settings, lora_state_dict
 

@@ -5,9 +5,10 @@ outlier channels decide the scale for every token. SmolLM2 has them: the down pr
 inputs above 2,000 while most channels stay below 20, and plain int8 of every linear layer takes perplexity from
 about 40 to about 136. SmoothQuant (Xiao et al. 2023) moves that range into the weights: for a linear layer with
 input x and weight W, x_j / s_j and W[:, j] * s_j give the same product, and the divisions fold into the RMSNorm
-before q/k/v and before gate/up, so the smoothed model computes what the
-original computes (to float rounding) before anything is quantised. s_j = max|x_j|^a / max|W[:, j]|^(1-a) from a
-short calibration text (calibration.txt, a page of Moby-Dick, a training text of the HMT weights).
+before q/k/v and before gate/up, so the smoothed model computes what the original computes (to float rounding)
+before anything is quantised. s_j = max|x_j|^a / max|W[:, j]|^(1-a) from a short calibration text (calibration.txt,
+a page of Moby-Dick, a training text of the HMT weights). The residual stream, the final norm and so HMT's memory
+embeddings and token keys are untouched by the smoothing itself.
 
 Even smoothed, the down projections' inputs are too uneven for one scale per call, so they stay fp32; everything
 else (q, k, v, o, gate, up) is int8. bench.ingest, bench.recall, bench.ppl and bench.passkey measure the result.
