@@ -182,12 +182,15 @@ def run_benchmark(model: HMT, tokenizer: PreTrainedTokenizerBase, settings: dict
 
 
 def settings_for(args: argparse.Namespace, model: HMT) -> dict:
-    """What a resumed run must share with the saved trials: backbone, weights, config, seed, question, decoding."""
+    """What a resumed run must share with the saved trials: backbone (and its quantisation, when there is one, so
+    that fp32 runs saved before it existed still resume), weights, config, seed, question, decoding."""
     steps = training_steps(args.hmt_weights) if args.hmt_weights else None
-    return {"model": args.model, "hmt_weights": args.hmt_weights, "hmt_steps": steps, "quantize": args.quantize,
-            "config": vars(model.config),
-            "seed": args.seed, "question": PASSKEY_QUESTION, "max_new_tokens": args.max_new_tokens,
-            "window": model.backbone.config.max_position_embeddings, "keep": KEEP}
+    settings = {"model": args.model, "hmt_weights": args.hmt_weights, "hmt_steps": steps, "config": vars(model.config),
+                "seed": args.seed, "question": PASSKEY_QUESTION, "max_new_tokens": args.max_new_tokens,
+                "window": model.backbone.config.max_position_embeddings, "keep": KEEP}
+    if args.quantize != "none":
+        settings["quantize"] = args.quantize
+    return settings
 
 
 def main(argv: list[str] | None = None) -> None:

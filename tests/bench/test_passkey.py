@@ -19,7 +19,8 @@ def model(backbone):
 
 def run(model, tokenizer, folder, trials=1, modes=("reread", "faithful"), seed=0):
     """The benchmark at 300 tokens into `folder`, as main() runs it without HMT weights."""
-    args = argparse.Namespace(model="tiny-llama", hmt_weights=None, seed=seed, max_new_tokens=8)
+    args = argparse.Namespace(model="tiny-llama", hmt_weights=None, quantize="none", seed=seed,
+                              max_new_tokens=8)
     return passkey.run_benchmark(model, tokenizer, passkey.settings_for(args, model), [300], trials, list(modes),
                                  folder, "passkey_untrained")
 
@@ -132,7 +133,8 @@ def test_the_real_backbone_at_1000_tokens(tmp_path):
 
 def test_trained_weights_and_their_steps_reach_the_header(model, tokenizer, tmp_path):
     save_checkpoint(model, tmp_path / "weights", extra={"steps": 7})
-    args = argparse.Namespace(model="tiny-llama", hmt_weights=str(tmp_path / "weights"), seed=0, max_new_tokens=8)
+    args = argparse.Namespace(model="tiny-llama", hmt_weights=str(tmp_path / "weights"), quantize="none",
+                              seed=0, max_new_tokens=8)
     settings = passkey.settings_for(args, model)
     assert settings["hmt_steps"] == 7
     data = passkey.run_benchmark(model, tokenizer, settings, [300], 1, ["faithful"], tmp_path, "passkey")
