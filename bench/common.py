@@ -71,10 +71,10 @@ def untrained_hmt(backbone: torch.nn.Module, segment_length: int = 256) -> HMT:
     return HMT(backbone, HMTConfig(segment_length=segment_length))
 
 
-def load_model(args: argparse.Namespace, device: str = "cpu"):
+def load_model(args: argparse.Namespace, device: str = "cpu", dtype: str = "auto"):
     """(HMT, tokenizer): the given weights, else fresh parameters with a fixed seed; --quantize int8 then
     quantises the backbone."""
-    backbone, tokenizer = load_backbone(args.model, device=device)
+    backbone, tokenizer = load_backbone(args.model, device=device, dtype=dtype)
     model = load_checkpoint(args.hmt_weights, backbone) if args.hmt_weights else untrained_hmt(backbone,
                                                                                                  args.segment_length)
     if args.quantize == "int8":  # after the checkpoint, whose LoRA adapters merge into fp32 weights

@@ -118,8 +118,9 @@ def timed_plain(backbone, ids: list[int], window: int, logits: bool) -> float:
 def throughput(args: argparse.Namespace) -> dict:
     """tokens/s of HMT reading (fp32 one summary at a time, fp32 with batched summaries, the backbone in int8 on
     CPU or bf16 on a GPU with and without batched summaries, other weights) and of the plain fp32 backbone,
-    interleaved over several rounds; every ratio is to the plain forward with LM head of the same round."""
-    model, tokenizer = load_model(args, args.device)
+    interleaved over several rounds; every ratio is to the plain forward with LM head of the same round. The model
+    loads in fp32 on any device (a GPU would default to bf16), so that fp32 is the base of every ratio."""
+    model, tokenizer = load_model(args, args.device, dtype="fp32")
     text = text_of_tokens(tokenizer, long_text(200_000), args.throughput_tokens)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     others = {}  # name -> (model, summary batch, documents), read after the plain forwards in each round
