@@ -17,7 +17,7 @@ from app.turns import ANSWER, READ, ModelTurns
 from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryModel,
                       MemoryState, Reader, SegmentInfo, load_backbone, load_checkpoint, remember_turn, stream_answer)
 from hmt_core.backbone import backbone_identity, cache_root
-from hmt_core.quantize import QUANTIZATIONS, quantization, quantize_int8
+from hmt_core.quantize import QUANTIZATIONS, quantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +222,8 @@ class Engine:
         data = {"format": FINGERPRINT_FORMAT, "backbone": backbone_identity(self.model.backbone),
                 "config": vars(self.model.config), "weights": _parameters_digest(self.model),
                 "dtype": str(first.dtype), "memory_segments": self.memory_segments}
-        if quantization(self.model.backbone) != "none":  # only then, so fp32 memories cached before stay valid
-            data["quantize"] = quantization(self.model.backbone)
+        if self.quantize != "none":  # only then, so fp32 memories cached before stay valid
+            data["quantize"] = self.quantize
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
     def describe_model(self) -> str:
@@ -233,7 +233,7 @@ class Engine:
         kind = type(self.model).__name__
         name = Path(self.backbone_name).name if Path(self.backbone_name).is_dir() else self.backbone_name
         precision = str(first.dtype).replace("torch.", "")
-        if quantization(self.model.backbone) == "int8":
+        if self.quantize == "int8":
             precision += ", linear layers in int8"
         return (f"{name} on {first.device.type} ({precision}) · {kind}, "
                 f"{self.segment_length} tokens per segment · {self.weights_note}")

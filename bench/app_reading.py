@@ -28,7 +28,7 @@ from app.engine import Engine
 from app.ingest import Upload, ingest
 from app.session import Session
 from bench.common import long_text, machine, write_results
-from bench.ingest import read, text_of_tokens
+from bench.ingest import read, text_of_tokens, timed_read
 from hmt_core import DEFAULT_BACKBONE
 from hmt_core.quantize import QUANTIZATIONS
 
@@ -64,13 +64,6 @@ def app_read(engine: Engine, text: str, cache_dir: Path) -> dict:
     tokens = session.documents[-1].tokens
     return {"seconds": wall, "tokens": tokens, "tokens_per_s": tokens / wall, "reading_started_s": reading_started,
             "lines": lines}
-
-
-def bench_read(engine: Engine, text: str) -> float:
-    """tokens/s of bench.ingest's Reader loop over text, with the engine's model."""
-    t0 = time.perf_counter()
-    state = read(engine.model, engine.tokenizer, text)
-    return sum(s.num_tokens for s in state.segments) / (time.perf_counter() - t0)
 
 
 def progress_errors(run: dict) -> dict:
@@ -111,7 +104,7 @@ def main() -> None:
             app_first = bool(i % 2)  # every second round reads through the app first: order favours neither path
             if app_first:
                 app = app_read(engine, text, Path(tmp) / f"cache{i}")
-            bench = bench_read(engine, text)
+            bench = timed_read(engine.model, engine.tokenizer, text)  # bench.ingest's Reader loop
             if not app_first:
                 app = app_read(engine, text, Path(tmp) / f"cache{i}")
             rounds.append({"bench_tokens_per_s": bench, "app": app, "app_first": app_first,

@@ -409,12 +409,18 @@ class HMT(nn.Module):
         logits = lm_logits(self.backbone, hidden[0, x_start:x_start + len(ids)]) if return_logits else None
         new_memory = hidden[0, -1].to(self.device)
         self._write(state, new_memory, ids, segment_index)
-        keys = None
-        if layer:
-            states = captured[layer][0, x_start:x_start + len(ids)]  # [n, d], the segment's own tokens
-            keys = select_keys(states, self.token_key_mean, self.token_key_proj,
-                               self.config.token_keys_per_segment).half().cpu()  # [K, r]
+        keys = self._segment_keys(captured, 0, x_start, len(ids))
         return SegmentResult(new_memory, weights, logits, keys)
+
+    def _segment_keys(self, captured: dict, row: int, x_start: int, n: int) -> torch.Tensor | None:
+        """Token keys [K, r] (fp16, cpu) of one row's n segment tokens from the token-key layer's captured states,
+        or None without a token-key layer."""
+        layer = self.config.token_key_layer
+        if not layer:
+            return None
+        states = captured[layer][row, x_start:x_start + n]  # [n, d], the segment's own tokens
+        return select_keys(states, self.token_key_mean, self.token_key_proj,
+                           self.config.token_keys_per_segment).half().cpu()  # [K, r]
 
     @torch.no_grad()
     def read_segments(self, states: list[MemoryState], rows: list[list[int]]) -> list[SegmentResult]:
@@ -447,12 +453,7 @@ class HMT(nn.Module):
             e, x_start, weights = inputs[b]
             new_memory = hidden[b, e.shape[0] - 1]  # [d], the row's trailing P
             self._write(state, new_memory, ids, state.num_segments)
-            keys = None
-            if layer:
-                token_states = captured[layer][b, x_start:x_start + len(ids)]  # [n, d]
-                keys = select_keys(token_states, self.token_key_mean, self.token_key_proj,
-                                   self.config.token_keys_per_segment).half().cpu()  # [K, r]
-            results.append(SegmentResult(new_memory, weights, None, keys))
+            results.append(SegmentResult(new_memory, weights, None, self._segment_keys(captured, b, x_start, len(ids))))
         return results
 
     @torch.no_grad()

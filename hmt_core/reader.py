@@ -125,11 +125,15 @@ class Reader:
         """Read whatever is pending, including a last segment shorter than L."""
         if self._source is None:
             return []
-        for offset, chunk in self._chunker.push("", final=True):
-            self._add_chunk(offset, chunk)
+        self._flush()
         done = self._read_full_segments(final=True)
         self.state.lexical.build()
         return done
+
+    def _flush(self) -> None:
+        """Tokenise the text the chunker still holds, so that every fed character is pending as token ids."""
+        for offset, chunk in self._chunker.push("", final=True):
+            self._add_chunk(offset, chunk)
 
     def _add_chunk(self, offset: int, chunk: str) -> None:
         enc = self.tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
@@ -183,8 +187,7 @@ def read_together(readers: list[Reader]) -> list[list[ReadSegment]]:
     if not model.has_recall or any(r.model is not model for r in readers):
         raise ValueError("read_together needs readers of one HMT model")
     for reader in readers:
-        for offset, chunk in reader._chunker.push("", final=True):
-            reader._add_chunk(offset, chunk)
+        reader._flush()
     done: list[list[ReadSegment]] = [[] for _ in readers]
     length = model.segment_length
     while active := [i for i, r in enumerate(readers) if r._ids]:
