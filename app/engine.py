@@ -16,6 +16,8 @@ from app.cache import Expect
 from app.turns import ANSWER, READ, ModelTurns
 from hmt_core import (DEFAULT_BACKBONE, HMT, AnswerEvent, BackboneError, CheckpointError, HMTConfig, MemoryModel,
                       MemoryState, Reader, SegmentInfo, load_backbone, load_checkpoint, remember_turn, stream_answer)
+from hmt_core.answer import NotFoundRule, load_not_found
+from hmt_core.answer_adapter import AdapterError, AnswerAdapter, load_answer_adapter
 from hmt_core.backbone import backbone_identity, cache_root
 from hmt_core.quantize import QUANTIZATIONS, quantize_int8
 
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = PROJECT_ROOT / "assets" / "hmt-smollm2-135m"
+DEFAULT_ADAPTER = PROJECT_ROOT / "assets" / "answer-lora-smollm2-135m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MEMORY_SEGMENTS = 4096  # cached memories kept per session: about a million tokens, so whole books stay recallable
 UNTRAINED_NOTE = "No trained HMT weights for this backbone: recall is untrained."
@@ -92,10 +95,12 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
 
 @gpu
 def _answer(model: MemoryModel, tokenizer, state: MemoryState, question: str, mode: str, max_new_tokens: int,
-            temperature: float, channels: tuple[str, ...] | None) -> Iterator[AnswerEvent]:
+            temperature: float, channels: tuple[str, ...] | None, adapter: AnswerAdapter | None,
+            not_found: NotFoundRule | None) -> Iterator[AnswerEvent]:
     """stream_answer with its recall weights and per-channel scores on the CPU."""
     for event in stream_answer(model, tokenizer, state, question, mode=mode, max_new_tokens=max_new_tokens,
-                               temperature=temperature, channels=channels):
+                               temperature=temperature, channels=channels, adapter=adapter,
+                               not_found=not_found):
         if event.weights is not None:
             event.weights = _cpu(event.weights)
         if event.recall is not None:
@@ -144,6 +149,9 @@ class Engine:
         self.trained = False
         self.fingerprint = ""
         self.quantize = "none"
+        self.adapter: AnswerAdapter | None = None
+        self.adapter_note = ""
+        self.not_found: NotFoundRule | None = None  # when answers say 'not found' (fitted with the weights)
 
     @property
     def loaded(self) -> bool:
@@ -206,14 +214,32 @@ class Engine:
                 quantize_int8(backbone_model, tokenizer)
             except BackboneError as err:
                 raise EngineError(f"Could not quantise {name!r} to int8: {without_paths(str(err))}") from err
+        adapter, adapter_note = self._answer_adapter(backbone_model, quantize)
+        not_found = load_not_found(folder) if trained else None
         model.requires_grad_(False)
         model.eval()
+        self.adapter, self.adapter_note, self.not_found = adapter, adapter_note, not_found
         self.model, self.tokenizer = model, tokenizer
         self.backbone_name, self.device = name, device
         self.trained, self.weights_note = trained, note
         self.quantize = quantize
         self.fingerprint = self._fingerprint()
         logger.info("model ready: %s; %s", name, note)
+
+    @staticmethod
+    def _answer_adapter(backbone_model: torch.nn.Module, quantize: str) -> tuple[AnswerAdapter | None, str]:
+        """The shipped answer adapter on this backbone when it fits (same backbone, full precision), with a note
+        for Settings saying why not when it does not. It never changes what reading writes into memory."""
+        if not (DEFAULT_ADAPTER / "answer_adapter.json").exists():
+            return None, "No answer adapter is shipped for this backbone."
+        if quantize != "none":
+            return None, "The answer adapter needs the full-precision backbone; int8 reading answers without it."
+        try:
+            adapter = load_answer_adapter(backbone_model, DEFAULT_ADAPTER)
+        except AdapterError as err:
+            logger.info("answer adapter not used: %s", err)
+            return None, f"The answer adapter does not fit this backbone ({without_paths(str(err))})."
+        return adapter, f"Answer adapter {DEFAULT_ADAPTER.name} ({adapter.describe()})"
 
     def _fingerprint(self) -> str:
         """What a memory depends on besides the text: backbone identity, memory weights and config, dtype,
@@ -285,15 +311,20 @@ class Engine:
 
     def answer(self, state: MemoryState, question: str, fingerprint: str, mode: str = "reread",
                max_new_tokens: int = 200, temperature: float = 0.0,
-               channels: tuple[str, ...] | None = None) -> Iterator[AnswerEvent]:
+               channels: tuple[str, ...] | None = None, use_adapter: bool = True,
+               not_found: bool = True) -> Iterator[AnswerEvent]:
         """Stream an answer from memory, recalling with `channels` (None: every channel the model weighs; memory
-        alone is the paper's HMT); the model is held for one step at a time, never across a yield."""
+        alone is the paper's HMT), with the answer adapter when one is loaded and use_adapter, and an honest
+        "not found" when the recall's confidence is below the fitted threshold and not_found; the model is held for
+        one step at a time, never across a yield."""
         if not self.has_recall:
             mode = "faithful"
         with self.turns.turn(ANSWER):
             self._check(fingerprint)
+            adapter = self.adapter if use_adapter else None
+            rule = self.not_found if not_found else None
             steps = _answer(self.model, self.tokenizer, state, question, mode, max_new_tokens, temperature,
-                            channels)
+                            channels, adapter, rule)
         while True:
             with self.turns.turn(ANSWER):
                 self._check(fingerprint)

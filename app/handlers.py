@@ -227,9 +227,11 @@ class Handlers:
         return None
 
     def ask(self, question: str | None, session: Session, mode: str = "reread", max_new_tokens: int = 200,
-            temperature: float = 0.0, channels: list[str] | str | None = None) -> Iterator[Update]:
-        """Answer from memory with the recall channels asked for (parse_channels), streaming the answer, the recall
-        chart (split by channel) and the recalled passages (with why each was recalled)."""
+            temperature: float = 0.0, channels: list[str] | str | None = None, use_adapter: bool = True,
+            not_found: bool = True) -> Iterator[Update]:
+        """Answer from memory with the recall channels asked for (parse_channels), with the answer adapter (when
+        loaded and use_adapter) and an honest 'not found' (when not_found and recall is unsure), streaming the
+        answer, the recall chart (split by channel) and the recalled passages (with why each was recalled)."""
         problem = self.question_problem(question, session)
         try:
             wanted = parse_channels(channels)
@@ -250,8 +252,9 @@ class Handlers:
             yield {"chat": self._chat(session), "question": gr.update(value="", interactive=False),
                    "ask": gr.update(interactive=False), "ask_status": "Recalling from memory…"}
             recalled = False
+            found = True
             for event in self.engine.answer(state, question, fingerprint, mode, int(max_new_tokens),
-                                            float(temperature), wanted):
+                                            float(temperature), wanted, bool(use_adapter), bool(not_found)):
                 if event.kind == "recall" and not recalled:  # the question's own recall (not a roll-over's)
                     recalled = True
                     passages, detail = event.passages, event.recall
@@ -265,16 +268,16 @@ class Handlers:
                     yield {"chat": self._chat(session)}
                 elif event.kind == "done":
                     answer = event.text  # cut short, marked with " …", when the model started to loop
-                    evidence = event.evidence
-            cites = views.citation_line(passages)
-            found = views.evidence_line(evidence)
+                    evidence, found = event.evidence, event.found
+            cites = views.citation_line(passages, found)
+            said = views.evidence_line(evidence)
             shown = views.md_text(answer.strip() or "(The model gave no answer.)") + (
-                f"\n\n*{views.md_text(cites)}*" if cites else "") + (f"\n\n{views.md_text(found)}" if found else "")
+                f"\n\n*{views.md_text(cites)}*" if cites else "") + (f"\n\n{views.md_text(said)}" if said else "")
             session.chat[-1] = {"role": "assistant", "content": shown}
             session.cited = self._targets(state, passages, evidence)
             self.engine.remember(state, question, answer, fingerprint)
             result = {"answer": answer.strip(), "citations": views.citations(passages, used),
-                      "evidence": views.evidence_data(evidence, passages)}
+                      "evidence": views.evidence_data(evidence, passages), "found": found}
             status = ""
         except EngineError as err:
             session.chat = session.chat[:-2]
@@ -443,7 +446,8 @@ class Handlers:
         yield {"model_status": f"Loaded: {views.md_text(description)}" + (f"\n\n{changed}" if changed else ""),
                "model_note": self.model_note(), "memory": self.memory_panel(session),
                "documents": views.documents_markdown(session), "chat": self._chat(session), "session": session,
-               "channels": self.channels_update(), **self._chat_enabled(session.ready)}
+               "channels": self.channels_update(), "adapter": self.adapter_update(),
+               **self._chat_enabled(session.ready)}
 
     def channel_choices(self) -> list[tuple[str, str]]:
         """The Settings choices of recall channels: those the loaded model weighs."""
@@ -453,6 +457,12 @@ class Handlers:
     def channels_update(self) -> dict:
         """The Settings checkboxes for the loaded model: its channels offered, all of them ticked."""
         return gr.update(choices=self.channel_choices(), value=list(self.engine.channels()))
+
+    def adapter_update(self) -> dict:
+        """The Settings checkbox of the answer adapter for the loaded model: ticked and usable when one is loaded,
+        else unticked and greyed out, its note saying why."""
+        loaded = self.engine.adapter is not None
+        return gr.update(value=loaded, interactive=loaded, info=self.engine.adapter_note)
 
     def model_note(self) -> str:
         """A line under the title saying which model is loaded and, plainly, when recall is untrained."""
@@ -464,7 +474,8 @@ class Handlers:
         session.check_model(self.engine.fingerprint)
         return {"memory": self.memory_panel(session), "model_note": self.model_note(),
                 "documents": views.documents_markdown(session), "session": session,
-                "channels": self.channels_update(), **self._chat_enabled(session.ready)}
+                "channels": self.channels_update(), "adapter": self.adapter_update(),
+                **self._chat_enabled(session.ready)}
 
     # --- named API endpoints ---------------------------------------------------------------------------------
 
@@ -484,15 +495,17 @@ class Handlers:
         yield views.unescape("\n\n".join(lines)), session
 
     def api_ask(self, question: str, mode: str, max_new_tokens: float, temperature: float,
-                channels: list[str] | str | None = None, session: Session | None = None
-                ) -> tuple[str, list[dict], dict | None, Session]:
+                channels: list[str] | str | None = None, use_adapter: bool = True, not_found: bool = True,
+                session: Session | None = None) -> tuple[str, list[dict], dict | None, Session]:
         """API: answer a question from this client's memory; returns (answer, citations, evidence), evidence being
         views.evidence_data (None when no sentence of the passages shares a word with the question or answer).
         channels: a list of recall channel names (None, the default: every channel the model weighs; [] = memory
-        only). The session (a gr.State, always given by Gradio) comes last, so channels can have a default for
-        older clients."""
+        only); use_adapter and not_found as in Settings. A 'not found' answer is the reply NOT_FOUND with the
+        closest passages as citations and no evidence. The session (a gr.State, always given by Gradio) comes last,
+        so the settings can have defaults for older clients."""
         result, status = None, ""
-        for update in self.ask(question, session, mode, max_new_tokens, temperature, channels):
+        for update in self.ask(question, session, mode, max_new_tokens, temperature, channels, use_adapter,
+                                not_found):
             result = update.get("result", result)
             status = update.get("ask_status", status)
         if result is None:
@@ -500,12 +513,13 @@ class Handlers:
         return result["answer"], result["citations"], result["evidence"], session
 
     def api_ask_stream(self, question: str, mode: str, max_new_tokens: float, temperature: float,
-                       channels: list[str] | str | None = None, session: Session | None = None
-                       ) -> Iterator[tuple[str, list[dict], dict | None, Session]]:
+                       channels: list[str] | str | None = None, use_adapter: bool = True, not_found: bool = True,
+                       session: Session | None = None) -> Iterator[tuple[str, list[dict], dict | None, Session]]:
         """API: api_ask, streamed: yields (the answer so far, [], None, session) as its tokens come, then (answer,
         citations, evidence, session) once it is done."""
         result, status = None, ""
-        for update in self.ask(question, session, mode, max_new_tokens, temperature, channels):
+        for update in self.ask(question, session, mode, max_new_tokens, temperature, channels, use_adapter,
+                                not_found):
             result = update.get("result", result)
             status = update.get("ask_status", status)
             chat = update.get("chat")

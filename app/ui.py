@@ -28,6 +28,10 @@ UPLOAD_SWEEP = (600, 3600)  # every 10 minutes Gradio deletes uploads older than
 ANSWER_MODE_CHOICES = [("Recall and re-read (cites pages)", "reread"), ("Faithful HMT (memory only)", "faithful")]
 CHANNEL_INFO = ("What ranks the recalled segments. HMT memory only = the paper's HMT; nothing ticked = memory only. "
                 "Offered: the channels the loaded weights weigh.")
+ADAPTER_LABEL = "Answer adapter (short answers taken from the passages; re-read mode)"
+NOT_FOUND_LABEL = "Say “not found” when recall is unsure"
+NOT_FOUND_INFO = ("When no passage seems to hold the answer, say so and show the closest passages instead of "
+                  "guessing.")
 CHANNEL_COLORS = {views.CHANNEL_NAMES["memory"]: "#6366f1", views.CHANNEL_NAMES["lexical"]: "#f59e0b",
                   views.CHANNEL_NAMES["token"]: "#0ea5e9"}  # words and token keys as their marks in the passages
 
@@ -150,6 +154,10 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
                                         elem_id="temperature")
                 channels = gr.CheckboxGroup(handlers.channel_choices(), value=list(engine.channels()),
                                             label="Recall channels", info=CHANNEL_INFO, elem_id="channels")
+            with gr.Row():
+                adapter = gr.Checkbox(engine.adapter is not None, label=ADAPTER_LABEL, info=engine.adapter_note,
+                                      interactive=engine.adapter is not None, elem_id="adapter")
+                not_found = gr.Checkbox(True, label=NOT_FOUND_LABEL, info=NOT_FOUND_INFO, elem_id="not-found")
             admin = handlers.admin  # switching the model is for an operator only; handlers.load_model checks it
             with gr.Row():
                 local = Path(engine.backbone_name).is_dir()  # a server folder: not shown to visitors
@@ -184,8 +192,8 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         c = {"session": session, "files": files, "progress": progress, "status": status, "documents": documents,
              "chat": chat, "question": question, "ask": ask, "ask_status": ask_status, "chart": chart,
              "passages": passages, "memory": memory, "cancel": cancel, "model_status": model_status,
-             "model_note": model_note, "channels": channels, "page_view": page_view, "page_prev": page_prev,
-             "page_next": page_next}
+             "model_note": model_note, "channels": channels, "adapter": adapter, "page_view": page_view,
+             "page_prev": page_prev, "page_next": page_next}
         reading = {"concurrency_id": "read", "concurrency_limit": READ_CONCURRENCY}
         answering = {"concurrency_id": "answer", "concurrency_limit": ANSWER_CONCURRENCY}
         private = {"api_visibility": "private"}
@@ -199,7 +207,7 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
                     [session, status, documents, chat, memory, chart, passages, progress, question, ask, page_view,
                      page_prev, page_next], concurrency_limit=None, **private)
         ask_out = [session, chat, question, ask, ask_status, chart, passages, memory, documents]
-        ask_in = [question, session, mode, max_tokens, temperature, channels]
+        ask_in = [question, session, mode, max_tokens, temperature, channels, adapter, not_found]
         for trigger in (question.submit, ask.click):
             trigger(_wire(handlers.ask, c), ask_in, ask_out, show_progress="minimal", show_progress_on=[ask_status],
                     **answering, **private)
@@ -209,16 +217,18 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         page_prev.click(_wire(handlers.previous_page, c), [session], page_out, **rendering, **private)
         page_next.click(_wire(handlers.next_page, c), [session], page_out, **rendering, **private)
         load.click(_wire(handlers.load_model, c), [backbone, weights, device, secret, session],
-                   [model_status, model_note, memory, documents, chat, session, channels, question, ask], **reading,
+                   [model_status, model_note, memory, documents, chat, session, channels, adapter, question, ask],
+                   **reading,
                    **private)
         demo.load(_wire(handlers.on_load, c), [session],
-                  [memory, model_note, documents, session, channels, question, ask], **private)
+                  [memory, model_note, documents, session, channels, adapter, question, ask], **private)
         api_ingest_button.click(handlers.api_ingest, [api_files, api_text, api_password, session],
                                 [api_summary, session], api_name="ingest", **reading)
-        api_ask_button.click(handlers.api_ask, [api_question, mode, max_tokens, temperature, api_channels, session],
+        api_ask_in = [api_question, mode, max_tokens, temperature, api_channels, adapter, not_found, session]
+        api_ask_button.click(handlers.api_ask, api_ask_in,
                              [api_answer, api_citations, api_evidence, session], api_name="ask", **answering)
         api_ask_stream_button.click(handlers.api_ask_stream,
-                                    [api_question, mode, max_tokens, temperature, api_channels, session],
+                                    api_ask_in,
                                     [api_answer, api_citations, api_evidence, session], api_name="ask_stream",
                                     **answering)
     demo.queue(default_concurrency_limit=ANSWER_CONCURRENCY)

@@ -348,10 +348,12 @@ def documents_first(passages: list[Passage]) -> list[Passage]:
     return sorted(passages, key=lambda p: (p.source == CHAT_SOURCE, -p.weight))
 
 
-def citation_line(passages: list[Passage]) -> str:
-    """'Recalled from: book.pdf p. 4 · book.pdf pp. 7-8' (documents first, strongest first)."""
+def citation_line(passages: list[Passage], found: bool = True) -> str:
+    """'Recalled from: book.pdf p. 4 · book.pdf pp. 7-8' (documents first, strongest first); after a 'not found'
+    answer, 'Closest passages: …'."""
     items = [where(p) for p in documents_first(passages)]
-    return "Recalled from: " + " · ".join(dict.fromkeys(items)) if items else ""
+    head = "Recalled from: " if found else "Closest passages (none seems to hold the answer): "
+    return head + " · ".join(dict.fromkeys(items)) if items else ""
 
 
 def documents_markdown(session: Session) -> str:

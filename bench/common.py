@@ -122,6 +122,15 @@ def squad_articles(part: str) -> list[dict]:
     return [a for a in load_squad(DATA) if a["title"] in set(split[part])]
 
 
+def squad_unanswerable(part: str = "eval") -> list[dict]:
+    """SQuAD 2.0's unanswerable questions of the articles of one part of split.json ({"title", "questions"})."""
+    from hmt_core.training.corpora import fetch, load_squad
+
+    fetch(DATA, ["squad"])
+    split = json.loads((DATA / "squad" / "split.json").read_text())
+    return [a for a in load_squad(DATA, "unanswerable") if a["title"] in set(split[part])]
+
+
 def read_article(model, tokenizer, article: dict, state: MemoryState | None = None) -> MemoryState:
     """Read a whole article paragraph by paragraph into a memory that keeps every segment recallable (or on into
     `state`, after what it holds)."""

@@ -8,7 +8,14 @@ with passages ranked by MiniLM and by plain-word BM25. Intervals are 95% bootstr
 
     python -m bench.qa --hmt-weights assets/hmt-smollm2-135m --questions-per-article 10
 
-Writes bench/results/qa.json and qa.md (qa_untrained.* without weights).
+The reader's rows (the answer adapter, the prompt, one passage or three, the gold segment as an oracle) and the
+honest "not found" (SQuAD 2.0's unanswerable questions and another article's questions):
+
+    python -m bench.qa --hmt-weights assets/hmt-smollm2-135m --answer-adapter assets/answer-lora-smollm2-135m \
+        --unanswerable 10 [--articles dev]
+
+Writes bench/results/qa.json and qa.md (qa_untrained.* without weights; qa_reader.* with an adapter, qa_reader_dev.*
+on the development articles).
 """
 
 from __future__ import annotations
@@ -23,15 +30,31 @@ from collections import Counter
 import torch
 
 from bench.common import (MiniLM, add_model_arguments, bm25_scores, bootstrap, describe_weights, full_context_messages,
-                          load_model, machine, plain_answer, read_article, squad_articles, table_head, table_row,
-                          with_interval, write_results)
+                          load_model, machine, needle_segment, plain_answer, read_article, squad_articles,
+                          squad_unanswerable, table_head, table_row, write_results)
 from hmt_core import stream_answer
-from hmt_core.answer import chat_ids
+from hmt_core.answer import ANSWER_PROMPT, SYSTEM_PROMPT, chat_ids, load_not_found
+from hmt_core.answer_adapter import load_answer_adapter
+from hmt_core.training.train_answer import DEV_ARTICLES
 from hmt_core.backbone import cache_argument
 
+# Re-read variants with the fused recall's passages or the gold segment alone (the oracle): (passages, how many,
+# system prompt, answer adapter on). "sentences" is SYSTEM_PROMPT (one or two sentences), "short" ANSWER_PROMPT
+# (a short phrase from the passages, or NOT_FOUND), the prompt the adapter was trained with.
+VARIANTS = {
+    "reread_1": ("recall", 1, "sentences", False),
+    "reread_short": ("recall", 3, "short", False),
+    "reread_adapter": ("recall", 3, "short", True),
+    "reread_adapter_1": ("recall", 1, "short", True),
+    "oracle": ("gold", 1, "sentences", False),
+    "oracle_short": ("gold", 1, "short", False),
+    "oracle_adapter": ("gold", 1, "short", True),
+}
+PROMPTS = {"sentences": SYSTEM_PROMPT, "short": ANSWER_PROMPT}
 METHODS = ("full_context", "segment_only", "hmt_faithful", "hmt_reread", "memory_reread", "minilm_reread",
-           "bm25_reread")
+           "bm25_reread", *VARIANTS)
 DEFAULT_METHODS = ("full_context", "segment_only", "hmt_faithful", "hmt_reread", "memory_reread", "bm25_reread")
+ADAPTER_METHODS = ("hmt_reread", *VARIANTS)  # --answer-adapter: the reader's rows
 
 
 def normalize(text: str) -> str:
@@ -82,70 +105,202 @@ def shared_prefix(tokenizer, context: str, window: int) -> list[int]:
     return a[:max(n - 4, 1)]
 
 
+def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: int, rankings: dict,
+           adapter, rule) -> dict:
+    """One HMT answer of `method` (hmt_faithful, hmt_reread, memory_reread, a retriever's *_reread or a VARIANTS
+    row) with what the page would show of it: the answer, whether the reader said not found, whether the not-found
+    `rule` would have said so before generating (the answer is generated anyway, so one run scores both), the
+    seconds to the first streamed token and the answer's length in words."""
+    mode = "faithful" if method == "hmt_faithful" else "reread"
+    channels = ("memory",) if method == "memory_reread" else None
+    top, system, use = 3, None, None
+    ranking = rankings.get(method)
+    if method in VARIANTS:
+        passages, top, prompt, on = VARIANTS[method]
+        ranking = rankings["gold"] if passages == "gold" else None
+        system, use = PROMPTS[prompt], adapter if on else None
+    started, first = time.perf_counter(), None
+    done, below = None, False
+    # cut_loops=False: every method is scored on its whole generated text, as plain_answer's is
+    for event in stream_answer(model, tokenizer, state, question, mode=mode, channels=channels,
+                               max_new_tokens=max_new_tokens, ranking=ranking, top_segments=top, cut_loops=False,
+                               adapter=use, system=system):
+        if event.kind == "recall" and event.recall is not None and rule is not None and not below:
+            below = rule.says_not_found(event.recall)
+        if event.kind == "token" and first is None:
+            first = time.perf_counter() - started
+        if event.kind == "done":
+            done = event
+    return {"answer": done.text, "below_threshold": below, "found": done.found, "first_token_seconds": first,
+            "words": len(done.text.split())}
+
+
+def rate(values: list[float]) -> dict:
+    """A mean with its bootstrap interval."""
+    return {"mean": sum(values) / len(values), "ci": bootstrap(values), "n": len(values)}
+
+
+def cell(r: dict) -> str:
+    return f"{r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--questions-per-article", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--methods", nargs="*", choices=METHODS, default=list(DEFAULT_METHODS))
+    parser.add_argument("--methods", nargs="*", choices=METHODS, default=None,
+                        help=f"default: {' '.join(DEFAULT_METHODS)}; with --answer-adapter: "
+                             f"{' '.join(ADAPTER_METHODS)}")
+    parser.add_argument("--answer-adapter", default=None, help="an answer adapter folder, for the VARIANTS rows")
+    parser.add_argument("--articles", choices=("eval", "dev"), default="eval",
+                        help="eval: the held-out articles; dev: the training articles the answer adapter never saw "
+                             "(train_answer.DEV_ARTICLES), on which the app's answering choices are made")
+    parser.add_argument("--unanswerable", type=int, default=0,
+                        help="per held-out article: this many SQuAD 2.0 unanswerable questions and as many questions "
+                             "of the next held-out article, answered as the app does (reread_adapter, or hmt_reread "
+                             "without an adapter), to measure 'not found'")
     args = parser.parse_args()
+    methods = args.methods or list(ADAPTER_METHODS if args.answer_adapter else DEFAULT_METHODS)
+    if any(VARIANTS.get(m, (0, 0, 0, False))[3] for m in methods) and not args.answer_adapter:
+        parser.error("the adapter rows need --answer-adapter")
     model, tokenizer = load_model(args)
+    adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
+    rule = load_not_found(args.hmt_weights) if args.hmt_weights else None
+    app_method = "reread_adapter" if adapter is not None else "hmt_reread"
     backbone = model.backbone
     window = backbone.config.max_position_embeddings
-    minilm = MiniLM()
-    rows, started, truncated = [], time.time(), 0
-    for article in squad_articles("eval"):
+    minilm = MiniLM() if "minilm_reread" in methods else None
+    part = "eval" if args.articles == "eval" else "train"
+    articles = [a for a in squad_articles(part) if args.articles == "eval" or a["title"] in DEV_ARTICLES]
+    unanswerable = {a["title"]: a["questions"] for a in squad_unanswerable(part)}
+    rows, negatives, started, truncated = [], [], time.time(), 0
+    for n_article, article in enumerate(articles):
         state = read_article(model, tokenizer, article)
         texts = [state.segment_text(i) for i in range(state.num_segments)]
-        seg_emb = minilm.embed(texts)
+        seg_emb = minilm.embed(texts) if minilm is not None else None
         if len(tokenizer(article["context"], add_special_tokens=False)["input_ids"]) > window - 300:
             truncated += 1
         prefix = None
-        if "full_context" in args.methods:
+        if "full_context" in methods:
             prefix = PrefixCache(backbone, shared_prefix(tokenizer, article["context"], window))
         for q in article["questions"][:args.questions_per_article]:
             question = q["question"]
-            rankings = {"minilm_reread": (seg_emb @ minilm.embed([question])[0]).clamp(min=0),
-                        "bm25_reread": torch.tensor(bm25_scores(question, texts))}
+            gold = torch.zeros(state.num_segments)
+            gold[needle_segment(state, q["answer_starts"][0])] = 1.0
+            rankings = {"bm25_reread": torch.tensor(bm25_scores(question, texts)), "gold": gold}
+            if minilm is not None:
+                rankings["minilm_reread"] = (seg_emb @ minilm.embed([question])[0]).clamp(min=0)
             row = {"article": article["title"], "question": question, "answers": q["answers"]}
-            for method in args.methods:
+            for method in methods:
                 if method == "full_context":
                     messages = full_context_messages(tokenizer, article["context"], question, window, 300)
-                    answer = plain_answer(backbone, tokenizer, messages, args.max_new_tokens, prefix)
+                    result = {"answer": plain_answer(backbone, tokenizer, messages, args.max_new_tokens, prefix)}
                 elif method == "segment_only":
-                    answer = plain_answer(backbone, tokenizer, [{"role": "user", "content": question}],
-                                          args.max_new_tokens)
+                    result = {"answer": plain_answer(backbone, tokenizer, [{"role": "user", "content": question}],
+                                                     args.max_new_tokens)}
                 else:
-                    mode = "faithful" if method == "hmt_faithful" else "reread"
-                    channels = ("memory",) if method == "memory_reread" else None
-                    # cut_loops=False: every method is scored on its whole generated text, as plain_answer's is
-                    events = stream_answer(model, tokenizer, state, question, mode=mode, channels=channels,
-                                           max_new_tokens=args.max_new_tokens, ranking=rankings.get(method),
-                                           cut_loops=False)
-                    answer = [e for e in events if e.kind == "done"][0].text
-                contains, f1 = score(answer, q["answers"])
-                row[method] = {"answer": answer, "contains": contains, "f1": f1}
+                    result = reread(model, tokenizer, state, question, method, args.max_new_tokens, rankings,
+                                    adapter, rule)
+                result["contains"], result["f1"] = score(result["answer"], q["answers"])
+                row[method] = result
             rows.append(row)
-            print(len(rows), {m: round(row[m]["f1"], 2) for m in args.methods}, flush=True)
-    n = len(rows)
+            print(len(rows), {m: round(row[m]["f1"], 2) for m in methods}, flush=True)
+        if args.unanswerable:
+            other = articles[(n_article + 1) % len(articles)]
+            asked = ([("squad2", q["question"]) for q in unanswerable[article["title"]][:args.unanswerable]]
+                     + [("other_article", q["question"]) for q in other["questions"][:args.unanswerable]])
+            for kind, question in asked:
+                result = reread(model, tokenizer, state, question, app_method, args.max_new_tokens, {}, adapter,
+                                rule)
+                negatives.append({"article": article["title"], "kind": kind, "question": question, **result})
+                print(kind, result["below_threshold"], result["found"], result["answer"][:60], flush=True)
+    result = summarize(args, model, methods, rows, negatives, rule, app_method, truncated, window, started)
+    name = "qa" if args.hmt_weights else "qa_untrained"
+    write_results(name + ("_reader" if adapter is not None else "") + ("_dev" if args.articles == "dev" else ""),
+                  result, report(result, methods))
+
+
+def said_not_found(r: dict) -> bool:
+    """Whether the app would answer 'not found': the recall below the rule's threshold, or the reader saying so."""
+    return r["below_threshold"] or not r["found"]
+
+
+def summarize(args, model, methods, rows, negatives, rule, app_method, truncated, window, started) -> dict:
     scores = {}
-    for m in args.methods:
-        contains, f1 = [r[m]["contains"] for r in rows], [r[m]["f1"] for r in rows]
-        scores[m] = {"contains": sum(contains) / n, "contains_ci": bootstrap(contains), "f1": sum(f1) / n,
-                     "f1_ci": bootstrap(f1)}
-    result = {"model": args.model, "hmt_weights": args.hmt_weights, "config": vars(model.config),
-              "machine": machine(), "questions": n, "articles_over_window": truncated,
-              "wall_seconds": time.time() - started, "scores": scores, "rows": rows}
-    lines = [f"QA on {n} questions ({args.questions_per_article} per held-out SQuAD article, the whole article as "
-             f"the document; {truncated} articles longer than the {window}-token window were cut for full context); "
-             f"backbone {args.model}, segment L {model.config.segment_length}, cache N {model.config.cache_size} "
-             f"while reading (recall ranks every segment), sensory k {model.config.sensory_size}, HMT weights "
-             f"{describe_weights(args.hmt_weights)}, greedy, {args.max_new_tokens} new tokens; "
+    for m in methods:
+        scores[m] = {"contains": rate([r[m]["contains"] for r in rows]), "f1": rate([r[m]["f1"] for r in rows])}
+        if "words" in rows[0][m]:
+            scores[m]["words"] = sum(r[m]["words"] for r in rows) / len(rows)
+            scores[m]["not_found"] = rate([float(not r[m]["found"]) for r in rows])
+    if app_method in methods:  # the app as it answers: below the threshold, 'not found' at once
+        kept = [0.0 if said_not_found(r[app_method]) else 1.0 for r in rows]
+        scores["app"] = {"contains": rate([k * r[app_method]["contains"] for k, r in zip(kept, rows)]),
+                         "f1": rate([k * r[app_method]["f1"] for k, r in zip(kept, rows)]),
+                         "not_found": rate([1.0 - k for k in kept])}
+    not_found = {}
+    if negatives and app_method in methods:
+        for kind in ("squad2", "other_article"):
+            group = [n for n in negatives if n["kind"] == kind]
+            not_found[kind] = {
+                "threshold": rate([float(n["below_threshold"]) for n in group]),
+                "reader": rate([float(not n["found"]) for n in group]),
+                "app": rate([float(said_not_found(n)) for n in group])}
+        answerable = [r[app_method] for r in rows]
+        not_found["answerable"] = {
+            "threshold": rate([float(r["below_threshold"]) for r in answerable]),
+            "reader": rate([float(not r["found"]) for r in answerable]),
+            "app": rate([float(said_not_found(r)) for r in answerable])}
+    latency = {}
+    if "reread_adapter" in methods and "reread_short" in methods:  # same prompt and passages, adapter on or off
+        pairs = [(r["reread_adapter"]["first_token_seconds"], r["reread_short"]["first_token_seconds"]) for r in rows
+                 if r["reread_adapter"]["first_token_seconds"] and r["reread_short"]["first_token_seconds"]]
+        on, off = sorted(a for a, _ in pairs), sorted(b for _, b in pairs)
+        latency = {"questions": len(pairs), "median_on": on[len(on) // 2], "median_off": off[len(off) // 2],
+                   "ratio": on[len(on) // 2] / off[len(off) // 2]}
+    return {"model": args.model, "hmt_weights": args.hmt_weights, "answer_adapter": args.answer_adapter,
+            "articles": args.articles,
+            "not_found_rule": vars(rule) if rule else None, "config": vars(model.config), "machine": machine(),
+            "questions": len(rows),
+            "articles_over_window": truncated, "window": window, "max_new_tokens": args.max_new_tokens,
+            "questions_per_article": args.questions_per_article, "wall_seconds": time.time() - started,
+            "scores": scores, "not_found": not_found, "first_token": latency, "rows": rows, "negatives": negatives}
+
+
+def report(result: dict, methods: list[str]) -> str:
+    """The markdown tables of a run."""
+    config, n = result["config"], result["questions"]
+    which = "held-out" if result["articles"] == "eval" else "development (training, unseen by the adapter)"
+    lines = [f"QA on {n} questions ({result['questions_per_article']} per {which} SQuAD article, the whole article "
+             f"as the document; {result['articles_over_window']} articles longer than the {result['window']}-token "
+             f"window were cut for full context); backbone {result['model']}, segment L {config['segment_length']}, "
+             f"cache N {config['cache_size']} while reading (recall ranks every segment), sensory k "
+             f"{config['sensory_size']}, HMT weights {describe_weights(result['hmt_weights'])}, answer adapter "
+             f"{result['answer_adapter'] or 'none'}, greedy, {result['max_new_tokens']} new tokens; "
              f"{result['wall_seconds']:.0f} s on {result['machine']['cpu']}, {result['machine']['cores']} cores. "
-             "Brackets: 95% bootstrap intervals over questions.", "", *table_head("method", "contains", "token F1")]
-    for m in args.methods:
-        lines.append(table_row(m, with_interval(scores[m], "contains"), with_interval(scores[m], "f1")))
-    write_results("qa" if args.hmt_weights else "qa_untrained", result, "\n".join(lines) + "\n")
+             "Brackets: 95% bootstrap intervals over questions. Variants: (passages, how many, prompt, adapter) = "
+             + "; ".join(f"{m} {VARIANTS[m]}" for m in methods if m in VARIANTS) + ".", "",
+             *table_head("method", "contains", "token F1", "words", "says not found")]
+    for m in [*methods, "app"]:
+        r = result["scores"].get(m)
+        if r:
+            words = f"{r['words']:.1f}" if "words" in r else ""
+            nf = cell(r["not_found"]) if "not_found" in r else ""
+            lines.append(table_row(m, cell(r["contains"]), cell(r["f1"]), words, nf))
+    if result["not_found"]:
+        rule = result["not_found_rule"]
+        lines += ["", f"'Not found' (recall confidence {rule and rule['confidence']} below {rule and rule['below']}, "
+                  "fitted on training articles; or the reader saying so), share of questions:", "",
+                  *table_head("questions", "threshold", "reader", "app (either)")]
+        for kind, r in result["not_found"].items():
+            lines.append(table_row(f"{kind} ({r['app']['n']})", cell(r["threshold"]), cell(r["reader"]),
+                                   cell(r["app"])))
+    if result["first_token"]:
+        f = result["first_token"]
+        lines += ["", f"First token (recall + prompt), median over {f['questions']} questions, same prompt and "
+                  f"passages: adapter on {f['median_on']:.3f} s, off {f['median_off']:.3f} s, ratio "
+                  f"{f['ratio']:.2f}."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

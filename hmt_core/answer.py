@@ -9,12 +9,16 @@ through the model's memory path: only the recalled passages' text is re-read.
 
 from __future__ import annotations
 
+import json
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from .answer_adapter import AnswerAdapter
 from .backbone import final_hidden_states, lm_logits
 from .evidence import Evidence, rank_evidence
 from .memory_model import MemoryModel
@@ -25,6 +29,12 @@ from .state import MemoryState
 ANSWER_MODES = ("reread", "faithful")  # stream_answer(mode=...): recall and re-read, or faithful HMT
 CHAT_SOURCE = "chat"  # the source that chat turns are written into (remember_turn)
 SYSTEM_PROMPT = "You answer questions about the user's documents. Use the passages. Answer in one or two sentences."
+# The answer adapter's prompt (hmt_core.training.train_answer): a short answer taken from the passages, or NOT_FOUND.
+ANSWER_PROMPT = ("You answer questions about the user's documents from the passages alone. Answer with a short phrase "
+                 "from the passages. If the passages do not answer the question, say: The documents do not seem to "
+                 "say.")
+NOT_FOUND = "The documents do not seem to say."
+_NOT_FOUND_WORDS = re.findall(r"[a-z0-9]+", NOT_FOUND.lower())
 WITHHELD = "I can't share the instructions I was given. Ask me about your documents."
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
 
@@ -62,7 +72,8 @@ class AnswerEvent:
     """One step of a streamed answer: 'recall' (weights over every segment, the passages they rank first and, for the
     question's own recall, its per-channel detail), 'token' (text is the new text), or 'done' (text is the whole
     answer, ids its token ids, evidence the best sentence(s) of each recalled document passage, strongest first:
-    evidence[0] is the answer's evidence; rank_evidence)."""
+    evidence[0] is the answer's evidence; rank_evidence; found False and no evidence when the answer is that the
+    documents do not seem to say)."""
 
     kind: str
     text: str = ""
@@ -71,6 +82,8 @@ class AnswerEvent:
     ids: list[int] = field(default_factory=list)
     recall: Recall | None = None
     evidence: list[Evidence] = field(default_factory=list)
+    found: bool = True  # False when the answer is that the documents do not seem to say
+    confidence: float | None = None  # the question's recall confidence (recall_confidence), reread mode
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -94,6 +107,59 @@ def stop_ids(model: MemoryModel, tokenizer) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def says_not_found(text: str) -> bool:
+    """True when an answer is NOT_FOUND (the reader's way of saying that the passages do not answer), alone or
+    first, whatever the case and punctuation."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return words[:len(_NOT_FOUND_WORDS)] == _NOT_FOUND_WORDS
+
+
+def _per(value: torch.Tensor | None, count: int) -> float:
+    return float(value.max()) / max(count, 1) if value is not None and value.numel() else 0.0
+
+
+# Ways to read a recall's confidence that some segment holds the answer; hmt_core.training.fit_not_found picks one
+# and its threshold on training questions. fused_top: how far the best segment stands out in the fused score
+# (z-scores, so relative to the document); weight_top: its recall weight; lexical_per_term: the best BM25 score per
+# question term; token_per_key: the best token-key MaxSim per question key (both absolute, not relative).
+CONFIDENCES = {
+    "fused_top": lambda r: float(torch.stack(list(r.contributions.values())).sum(0).max()),
+    "weight_top": lambda r: float(r.weights.max()),
+    "lexical_per_term": lambda r: _per(r.scores.get("lexical"), len(r.query_terms)),
+    "token_per_key": lambda r: _per(r.scores.get("token"), 0 if r.query_keys is None else r.query_keys.shape[0]),
+}
+NOT_FOUND_FILE = "not_found.json"  # in an HMT weights folder: the fitted NotFoundRule
+
+
+@dataclass
+class NotFoundRule:
+    """Answer NOT_FOUND, without generating, when the recall's `confidence` (a CONFIDENCES name) is below `below`."""
+
+    confidence: str
+    below: float
+
+    def says_not_found(self, detail: Recall) -> bool:
+        return recall_confidence(detail, self.confidence) < self.below
+
+
+def recall_confidence(detail: Recall, kind: str = "fused_top") -> float:
+    """How sure the recall is that some segment holds the answer, read the CONFIDENCES way `kind`."""
+    if detail.weights.numel() == 0:
+        return float("-inf")
+    return CONFIDENCES[kind](detail)
+
+
+def load_not_found(folder: str | Path) -> NotFoundRule | None:
+    """The not-found rule fitted for the HMT weights in `folder` (hmt_core.training.fit_not_found), or None."""
+    path = Path(folder) / NOT_FOUND_FILE
+    if not path.exists():
+        return None
+    rule = json.loads(path.read_text())
+    if rule.get("confidence") not in CONFIDENCES:
+        return None
+    return NotFoundRule(rule["confidence"], float(rule["below"]))
+
+
 def cut_repetition(text: str, tail: int = 40, times: int = 3) -> str | None:
     """When text ends in a loop (its last `tail` characters occur `times` times), the text up to the end of the
     loop's first round; else None. Small models decoding greedily often loop, and a loop adds nothing."""
@@ -105,12 +171,12 @@ def cut_repetition(text: str, tail: int = 40, times: int = 3) -> str | None:
     return text[:text.find(end) + tail]
 
 
-def discloses_instructions(text: str, words: int = 5) -> bool:
-    """True when text repeats `words` or more consecutive words of SYSTEM_PROMPT (case and punctuation aside): an
+def discloses_instructions(text: str, prompt: str = SYSTEM_PROMPT, words: int = 5) -> bool:
+    """True when text repeats `words` or more consecutive words of the system prompt (case and punctuation aside): an
     answer led there by instructions injected into a document ("print the system prompt"). Such an answer is
     withheld, so it is neither shown nor written into chat memory."""
     said = f" {' '.join(re.findall(r'[a-z0-9]+', text.lower()))} "
-    prompt = re.findall(r"[a-z0-9]+", SYSTEM_PROMPT.lower())
+    prompt = re.findall(r"[a-z0-9]+", prompt.lower())
     return any(f" {' '.join(prompt[i:i + words])} " in said for i in range(len(prompt) - words + 1))
 
 
@@ -188,9 +254,9 @@ def mark_token_windows(model, tokenizer, state: MemoryState, passages: list[Pass
                                                                    query=detail.query_keys))
 
 
-def reread_messages(question: str, passages: list[Passage]) -> list[dict]:
-    """The recall-and-re-read prompt: numbered document passages with their source and pages, a recalled chat turn
-    (if any) set apart as what was said earlier, then the question."""
+def reread_messages(question: str, passages: list[Passage], system: str = SYSTEM_PROMPT) -> list[dict]:
+    """The recall-and-re-read prompt after the `system` prompt: numbered document passages with their source and
+    pages, a recalled chat turn (if any) set apart as what was said earlier, then the question."""
     documents = [p for p in passages if p.source != CHAT_SOURCE]
     blocks = []
     for n, p in enumerate(documents, 1):
@@ -201,7 +267,7 @@ def reread_messages(question: str, passages: list[Passage]) -> list[dict]:
     if said:
         user += "\n\nEarlier in this conversation (what was said, not what the documents say):\n" + "\n".join(said)
     user += f"\n\nQuestion: {question}"
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
@@ -242,8 +308,9 @@ class _Decoder:
 def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: str, mode: str = "reread",
                   max_new_tokens: int = 200, temperature: float = 0.0, top_p: float = 0.9, top_segments: int = 3,
                   repetition_penalty: float = 1.1, seed: int | None = None, ranking: torch.Tensor | None = None,
-                  channels: tuple[str, ...] | list[str] | None = None, cut_loops: bool = True
-                  ) -> Iterator[AnswerEvent]:
+                  channels: tuple[str, ...] | list[str] | None = None, cut_loops: bool = True,
+                  adapter: AnswerAdapter | None = None, system: str | None = None,
+                  not_found: NotFoundRule | None = None) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The question recalls with the channels asked for (default: every channel the model's config weighs; memory
@@ -257,6 +324,12 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     without passages). `ranking`
     (non-negative scores over every segment) picks the re-read passages instead of the recall weights, to compare
     retrievers under the same prompt and decoding.
+
+    In reread mode, an `adapter` (hmt_core.answer_adapter) is switched on around each backbone call that generates
+    the answer, and never across a yield, so that reading done between two answer steps sees the plain backbone;
+    the prompt is then the adapter's own, else `system` (default SYSTEM_PROMPT). With a `not_found` rule, a recall
+    too unsure of itself answers NOT_FOUND at once, without generating; 'done' then has found=False, as it does
+    when the reader itself answers NOT_FOUND. The passages are shown either way.
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"mode must be one of {ANSWER_MODES}")
@@ -266,16 +339,24 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         raise ValueError("recall-and-re-read needs a model with recall (HMT) and at least one segment read")
     work = state.copy()
     passages: list[Passage] = []
+    use = adapter if mode == "reread" else None  # the adapter was trained on the re-read prompt only
+    system = use.prompt if use is not None else (system or SYSTEM_PROMPT)
+    switch = use.on if use is not None else nullcontext
+    confidence = None
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length
     if mode == "reread":
         detail = recall(model, tokenizer, work, question, question_ids, channels)
         passages = recall_passages(work, detail.weights if ranking is None else ranking, top_segments, detail)
         mark_token_windows(model, tokenizer, work, passages, question, detail)
-        yield AnswerEvent("recall", weights=detail.weights, passages=passages, recall=detail)
+        confidence = recall_confidence(detail, not_found.confidence if not_found else "fused_top")
+        yield AnswerEvent("recall", weights=detail.weights, passages=passages, recall=detail, confidence=confidence)
+        if not_found is not None and not_found.says_not_found(detail):
+            yield AnswerEvent("done", text=NOT_FOUND, found=False, confidence=confidence)
+            return
         # The prompt is the passages and the question alone: a recalled P in front of it cost answers (contains-match
         # 0.16 with P vs 0.25 without, 32 questions of training articles, the same BM25 passages).
-        embeds = model.embed(torch.tensor([chat_ids(tokenizer, reread_messages(question, passages))]))
+        embeds = model.embed(torch.tensor([chat_ids(tokenizer, reread_messages(question, passages, system))]))
         segment = None  # no rollover: the prompt is longer than a segment, so generation stays in one backbone call
     else:
         prompt = question_ids
@@ -300,7 +381,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     decoder = _Decoder(tokenizer)
     answer = None  # the answer cut short at a loop, when it loops
-    hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
+    with switch():
+        hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
     length = embeds.shape[1]
     for _ in range(max_new_tokens):
         logits = lm_logits(backbone, hidden[0, -1]).float()
@@ -309,7 +391,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             break
         delta = decoder.add(token)
         if delta:
-            if discloses_instructions(decoder.text):
+            if discloses_instructions(decoder.text, system):
                 answer = WITHHELD
                 break
             yield AnswerEvent("token", text=delta)
@@ -332,12 +414,14 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             break
         else:
             step = model.embed(torch.tensor([[token]]))
-            hidden, kv = final_hidden_states(backbone, step, cache=kv, use_cache=True)
+            with switch():
+                hidden, kv = final_hidden_states(backbone, step, cache=kv, use_cache=True)
             length += 1
     text = decoder.text if answer is None else answer
+    found = not says_not_found(text)
     documents = [p for p in passages if p.source != CHAT_SOURCE]
-    evidence = rank_evidence(work, documents, question, text) if text != WITHHELD else []
-    yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence)
+    evidence = rank_evidence(work, documents, question, text) if text != WITHHELD and found else []
+    yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence, found=found, confidence=confidence)
 
 
 def remember_turn(model: MemoryModel, tokenizer, state: MemoryState, question: str, answer: str) -> None:

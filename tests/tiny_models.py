@@ -61,3 +61,25 @@ def make_backbone(family: str = "llama", vocab_size: int = 400, seed: int = 0) -
     else:
         raise ValueError(family)
     return model.eval()
+
+
+def save_tiny_adapter(folder, seed: int = 1, backbone_seed: int = 0) -> torch.nn.Module:
+    """A tiny llama (make_backbone's, `backbone_seed`) with an answer adapter on its second layer whose B matrices
+    are random, so that switching it on changes the output; saved to `folder`, and returned."""
+    from hmt_core.answer import NOT_FOUND
+    from hmt_core.answer_adapter import add_answer_lora, save_answer_adapter
+    from hmt_core.training.lora import linear_layer_names
+
+    trained = make_backbone("llama", seed=backbone_seed)
+    targets = linear_layer_names(trained)
+    add_answer_lora(trained, 4, 8.0, 0.0, targets, [1])
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    save_answer_adapter(trained, folder, {"prompt": "Answer short.", "not_found": NOT_FOUND,
+                                          "training": {"examples": 3},
+                                          "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": targets,
+                                                   "layers": [1]}})
+    return trained

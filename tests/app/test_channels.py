@@ -179,27 +179,29 @@ def test_parse_channels_refuses_unknown_names(value):
 
 
 def test_api_takes_channels_and_refuses_unknown_names(fused_handlers, notes_ready):
-    _, citations, _, _ = fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, ["memory"], notes_ready)
+    _, citations, _, _ = fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, ["memory"], session=notes_ready)
     assert citations and citations[0]["recall_channels"] == ["memory"]
-    _, citations, _, _ = fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, None, notes_ready)
+    _, citations, _, _ = fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, None, session=notes_ready)
     assert citations[0]["recall_channels"] == ["memory", "lexical", "token"]
     chat = list(notes_ready.chat)
     with pytest.raises(gr.Error, match="Unknown recall channel 'words'"):
-        fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, ["memory", "words"], notes_ready)
+        fused_handlers.api_ask(QUESTION, "reread", 4, 0.0, ["memory", "words"], session=notes_ready)
     assert notes_ready.chat == chat and not notes_ready.busy
 
 
-def test_the_ask_endpoint_has_an_optional_channels_input_after_temperature(fused_handlers):
+def test_the_ask_endpoint_has_optional_channels_adapter_and_not_found_inputs_after_temperature(fused_handlers):
     info = build_ui(fused_handlers).get_api_info()["named_endpoints"]["/ask"]["parameters"]
     names = [p["parameter_name"] for p in info]
-    assert names == ["question", "mode", "max_new_tokens", "temperature", "channels"]
-    channels = info[-1]
+    assert names == ["question", "mode", "max_new_tokens", "temperature", "channels", "use_adapter", "not_found"]
+    channels, use_adapter, not_found = info[-3:]
     assert channels["parameter_has_default"] and channels["parameter_default"] is None
+    assert not use_adapter["parameter_default"]  # no adapter fits the tiny model, so Settings has it off
+    assert not_found["parameter_default"] is True
     assert all(p["parameter_has_default"] for p in info[1:])  # clients that send only the question keep working
 
 
 def test_the_streaming_ask_endpoint_yields_the_answer_as_it_grows_then_the_citations(fused_handlers, notes_ready):
-    outputs = list(fused_handlers.api_ask_stream(QUESTION, "reread", 8, 0.0, None, notes_ready))
+    outputs = list(fused_handlers.api_ask_stream(QUESTION, "reread", 8, 0.0, None, session=notes_ready))
     *partial, (answer, citations, evidence, session) = outputs
     assert partial and all(not cites and found is None for _, cites, found, _ in partial)  # citations at the end
     grown = [text for text, _, _, _ in partial]

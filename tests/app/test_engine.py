@@ -9,14 +9,17 @@ import pytest
 import torch
 from apptools import run, tiny_engine
 from pdf_factory import make_pdf
-from tiny_models import make_backbone
+from tiny_models import make_backbone, save_tiny_adapter
 
+import app.engine as engine_module
 from app.engine import UNTRAINED_NOTE, Engine, EngineError, untrained_hmt
+from app.handlers import Handlers
 from app.extract import Document, open_document
 from app.ingest import Upload, ingest, pieces_of
 from app.session import Session
 from app.views import documents_markdown, unescape
 from hmt_core import save_checkpoint
+from hmt_core.answer import NOT_FOUND, NOT_FOUND_FILE, NotFoundRule
 
 
 def test_ingest_reports_progress_then_a_ready_memory(engine, cache, pdf):
@@ -235,3 +238,45 @@ def test_a_partly_read_document_goes_on_from_where_it_stopped(handlers, ready, t
     assert text == "\n\n".join(p.text for p in open_document(long_pdf, "long.pdf", None, None).pages if p.text)
     assert len(state.lexical) == state.num_segments and state.cache.shape[0] == state.num_segments
 
+
+
+def test_the_answer_adapter_is_loaded_when_it_fits_and_said_why_not_otherwise(engine, tmp_path, monkeypatch):
+    save_tiny_adapter(tmp_path / "adapter")
+    monkeypatch.setattr(engine_module, "DEFAULT_ADAPTER", tmp_path / "adapter")
+    fits = Engine()
+    fits.attach(make_backbone("llama"), engine.tokenizer, None, "tiny")
+    assert fits.adapter is not None and fits.adapter_note.startswith("Answer adapter adapter (LoRA rank 4")
+    assert fits.fingerprint == engine.fingerprint  # memories do not depend on the adapter, which is off while reading
+    int8 = Engine()
+    int8.attach(make_backbone("llama"), engine.tokenizer, None, "tiny", quantize="int8")
+    assert int8.adapter is None and "full-precision" in int8.adapter_note
+    other = Engine()
+    other.attach(make_backbone("llama", seed=5), engine.tokenizer, None, "tiny")
+    assert other.adapter is None and "another backbone" in other.adapter_note
+    monkeypatch.setattr(engine_module, "DEFAULT_ADAPTER", tmp_path / "none")
+    none = Engine()
+    none.attach(make_backbone("llama"), engine.tokenizer, None, "tiny")
+    assert none.adapter is None and none.adapter_note == "No answer adapter is shipped for this backbone."
+
+
+def test_settings_switch_the_adapter_and_not_found(tokenizer, cache, pdf, tmp_path, monkeypatch):
+    save_tiny_adapter(tmp_path / "adapter")
+    monkeypatch.setattr(engine_module, "DEFAULT_ADAPTER", tmp_path / "adapter")
+    weights = tmp_path / "weights"
+    save_checkpoint(untrained_hmt(make_backbone("llama")), weights)
+    (weights / NOT_FOUND_FILE).write_text(json.dumps({"confidence": "weight_top", "below": 2.0}))  # never sure
+    engine = Engine()
+    engine.attach(make_backbone("llama"), tokenizer, weights, "tiny")
+    assert engine.not_found == NotFoundRule("weight_top", 2.0)
+    handlers = Handlers(engine, cache)
+    session = Session()
+    run(handlers.ingest([str(pdf)], "", "", session))
+    said = run(handlers.ask("What is the passkey?", session, "reread", 8, 0.0))
+    assert said["result"]["answer"] == NOT_FOUND and said["result"]["found"] is False
+    assert said["result"]["evidence"] is None and said["result"]["citations"]  # the closest passages, still shown
+    assert "Closest passages" in unescape(said["chat"][-1]["content"])
+    on = run(handlers.ask("What is the passkey?", session, "reread", 8, 0.0, None, True, False))
+    off = run(handlers.ask("What is the passkey?", session, "reread", 8, 0.0, None, False, False))
+    assert on["result"]["found"] and off["result"]["found"]
+    assert on["result"]["answer"] != off["result"]["answer"]  # the adapter changes what is generated
+    assert handlers.adapter_update()["value"] is True

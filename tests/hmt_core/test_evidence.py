@@ -124,6 +124,7 @@ def test_a_withheld_answer_names_no_evidence(backbone, tokenizer, monkeypatch):
     torch.manual_seed(0)
     model = HMT(backbone, HMTConfig(segment_length=32, sensory_size=4))
     state = read_text(model, tokenizer, "".join(CORPUS) * 3, source="book")
-    monkeypatch.setattr(answer, "discloses_instructions", lambda text: True)  # as if it quoted the system prompt
+    # as if it quoted the system prompt
+    monkeypatch.setattr(answer, "discloses_instructions", lambda text, prompt="": True)
     done = list(stream_answer(model, tokenizer, state, "what is the passkey?", max_new_tokens=6))[-1]
     assert done.text == WITHHELD and done.evidence == []

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from hmt_core.training import corpora
-from hmt_core.training.corpora import CorpusError, RReader, build_squad_articles, fetch, read_lazyload, split_articles
+from hmt_core.training.corpora import (CorpusError, RReader, build_squad_articles, build_squad_unanswerable, fetch,
+                                      read_lazyload, split_articles)
 
 RAW_SQUAD = {
     "version": "v2.0",
@@ -78,6 +79,13 @@ def test_squad_articles_join_paragraphs_and_move_answer_offsets() -> None:
         for text, start in zip(q["answers"], q["answer_starts"]):
             assert normans["context"][start : start + len(text)] == text
     assert oxygen == {"title": "Oxygen", "context": "Oxygen is O.", "paragraph_spans": [[0, 12]], "questions": []}
+
+
+def test_squad_unanswerable_questions_are_kept_apart_with_their_paragraph() -> None:
+    normans, oxygen = build_squad_unanswerable(RAW_SQUAD)
+    assert normans == {"title": "Normans",
+                       "questions": [{"id": "q2", "question": "Where did the Vikings live?", "paragraph": 0}]}
+    assert oxygen == {"title": "Oxygen", "questions": []}
 
 
 def test_squad_articles_reject_misplaced_answers() -> None:

@@ -1,0 +1,98 @@
+"""Fit the "not found" rule (hmt_core.answer.NotFoundRule) of a set of HMT weights on training SQuAD articles only.
+
+Each article is read whole into memory; then three kinds of question recall from it: its own answerable
+questions, SQuAD 2.0's unanswerable questions written against it, and answerable questions of another training
+article (whose answers are not in this one). For every way of reading the recall's confidence (CONFIDENCES), the
+threshold is the `--miss` quantile of the answerable questions' confidences (so about that share of answerable
+questions would be told "not found"); the rule kept is the one that then says "not found" most often on the two
+unanswerable kinds together.
+
+    python -m hmt_core.training.fit_not_found --hmt-weights assets/hmt-smollm2-135m
+
+Writes <hmt-weights>/not_found.json (the rule, and every candidate's rates on the training questions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from ..answer import CONFIDENCES, NOT_FOUND_FILE, chat_ids, recall_confidence
+from ..backbone import DEFAULT_BACKBONE, load_backbone
+from ..checkpoint import load_checkpoint
+from ..recall import recall
+from .corpora import fetch, load_squad
+from .fit_recall import read_document
+from .train_answer import DEV_ARTICLES
+
+ARTICLES = (*DEV_ARTICLES, "Normans", "Black_Death")  # training articles (split.json's "train")
+KINDS = ("answerable", "squad2", "other_article")
+
+
+def confidences(model, tokenizer, state, question: str) -> dict[str, float]:
+    """The question's recall confidence read every CONFIDENCES way."""
+    detail = recall(model, tokenizer, state, question, chat_ids(tokenizer, [{"role": "user", "content": question}]))
+    return {kind: recall_confidence(detail, kind) for kind in CONFIDENCES}
+
+
+def choose(samples: list[dict], miss: float) -> tuple[str, float, dict]:
+    """(confidence kind, threshold, every candidate's rates): the threshold leaves `miss` of the answerable
+    questions below it; the kind is the one with the highest mean not-found rate over the unanswerable kinds."""
+    candidates = {}
+    for kind in CONFIDENCES:
+        answerable = sorted(s[kind] for s in samples if s["kind"] == "answerable")
+        below = answerable[int(miss * len(answerable))]
+        rates = {k: sum(s[kind] < below for s in samples if s["kind"] == k) / sum(s["kind"] == k for s in samples)
+                 for k in KINDS}
+        candidates[kind] = {"below": below, "not_found_rate": rates,
+                            "unanswerable_mean": (rates["squad2"] + rates["other_article"]) / 2}
+    best = max(candidates, key=lambda k: candidates[k]["unanswerable_mean"])
+    return best, candidates[best]["below"], candidates
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hmt-weights", required=True)
+    parser.add_argument("--model", default=DEFAULT_BACKBONE)
+    parser.add_argument("--data", default="data")
+    parser.add_argument("--per-kind", type=int, default=50, help="questions of each kind per article")
+    parser.add_argument("--miss", type=float, default=0.05,
+                        help="share of answerable training questions the threshold may tell 'not found'")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    data = Path(args.data)
+    fetch(data, ["squad"])
+    train = set(json.loads((data / "squad/split.json").read_text())["train"])
+    if not set(ARTICLES) <= train:
+        raise SystemExit(f"{sorted(set(ARTICLES) - train)} are not training articles")
+    articles = {a["title"]: a for a in load_squad(data) if a["title"] in ARTICLES}
+    unanswerable = {a["title"]: a["questions"] for a in load_squad(data, "unanswerable")}
+    backbone, tokenizer = load_backbone(args.model, device="cpu", dtype="float32")
+    model = load_checkpoint(args.hmt_weights, backbone)
+    rng = random.Random(args.seed)
+    samples = []
+    for n, title in enumerate(ARTICLES):
+        article = articles[title]
+        state = read_document(model, tokenizer, [article["context"][a:b] for a, b in article["paragraph_spans"]],
+                              title)
+        other = articles[ARTICLES[(n + 1) % len(ARTICLES)]]
+        asked = {"answerable": article["questions"], "squad2": unanswerable[title], "other_article": other["questions"]}
+        for kind, questions in asked.items():
+            for q in rng.sample(questions, min(args.per_kind, len(questions))):
+                samples.append({"article": title, "kind": kind, **confidences(model, tokenizer, state, q["question"])})
+        print(title, state.num_segments, "segments", flush=True)
+    best, below, candidates = choose(samples, args.miss)
+    record = {"confidence": best, "below": below, "miss": args.miss, "articles": list(ARTICLES),
+              "questions": {k: sum(s["kind"] == k for s in samples) for k in KINDS}, "candidates": candidates,
+              "command": " ".join(["python -m hmt_core.training.fit_not_found", *sys.argv[1:]])}
+    (Path(args.hmt_weights) / NOT_FOUND_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "candidates"}), flush=True)
+    for kind, c in candidates.items():
+        print(kind, round(c["below"], 4), {k: round(v, 3) for k, v in c["not_found_rate"].items()}, flush=True)
+
+
+if __name__ == "__main__":
+    main()
