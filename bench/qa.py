@@ -15,7 +15,7 @@ honest "not found" (SQuAD 2.0's unanswerable questions and another article's que
         --unanswerable 10 [--articles dev]
 
 Writes bench/results/qa.json and qa.md (qa_untrained.* without weights; qa_reader.* with an adapter, qa_reader_dev.*
-on the development articles).
+on the development articles; --results names another).
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ from hmt_core.answer_adapter import load_answer_adapter
 from hmt_core.training.train_answer import DEV_ARTICLES
 from hmt_core.backbone import cache_argument
 
-# Re-read variants with the fused recall's passages or the gold segment alone (the oracle): (passages, how many,
-# system prompt, answer adapter on). "sentences" is SYSTEM_PROMPT (one or two sentences), "short" ANSWER_PROMPT
-# (a short phrase from the passages, or NOT_FOUND), the prompt the adapter was trained with.
+# Re-read variants with the fused recall's passages or the gold segment alone (the oracle): (passages, how many in
+# the prompt, system prompt, answer adapter on); three recalled passages are shown either way. "sentences" is
+# SYSTEM_PROMPT (one or two sentences), "short" ANSWER_PROMPT (a short phrase from the passages, or NOT_FOUND), the
+# prompt the adapter was trained with.
 VARIANTS = {
     "reread_1": ("recall", 1, "sentences", False),
     "reread_short": ("recall", 3, "short", False),
+    "reread_short_1": ("recall", 1, "short", False),
     "reread_adapter": ("recall", 3, "short", True),
     "reread_adapter_1": ("recall", 1, "short", True),
     "oracle": ("gold", 1, "sentences", False),
@@ -110,10 +112,11 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
     """One HMT answer of `method` (hmt_faithful, hmt_reread, memory_reread, a retriever's *_reread or a VARIANTS
     row) with what the page would show of it: the answer, whether the reader said not found, whether the not-found
     `rule` would have said so before generating (the answer is generated anyway, so one run scores both), the
-    seconds to the first streamed token and the answer's length in words."""
+    seconds to the first streamed token and the answer's length in words. With the adapter, also its
+    not_found_score and whether the adapter's threshold would have said 'not found' (reader_above)."""
     mode = "faithful" if method == "hmt_faithful" else "reread"
     channels = ("memory",) if method == "memory_reread" else None
-    top, system, use = 3, None, None
+    top, system, use = None, None, None
     ranking = rankings.get(method)
     if method in VARIANTS:
         passages, top, prompt, on = VARIANTS[method]
@@ -123,16 +126,18 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
     done, below = None, False
     # cut_loops=False: every method is scored on its whole generated text, as plain_answer's is
     for event in stream_answer(model, tokenizer, state, question, mode=mode, channels=channels,
-                               max_new_tokens=max_new_tokens, ranking=ranking, top_segments=top, cut_loops=False,
-                               adapter=use, system=system):
+                               max_new_tokens=max_new_tokens, ranking=ranking, prompt_passages=top,
+                               cut_loops=False, adapter=use, system=system):
         if event.kind == "recall" and event.recall is not None and rule is not None and not below:
             below = rule.says_not_found(event.recall)
         if event.kind == "token" and first is None:
             first = time.perf_counter() - started
         if event.kind == "done":
             done = event
-    return {"answer": done.text, "below_threshold": below, "found": done.found, "first_token_seconds": first,
-            "words": len(done.text.split())}
+    score = done.not_found_score
+    above = rule is not None and use is not None and use.not_found_above is not None and score > use.not_found_above
+    return {"answer": done.text, "below_threshold": below, "not_found_score": score, "reader_above": above,
+            "found": done.found, "first_token_seconds": first, "words": len(done.text.split())}
 
 
 def rate(values: list[float]) -> dict:
@@ -158,8 +163,10 @@ def main() -> None:
                              "(train_answer.DEV_ARTICLES), on which the app's answering choices are made")
     parser.add_argument("--unanswerable", type=int, default=0,
                         help="per held-out article: this many SQuAD 2.0 unanswerable questions and as many questions "
-                             "of the next held-out article, answered as the app does (reread_adapter, or hmt_reread "
-                             "without an adapter), to measure 'not found'")
+                             "of the next held-out article, answered as the app does (the adapter's row with as many "
+                             "passages as the adapter's answering.json says, or hmt_reread without an adapter), to "
+                             "measure 'not found'")
+    parser.add_argument("--results", default=None, help="the results' file name (default: from the options)")
     args = parser.parse_args()
     methods = args.methods or list(ADAPTER_METHODS if args.answer_adapter else DEFAULT_METHODS)
     if any(VARIANTS.get(m, (0, 0, 0, False))[3] for m in methods) and not args.answer_adapter:
@@ -167,7 +174,9 @@ def main() -> None:
     model, tokenizer = load_model(args)
     adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
     rule = load_not_found(args.hmt_weights) if args.hmt_weights else None
-    app_method = "reread_adapter" if adapter is not None else "hmt_reread"
+    app_method = "hmt_reread"
+    if adapter is not None:
+        app_method = next(m for m, v in VARIANTS.items() if v == ("recall", adapter.passages, "short", True))
     backbone = model.backbone
     window = backbone.config.max_position_embeddings
     minilm = MiniLM() if "minilm_reread" in methods else None
@@ -216,14 +225,23 @@ def main() -> None:
                 negatives.append({"article": article["title"], "kind": kind, "question": question, **result})
                 print(kind, result["below_threshold"], result["found"], result["answer"][:60], flush=True)
     result = summarize(args, model, methods, rows, negatives, rule, app_method, truncated, window, started)
+    result["app_method"] = app_method
+    result["adapter_not_found_above"] = adapter.not_found_above if adapter is not None else None
     name = "qa" if args.hmt_weights else "qa_untrained"
-    write_results(name + ("_reader" if adapter is not None else "") + ("_dev" if args.articles == "dev" else ""),
-                  result, report(result, methods))
+    name += ("_reader" if adapter is not None else "") + ("_dev" if args.articles == "dev" else "")
+    write_results(args.results or name, result, report(result, methods))
+
+
+def reader_says(r: dict) -> bool:
+    """Whether the reader's side says 'not found': the adapter's not_found_score above its threshold, or the
+    generated answer being NOT_FOUND."""
+    return r.get("reader_above", False) or not r["found"]
 
 
 def said_not_found(r: dict) -> bool:
-    """Whether the app would answer 'not found': the recall below the rule's threshold, or the reader saying so."""
-    return r["below_threshold"] or not r["found"]
+    """Whether the app would answer 'not found': the recall below the rule's threshold, the adapter's
+    not_found_score above its own, or the reader saying so."""
+    return r["below_threshold"] or reader_says(r)
 
 
 def summarize(args, model, methods, rows, negatives, rule, app_method, truncated, window, started) -> dict:
@@ -244,20 +262,22 @@ def summarize(args, model, methods, rows, negatives, rule, app_method, truncated
             group = [n for n in negatives if n["kind"] == kind]
             not_found[kind] = {
                 "threshold": rate([float(n["below_threshold"]) for n in group]),
-                "reader": rate([float(not n["found"]) for n in group]),
+                "reader": rate([float(reader_says(n)) for n in group]),
                 "app": rate([float(said_not_found(n)) for n in group])}
         answerable = [r[app_method] for r in rows]
         not_found["answerable"] = {
             "threshold": rate([float(r["below_threshold"]) for r in answerable]),
-            "reader": rate([float(not r["found"]) for r in answerable]),
+            "reader": rate([float(reader_says(r)) for r in answerable]),
             "app": rate([float(said_not_found(r)) for r in answerable])}
     latency = {}
-    if "reread_adapter" in methods and "reread_short" in methods:  # same prompt and passages, adapter on or off
-        pairs = [(r["reread_adapter"]["first_token_seconds"], r["reread_short"]["first_token_seconds"]) for r in rows
-                 if r["reread_adapter"]["first_token_seconds"] and r["reread_short"]["first_token_seconds"]]
+    twin = next((m for m, v in VARIANTS.items() if app_method in VARIANTS and v == (*VARIANTS[app_method][:3], False)),
+                None)  # the app's row with the adapter off: same prompt and passages
+    if app_method in methods and twin in methods:
+        pairs = [(r[app_method]["first_token_seconds"], r[twin]["first_token_seconds"]) for r in rows
+                 if r[app_method]["first_token_seconds"] and r[twin]["first_token_seconds"]]
         on, off = sorted(a for a, _ in pairs), sorted(b for _, b in pairs)
-        latency = {"questions": len(pairs), "median_on": on[len(on) // 2], "median_off": off[len(off) // 2],
-                   "ratio": on[len(on) // 2] / off[len(off) // 2]}
+        latency = {"on": app_method, "off": twin, "questions": len(pairs), "median_on": on[len(on) // 2],
+                   "median_off": off[len(off) // 2], "ratio": on[len(on) // 2] / off[len(off) // 2]}
     return {"model": args.model, "hmt_weights": args.hmt_weights, "answer_adapter": args.answer_adapter,
             "articles": args.articles,
             "not_found_rule": vars(rule) if rule else None, "config": vars(model.config), "machine": machine(),
@@ -289,8 +309,12 @@ def report(result: dict, methods: list[str]) -> str:
             lines.append(table_row(m, cell(r["contains"]), cell(r["f1"]), words, nf))
     if result["not_found"]:
         rule = result["not_found_rule"]
+        above = result.get("adapter_not_found_above")
+        reader = (f"the answer adapter's not_found_score above {above:.3f}, fitted on development articles, or "
+                  if above is not None else "")
         lines += ["", f"'Not found' (recall confidence {rule and rule['confidence']} below {rule and rule['below']}, "
-                  "fitted on training articles; or the reader saying so), share of questions:", "",
+                  f"fitted on training articles; or {reader}the reader saying so), as the app answers "
+                  f"({result.get('app_method')}), share of questions:", "",
                   *table_head("questions", "threshold", "reader", "app (either)")]
         for kind, r in result["not_found"].items():
             lines.append(table_row(f"{kind} ({r['app']['n']})", cell(r["threshold"]), cell(r["reader"]),
@@ -298,8 +322,8 @@ def report(result: dict, methods: list[str]) -> str:
     if result["first_token"]:
         f = result["first_token"]
         lines += ["", f"First token (recall + prompt), median over {f['questions']} questions, same prompt and "
-                  f"passages: adapter on {f['median_on']:.3f} s, off {f['median_off']:.3f} s, ratio "
-                  f"{f['ratio']:.2f}."]
+                  f"passages: adapter on ({f.get('on', 'reread_adapter')}) {f['median_on']:.3f} s, off "
+                  f"({f.get('off', 'reread_short')}) {f['median_off']:.3f} s, ratio {f['ratio']:.2f}."]
     return "\n".join(lines) + "\n"
 
 

@@ -84,6 +84,7 @@ class AnswerEvent:
     evidence: list[Evidence] = field(default_factory=list)
     found: bool = True  # False when the answer is that the documents do not seem to say
     confidence: float | None = None  # the question's recall confidence (recall_confidence), reread mode
+    not_found_score: float | None = None  # with the answer adapter: not_found_score of the prompt ('done')
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -158,6 +159,24 @@ def load_not_found(folder: str | Path) -> NotFoundRule | None:
     if rule.get("confidence") not in CONFIDENCES:
         return None
     return NotFoundRule(rule["confidence"], float(rule["below"]))
+
+
+def not_found_score(model: MemoryModel, last: torch.Tensor, kv, reply: list[int]) -> float:
+    """The reader's mean log-probability per token of answering `reply` (the token ids of NOT_FOUND) right after the
+    prompt: its first token from the prompt's last hidden state `last` [d], the rest teacher-forced through the
+    prompt's kv cache, whose new entries are cropped off again afterwards, so that generation then goes on from the
+    prompt alone. One short backbone call: the adapter never says NOT_FOUND greedily, but how likely it
+    finds it tells unanswerable questions apart (README, 'Long-document QA')."""
+    backbone = model.backbone
+    first = torch.log_softmax(lm_logits(backbone, last).float(), -1)[reply[0]]  # scalar
+    if len(reply) == 1:
+        return float(first)
+    hidden, kv = final_hidden_states(backbone, model.embed(torch.tensor([reply[:-1]])), cache=kv,
+                                     use_cache=True)  # [1, n - 1, d]
+    kv.crop(-(len(reply) - 1))  # negative: that many tokens off the end, in transformers 4 and 5 alike
+    rest = torch.log_softmax(lm_logits(backbone, hidden[0]).float(), -1)  # [n - 1, V]
+    rest = rest.gather(1, torch.tensor(reply[1:], device=rest.device)[:, None])  # [n - 1, 1]
+    return float(first + rest.sum()) / len(reply)
 
 
 def cut_repetition(text: str, tail: int = 40, times: int = 3) -> str | None:
@@ -310,7 +329,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
                   repetition_penalty: float = 1.1, seed: int | None = None, ranking: torch.Tensor | None = None,
                   channels: tuple[str, ...] | list[str] | None = None, cut_loops: bool = True,
                   adapter: AnswerAdapter | None = None, system: str | None = None,
-                  not_found: NotFoundRule | None = None) -> Iterator[AnswerEvent]:
+                  not_found: NotFoundRule | None = None, prompt_passages: int | None = None
+                  ) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The question recalls with the channels asked for (default: every channel the model's config weighs; memory
@@ -327,9 +347,12 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
 
     In reread mode, an `adapter` (hmt_core.answer_adapter) is switched on around each backbone call that generates
     the answer, and never across a yield, so that reading done between two answer steps sees the plain backbone;
-    the prompt is then the adapter's own, else `system` (default SYSTEM_PROMPT). With a `not_found` rule, a recall
-    too unsure of itself answers NOT_FOUND at once, without generating; 'done' then has found=False, as it does
-    when the reader itself answers NOT_FOUND. The passages are shown either way.
+    the prompt is then the adapter's own, else `system` (default SYSTEM_PROMPT). The prompt holds the
+    `prompt_passages` passages recalled most strongly (default: the adapter's `passages`, or every one of the
+    `top_segments` without an adapter); all `top_segments` are shown and searched for evidence. With a `not_found`
+    rule, a recall too unsure of itself answers NOT_FOUND at once, without generating; so does the adapter when its
+    not_found_score is above its `not_found_above`; 'done' then has found=False, as it does when the reader itself
+    answers NOT_FOUND. The passages are shown either way.
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"mode must be one of {ANSWER_MODES}")
@@ -356,7 +379,10 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             return
         # The prompt is the passages and the question alone: a recalled P in front of it cost answers (contains-match
         # 0.16 with P vs 0.25 without, 32 questions of training articles, the same BM25 passages).
-        embeds = model.embed(torch.tensor([chat_ids(tokenizer, reread_messages(question, passages, system))]))
+        n_read = prompt_passages or (use.passages if use is not None else top_segments)
+        read = passages if n_read >= top_segments else recall_passages(
+            work, detail.weights if ranking is None else ranking, n_read, detail)
+        embeds = model.embed(torch.tensor([chat_ids(tokenizer, reread_messages(question, read, system))]))
         segment = None  # no rollover: the prompt is longer than a segment, so generation stays in one backbone call
     else:
         prompt = question_ids
@@ -384,6 +410,14 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     with switch():
         hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
     length = embeds.shape[1]
+    score = None
+    if use is not None:
+        with switch():
+            score = not_found_score(model, hidden[0, -1], kv,
+                                    tokenizer(use.not_found, add_special_tokens=False)["input_ids"])
+        if not_found is not None and use.not_found_above is not None and score > use.not_found_above:
+            yield AnswerEvent("done", text=NOT_FOUND, found=False, confidence=confidence, not_found_score=score)
+            return
     for _ in range(max_new_tokens):
         logits = lm_logits(backbone, hidden[0, -1]).float()
         token = _sample(logits, temperature, top_p, generator, decoder.ids, repetition_penalty)
@@ -421,7 +455,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     found = not says_not_found(text)
     documents = [p for p in passages if p.source != CHAT_SOURCE]
     evidence = rank_evidence(work, documents, question, text) if text != WITHHELD and found else []
-    yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence, found=found, confidence=confidence)
+    yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence, found=found, confidence=confidence,
+                      not_found_score=score)
 
 
 def remember_turn(model: MemoryModel, tokenizer, state: MemoryState, question: str, answer: str) -> None:

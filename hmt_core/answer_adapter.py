@@ -21,6 +21,10 @@ from .backbone import backbone_identity, identity_mismatch
 ADAPTER_NAME = "answer"  # peft's adapter name, apart from the HMT checkpoints' own ("default")
 WEIGHTS_FILE = "answer_adapter.safetensors"
 CONFIG_FILE = "answer_adapter.json"
+# How the app answers with the adapter, chosen and fitted on training articles it never saw
+# (hmt_core.training.fit_not_found --answer-adapter): how many passages its prompt holds, and the score of its
+# own NOT_FOUND reply above which it is taken at its word.
+ANSWERING_FILE = "answering.json"
 FORMAT = 1
 
 
@@ -30,7 +34,11 @@ class AdapterError(ValueError):
 
 class AnswerAdapter:
     """A loaded answer adapter: off except inside `with adapter.on():`. `prompt` is the system prompt it was trained
-    with (answers follow it best) and `not_found` the reply it was trained to give when the passages do not say."""
+    with (answers follow it best) and `not_found` the reply it was trained to give when the passages do not say.
+    From ANSWERING_FILE when the folder has one: `passages`, how many of the recalled passages its prompt holds (the
+    rest are still shown), and `not_found_above`, the mean log-probability per token of answering `not_found` above
+    which the answer is "not found" (hmt_core.answer.not_found_score); without the file, 3 passages and no such
+    threshold."""
 
     def __init__(self, backbone: nn.Module, folder: Path, settings: dict) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -39,6 +47,10 @@ class AnswerAdapter:
         self.settings = settings
         self.prompt: str = settings["prompt"]
         self.not_found: str = settings["not_found"]
+        answering = json.loads((folder / ANSWERING_FILE).read_text()) if (folder / ANSWERING_FILE).exists() else {}
+        self.passages: int = int(answering.get("passages", 3))
+        above = answering.get("not_found_above")
+        self.not_found_above: float | None = None if above is None else float(above)
         self.layers = [m for m in backbone.modules() if isinstance(m, BaseTunerLayer)]
         for p in backbone.parameters():
             p.requires_grad_(False)

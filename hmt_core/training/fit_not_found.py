@@ -7,9 +7,17 @@ threshold is the `--miss` quantile of the answerable questions' confidences (so 
 questions would be told "not found"); the rule kept is the one that then says "not found" most often on the two
 unanswerable kinds together.
 
-    python -m hmt_core.training.fit_not_found --hmt-weights assets/hmt-smollm2-135m
+With an answer adapter, the questions of the development articles (train_answer.DEV_ARTICLES, which the adapter
+never saw) are also answered as the app answers them, with the adapter and `--passages` passages in its prompt, to
+fit the adapter's own threshold: how likely it finds answering NOT_FOUND (hmt_core.answer.not_found_score). The
+threshold lets a further `--reader-miss` of those articles' answerable questions, beyond those the recall rule
+already tells "not found", be told so too.
 
-Writes <hmt-weights>/not_found.json (the rule, and every candidate's rates on the training questions).
+    python -m hmt_core.training.fit_not_found --hmt-weights assets/hmt-smollm2-135m \
+        [--answer-adapter assets/answer-lora-smollm2-135m --passages 1]
+
+Writes <hmt-weights>/not_found.json (the rule, and every candidate's rates on the training questions) and, with an
+adapter, <answer-adapter>/answering.json (passages, not_found_above, and the rates on the development questions).
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ import random
 import sys
 from pathlib import Path
 
-from ..answer import CONFIDENCES, NOT_FOUND_FILE, chat_ids, recall_confidence
+from ..answer import CONFIDENCES, NOT_FOUND_FILE, chat_ids, recall_confidence, stream_answer
+from ..answer_adapter import ANSWERING_FILE, load_answer_adapter
 from ..backbone import DEFAULT_BACKBONE, load_backbone
 from ..checkpoint import load_checkpoint
 from ..recall import recall
@@ -32,10 +41,21 @@ ARTICLES = (*DEV_ARTICLES, "Normans", "Black_Death")  # training articles (split
 KINDS = ("answerable", "squad2", "other_article")
 
 
-def confidences(model, tokenizer, state, question: str) -> dict[str, float]:
-    """The question's recall confidence read every CONFIDENCES way."""
-    detail = recall(model, tokenizer, state, question, chat_ids(tokenizer, [{"role": "user", "content": question}]))
-    return {kind: recall_confidence(detail, kind) for kind in CONFIDENCES}
+def confidences(model, tokenizer, state, question: str, adapter=None, passages: int = 3) -> dict[str, float]:
+    """The question's recall confidence read every CONFIDENCES way; with an adapter, also the answer's
+    not_found_score ("reader") with `passages` passages in the prompt, as the app computes it (one token generated)."""
+    if adapter is None:
+        detail = recall(model, tokenizer, state, question,
+                        chat_ids(tokenizer, [{"role": "user", "content": question}]))
+        return {kind: recall_confidence(detail, kind) for kind in CONFIDENCES}
+    out = {}
+    for event in stream_answer(model, tokenizer, state, question, max_new_tokens=1, adapter=adapter,
+                               prompt_passages=passages):
+        if event.kind == "recall":
+            out = {kind: recall_confidence(event.recall, kind) for kind in CONFIDENCES}
+        if event.kind == "done":
+            out["reader"] = event.not_found_score
+    return out
 
 
 def choose(samples: list[dict], miss: float) -> tuple[str, float, dict]:
@@ -53,6 +73,22 @@ def choose(samples: list[dict], miss: float) -> tuple[str, float, dict]:
     return best, candidates[best]["below"], candidates
 
 
+def choose_reader(samples: list[dict], confidence: str, below: float, miss: float) -> tuple[float, dict]:
+    """(threshold, rates): the adapter's not_found_score above which the answer is "not found", so that `miss` of
+    the answerable samples that the recall rule (`confidence` below `below`) lets through are above it, and the
+    share of each kind then told "not found" by either rule."""
+    answerable = [s for s in samples if s["kind"] == "answerable"]
+    passed = sorted((s["reader"] for s in answerable if s[confidence] >= below), reverse=True)
+    above = passed[min(int(miss * len(answerable)), len(passed) - 1)]
+    rates = {}
+    for k in KINDS:
+        group = [s for s in samples if s["kind"] == k]
+        rates[k] = {"recall": sum(s[confidence] < below for s in group) / len(group),
+                    "reader": sum(s["reader"] > above for s in group) / len(group),
+                    "either": sum(s[confidence] < below or s["reader"] > above for s in group) / len(group)}
+    return above, rates
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hmt-weights", required=True)
@@ -62,6 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--miss", type=float, default=0.05,
                         help="share of answerable training questions the threshold may tell 'not found'")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--answer-adapter", default=None, help="also fit this adapter's not-found threshold")
+    parser.add_argument("--passages", type=int, default=3,
+                        help="passages in the adapter's prompt (chosen with bench.qa --articles dev)")
+    parser.add_argument("--reader-miss", type=float, default=0.04,
+                        help="further share of answerable development questions the adapter's threshold may tell "
+                             "'not found'")
     args = parser.parse_args(argv)
     data = Path(args.data)
     fetch(data, ["squad"])
@@ -72,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     unanswerable = {a["title"]: a["questions"] for a in load_squad(data, "unanswerable")}
     backbone, tokenizer = load_backbone(args.model, device="cpu", dtype="float32")
     model = load_checkpoint(args.hmt_weights, backbone)
+    adapter = load_answer_adapter(backbone, args.answer_adapter) if args.answer_adapter else None
     rng = random.Random(args.seed)
     samples = []
     for n, title in enumerate(ARTICLES):
@@ -80,9 +123,11 @@ def main(argv: list[str] | None = None) -> None:
                               title)
         other = articles[ARTICLES[(n + 1) % len(ARTICLES)]]
         asked = {"answerable": article["questions"], "squad2": unanswerable[title], "other_article": other["questions"]}
+        reader = adapter if title in DEV_ARTICLES else None
         for kind, questions in asked.items():
             for q in rng.sample(questions, min(args.per_kind, len(questions))):
-                samples.append({"article": title, "kind": kind, **confidences(model, tokenizer, state, q["question"])})
+                samples.append({"article": title, "kind": kind,
+                                **confidences(model, tokenizer, state, q["question"], reader, args.passages)})
         print(title, state.num_segments, "segments", flush=True)
     best, below, candidates = choose(samples, args.miss)
     record = {"confidence": best, "below": below, "miss": args.miss, "articles": list(ARTICLES),
@@ -92,6 +137,15 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({k: v for k, v in record.items() if k != "candidates"}), flush=True)
     for kind, c in candidates.items():
         print(kind, round(c["below"], 4), {k: round(v, 3) for k, v in c["not_found_rate"].items()}, flush=True)
+    if adapter is not None:
+        dev = [s for s in samples if "reader" in s]
+        above, rates = choose_reader(dev, best, below, args.reader_miss)
+        answering = {"passages": args.passages, "not_found_above": above, "reader_miss": args.reader_miss,
+                     "articles": list(DEV_ARTICLES), "hmt_weights": Path(args.hmt_weights).name,
+                     "questions": {k: sum(s["kind"] == k for s in dev) for k in KINDS}, "not_found_rate": rates,
+                     "command": record["command"]}
+        (Path(args.answer_adapter) / ANSWERING_FILE).write_text(json.dumps(answering, indent=1) + "\n")
+        print(json.dumps(answering), flush=True)
 
 
 if __name__ == "__main__":

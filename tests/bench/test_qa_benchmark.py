@@ -22,23 +22,30 @@ def test_reader_rows_answer_from_the_gold_segment_or_the_recall(tokenizer, tmp_p
     for method in VARIANTS:
         r = reread(model, tokenizer, state, "what is the passkey?", method, 6, {"gold": gold}, adapter,
                    NotFoundRule("weight_top", 2.0))
-        assert set(r) == {"answer", "below_threshold", "found", "first_token_seconds", "words"}
+        assert set(r) == {"answer", "below_threshold", "not_found_score", "reader_above", "found",
+                          "first_token_seconds", "words"}
         assert r["below_threshold"] and r["answer"]  # a weight is never above 1; the answer is generated anyway
+        assert (r["not_found_score"] is not None) == VARIANTS[method][3] and not r["reader_above"]
     plain = reread(model, tokenizer, state, "what is the passkey?", "reread_short", 6, {}, adapter, None)
     tuned = reread(model, tokenizer, state, "what is the passkey?", "reread_adapter", 6, {}, adapter, None)
     assert plain["answer"] != tuned["answer"] and not plain["below_threshold"]
+    adapter.not_found_above = tuned["not_found_score"] - 1.0  # the adapter's own threshold, crossed
+    again = reread(model, tokenizer, state, "what is the passkey?", "reread_adapter", 6, {}, adapter,
+                   NotFoundRule("weight_top", -1.0))
+    assert again["reader_above"] and not again["below_threshold"] and again["answer"] == tuned["answer"]
 
 
 def test_the_app_row_counts_a_not_found_answer_as_wrong_and_the_tables_say_each_part():
-    def answer(text, below=False, found=True):
-        return {"answer": text, "below_threshold": below, "found": found, "first_token_seconds": 0.1,
+    def answer(text, below=False, found=True, above=False):
+        return {"answer": text, "below_threshold": below, "reader_above": above, "found": found,
+                "first_token_seconds": 0.1,
                 "words": len(text.split()), **dict(zip(("contains", "f1"), score(text, ["Rollo"])))}
     rows = [{"reread_adapter": answer("Rollo"), "reread_short": answer("Rollo was")},
             {"reread_adapter": answer("Rollo", below=True), "reread_short": answer("no")},
             {"reread_adapter": answer("The documents do not seem to say.", found=False),
              "reread_short": answer("Rollo")}]
     negatives = [{"kind": "squad2", **answer("x", below=True)}, {"kind": "squad2", **answer("y")},
-                 {"kind": "other_article", **answer("z", found=False)}]
+                 {"kind": "squad2", **answer("w", above=True)}, {"kind": "other_article", **answer("z", found=False)}]
     args = argparse.Namespace(model="tiny", hmt_weights=None, answer_adapter="a", articles="eval", max_new_tokens=8,
                               questions_per_article=3)
     model = argparse.Namespace(config=argparse.Namespace(segment_length=32, cache_size=8, sensory_size=4))
@@ -48,9 +55,10 @@ def test_the_app_row_counts_a_not_found_answer_as_wrong_and_the_tables_say_each_
     assert scores["reread_adapter"]["contains"]["mean"] == 2 / 3
     assert scores["app"]["contains"]["mean"] == 1 / 3  # the second answer was cut off by the threshold
     assert scores["app"]["not_found"]["mean"] == 2 / 3
-    assert not_found["squad2"]["threshold"]["mean"] == 0.5 and not_found["squad2"]["app"]["mean"] == 0.5
+    assert not_found["squad2"]["threshold"]["mean"] == 1 / 3 and not_found["squad2"]["app"]["mean"] == 2 / 3
+    assert not_found["squad2"]["reader"]["mean"] == 1 / 3  # the adapter's score above its threshold
     assert not_found["other_article"]["reader"]["mean"] == 1.0
     assert not_found["answerable"]["app"]["mean"] == 2 / 3
     assert result["first_token"]["ratio"] == 1.0
     table = report(result, ["reread_adapter", "reread_short"])
-    assert "| app |" in table and "squad2 (2)" in table and "ratio 1.00" in table
+    assert "| app |" in table and "squad2 (3)" in table and "ratio 1.00" in table

@@ -8,10 +8,10 @@ import torch
 from tiny_models import CORPUS, make_backbone, save_tiny_adapter
 
 from hmt_core import HMT, HMTConfig, read_text, stream_answer
-from hmt_core.answer import (NOT_FOUND, NOT_FOUND_FILE, CONFIDENCES, NotFoundRule, load_not_found, recall_confidence,
-                             says_not_found)
-from hmt_core.answer_adapter import AdapterError, adapter_tensors, load_answer_adapter
-from hmt_core.backbone import final_hidden_states
+from hmt_core.answer import (NOT_FOUND, NOT_FOUND_FILE, CONFIDENCES, NotFoundRule, load_not_found, not_found_score,
+                             recall_confidence, says_not_found)
+from hmt_core.answer_adapter import ANSWERING_FILE, AdapterError, adapter_tensors, load_answer_adapter
+from hmt_core.backbone import final_hidden_states, lm_logits
 from hmt_core.recall import recall
 
 def hidden(backbone, ids):
@@ -130,3 +130,46 @@ def test_says_not_found_and_load_not_found(tmp_path) -> None:
     assert load_not_found(tmp_path) == NotFoundRule("fused_top", 1.5)
     (tmp_path / NOT_FOUND_FILE).write_text(json.dumps({"confidence": "unknown", "below": 1.5}))
     assert load_not_found(tmp_path) is None
+
+
+def test_not_found_score_is_the_replys_mean_log_probability_and_leaves_the_cache_as_it_was(tokenizer) -> None:
+    model = HMT(make_backbone("llama"), HMTConfig(segment_length=32, sensory_size=4))
+    prompt, reply = [5, 9, 33, 7, 12, 40], tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        whole, _ = final_hidden_states(model.backbone, model.embed(torch.tensor([prompt + reply])))  # [1, P + R, d]
+        logp = torch.log_softmax(lm_logits(model.backbone, whole[0, len(prompt) - 1:-1]).float(), -1)  # [R, V]
+        expected = float(logp.gather(1, torch.tensor(reply)[:, None]).mean())
+        hidden, kv = final_hidden_states(model.backbone, model.embed(torch.tensor([prompt])), use_cache=True)
+        score = not_found_score(model, hidden[0, -1], kv, reply)
+        assert score == pytest.approx(expected, abs=1e-5)
+        assert kv.get_seq_length() == len(prompt)  # generation goes on from the prompt alone
+        step, _ = final_hidden_states(model.backbone, model.embed(torch.tensor([[reply[0]]])), cache=kv,
+                                      use_cache=True)
+    assert torch.allclose(step[0, -1], whole[0, len(prompt)], atol=1e-5)
+
+
+def test_answering_settings_pick_the_prompts_passages_and_the_adapters_not_found(tmp_path, tokenizer) -> None:
+    save_tiny_adapter(tmp_path)
+    model = HMT(make_backbone("llama"), HMTConfig(segment_length=32, sensory_size=4))
+    adapter = load_answer_adapter(model.backbone, tmp_path)
+    assert adapter.passages == 3 and adapter.not_found_above is None  # without answering.json
+    state = read_text(model, tokenizer, "".join(CORPUS) * 3, source="book")
+    question = "what is the passkey?"
+    one = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter, top_segments=1))
+    three = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter))
+    (tmp_path / ANSWERING_FILE).write_text(json.dumps({"passages": 1, "not_found_above": 0.5}))
+    loaded = load_answer_adapter(make_backbone("llama"), tmp_path)
+    assert loaded.passages == 1 and loaded.not_found_above == 0.5
+    adapter.passages, adapter.not_found_above = loaded.passages, loaded.not_found_above
+    shown = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter))
+    assert len(shown[0].passages) == len(three[0].passages) > len(one[0].passages) == 1  # three shown
+    assert shown[-1].ids == one[-1].ids != three[-1].ids  # the prompt holds the strongest passage alone
+    assert shown[-1].not_found_score == pytest.approx(one[-1].not_found_score)
+    assert shown[-1].not_found_score < 0.5  # a log-probability: the threshold is never crossed here
+    adapter.not_found_above = shown[-1].not_found_score - 1.0
+    rule = NotFoundRule("weight_top", -1.0)  # the recall rule alone would answer
+    events = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter,
+                                not_found=rule))
+    assert [e.kind for e in events] == ["recall", "done"] and not events[-1].found and events[-1].text == NOT_FOUND
+    kept = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter))
+    assert kept[-1].found and kept[-1].ids == one[-1].ids  # without a rule, the adapter's threshold is not used

@@ -11,7 +11,7 @@ from tiny_models import CORPUS, make_backbone
 from hmt_core import HMT, HMTConfig
 from hmt_core.answer import ANSWER_PROMPT, NOT_FOUND
 from hmt_core.answer_adapter import add_answer_lora, load_answer_adapter
-from hmt_core.training.fit_not_found import choose
+from hmt_core.training.fit_not_found import choose, choose_reader
 from hmt_core.training.fit_recall import read_document
 from hmt_core.training.lora import linear_layer_names
 from hmt_core.training.train_answer import build_examples, example_loss, main, segment_at, text_state
@@ -113,3 +113,14 @@ def test_choose_keeps_the_confidence_that_separates_best() -> None:
     kind, below, candidates = choose(samples, 0.05)
     assert kind == "fused_top" and below == pytest.approx(2.05)
     assert candidates["fused_top"]["not_found_rate"] == {"answerable": 0.05, "squad2": 1.0, "other_article": 1.0}
+
+
+def test_choose_reader_adds_the_adapters_threshold_past_the_recall_rule() -> None:
+    samples = [{"kind": "answerable", "token_per_key": 0.0 if i < 5 else 1.0, "reader": -3.0 + i / 100}
+               for i in range(100)]
+    samples += [{"kind": "squad2", "token_per_key": 1.0, "reader": -1.0 - i / 100} for i in range(10)]
+    samples += [{"kind": "other_article", "token_per_key": 0.0, "reader": -5.0} for _ in range(10)]
+    above, rates = choose_reader(samples, "token_per_key", 0.5, 0.04)
+    assert above == pytest.approx(-3.0 + 95 / 100)  # four answerable questions above it, past the recall's five
+    assert rates["answerable"] == {"recall": 0.05, "reader": 0.04, "either": 0.09}
+    assert rates["squad2"]["reader"] == 1.0 and rates["other_article"] == {"recall": 1.0, "reader": 0.0, "either": 1.0}
