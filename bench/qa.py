@@ -125,9 +125,10 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
     started, first = time.perf_counter(), None
     done, below = None, False
     # cut_loops=False: every method is scored on its whole generated text, as plain_answer's is
+    scored = use is not None and use.not_found_above is not None  # the score costs time only where the app uses it
     for event in stream_answer(model, tokenizer, state, question, mode=mode, channels=channels,
                                max_new_tokens=max_new_tokens, ranking=ranking, prompt_passages=top,
-                               cut_loops=False, adapter=use, system=system):
+                               cut_loops=False, adapter=use, system=system, score_not_found=scored):
         if event.kind == "recall" and event.recall is not None and rule is not None and not below:
             below = rule.says_not_found(event.recall)
         if event.kind == "token" and first is None:
@@ -135,7 +136,7 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
         if event.kind == "done":
             done = event
     score = done.not_found_score
-    above = rule is not None and use is not None and use.not_found_above is not None and score > use.not_found_above
+    above = rule is not None and scored and score > use.not_found_above
     return {"answer": done.text, "below_threshold": below, "not_found_score": score, "reader_above": above,
             "found": done.found, "first_token_seconds": first, "words": len(done.text.split())}
 

@@ -329,8 +329,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
                   repetition_penalty: float = 1.1, seed: int | None = None, ranking: torch.Tensor | None = None,
                   channels: tuple[str, ...] | list[str] | None = None, cut_loops: bool = True,
                   adapter: AnswerAdapter | None = None, system: str | None = None,
-                  not_found: NotFoundRule | None = None, prompt_passages: int | None = None
-                  ) -> Iterator[AnswerEvent]:
+                  not_found: NotFoundRule | None = None, prompt_passages: int | None = None,
+                  score_not_found: bool = False) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The question recalls with the channels asked for (default: every channel the model's config weighs; memory
@@ -352,7 +352,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     `top_segments` without an adapter); all `top_segments` are shown and searched for evidence. With a `not_found`
     rule, a recall too unsure of itself answers NOT_FOUND at once, without generating; so does the adapter when its
     not_found_score is above its `not_found_above`; 'done' then has found=False, as it does when the reader itself
-    answers NOT_FOUND. The passages are shown either way.
+    answers NOT_FOUND. The passages are shown either way. The not_found_score (one short backbone call before the
+    first token) is computed only when that threshold is in use, or with score_not_found (to fit it).
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"mode must be one of {ANSWER_MODES}")
@@ -411,7 +412,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
     length = embeds.shape[1]
     score = None
-    if use is not None:
+    if use is not None and (score_not_found or (not_found is not None and use.not_found_above is not None)):
         with switch():
             score = not_found_score(model, hidden[0, -1], kv,
                                     tokenizer(use.not_found, add_special_tokens=False)["input_ids"])

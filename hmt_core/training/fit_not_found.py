@@ -11,7 +11,10 @@ With an answer adapter, the questions of the development articles (train_answer.
 never saw) are also answered as the app answers them, with the adapter and `--passages` passages in its prompt, to
 fit the adapter's own threshold: how likely it finds answering NOT_FOUND (hmt_core.answer.not_found_score). The
 threshold lets a further `--reader-miss` of those articles' answerable questions, beyond those the recall rule
-already tells "not found", be told so too.
+already tells "not found", be told so too. It is written as `fitted_not_found_above`, and used (`not_found_above`)
+only with `--use-reader-threshold`: on the shipped adapter it caught twice as many unanswerable questions as it cost
+answerable ones (0.08 against 0.04) for a quarter more time to the first token (1.27x in bench.qa), too little
+to pay.
 
     python -m hmt_core.training.fit_not_found --hmt-weights assets/hmt-smollm2-135m \
         [--answer-adapter assets/answer-lora-smollm2-135m --passages 1]
@@ -50,7 +53,7 @@ def confidences(model, tokenizer, state, question: str, adapter=None, passages: 
         return {kind: recall_confidence(detail, kind) for kind in CONFIDENCES}
     out = {}
     for event in stream_answer(model, tokenizer, state, question, max_new_tokens=1, adapter=adapter,
-                               prompt_passages=passages):
+                               prompt_passages=passages, score_not_found=True):
         if event.kind == "recall":
             out = {kind: recall_confidence(event.recall, kind) for kind in CONFIDENCES}
         if event.kind == "done":
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--answer-adapter", default=None, help="also fit this adapter's not-found threshold")
     parser.add_argument("--passages", type=int, default=3,
                         help="passages in the adapter's prompt (chosen with bench.qa --articles dev)")
+    parser.add_argument("--use-reader-threshold", action="store_true",
+                        help="let the app use the adapter's fitted threshold (answering.json's not_found_above)")
     parser.add_argument("--reader-miss", type=float, default=0.04,
                         help="further share of answerable development questions the adapter's threshold may tell "
                              "'not found'")
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     if adapter is not None:
         dev = [s for s in samples if "reader" in s]
         above, rates = choose_reader(dev, best, below, args.reader_miss)
-        answering = {"passages": args.passages, "not_found_above": above, "reader_miss": args.reader_miss,
+        answering = {"passages": args.passages, "not_found_above": above if args.use_reader_threshold else None,
+                     "fitted_not_found_above": above, "reader_miss": args.reader_miss,
                      "articles": list(DEV_ARTICLES), "hmt_weights": Path(args.hmt_weights).name,
                      "questions": {k: sum(s["kind"] == k for s in dev) for k in KINDS}, "not_found_rate": rates,
                      "command": record["command"]}

@@ -155,17 +155,20 @@ def test_answering_settings_pick_the_prompts_passages_and_the_adapters_not_found
     assert adapter.passages == 3 and adapter.not_found_above is None  # without answering.json
     state = read_text(model, tokenizer, "".join(CORPUS) * 3, source="book")
     question = "what is the passkey?"
-    one = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter, top_segments=1))
+    one = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter, top_segments=1,
+                             score_not_found=True))
     three = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter))
     (tmp_path / ANSWERING_FILE).write_text(json.dumps({"passages": 1, "not_found_above": 0.5}))
     loaded = load_answer_adapter(make_backbone("llama"), tmp_path)
     assert loaded.passages == 1 and loaded.not_found_above == 0.5
     adapter.passages, adapter.not_found_above = loaded.passages, loaded.not_found_above
-    shown = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter))
+    shown = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter,
+                               score_not_found=True))
     assert len(shown[0].passages) == len(three[0].passages) > len(one[0].passages) == 1  # three shown
     assert shown[-1].ids == one[-1].ids != three[-1].ids  # the prompt holds the strongest passage alone
     assert shown[-1].not_found_score == pytest.approx(one[-1].not_found_score)
     assert shown[-1].not_found_score < 0.5  # a log-probability: the threshold is never crossed here
+    assert three[-1].not_found_score is None  # not computed when no threshold uses it
     adapter.not_found_above = shown[-1].not_found_score - 1.0
     rule = NotFoundRule("weight_top", -1.0)  # the recall rule alone would answer
     events = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter,
