@@ -127,6 +127,12 @@ def test_upload_read_ask_and_see_the_recall(page, lighthouse_pdf):
     assert "gull_island.pdf" in page.inner_text("#documents")
     page.wait_for_selector("#question textarea:not([disabled])", timeout=10_000)
 
+    # the plain reader answers in sentences, long enough to watch them stream; the adapter's answers are a phrase
+    page.locator("#settings").get_by_text("Settings", exact=True).first.click()
+    page.wait_for_selector("#adapter", state="visible", timeout=10_000)
+    assert page.is_checked("#adapter input[type=checkbox]")  # the shipped answer adapter, on by default
+    page.uncheck("#adapter input[type=checkbox]")
+    page.locator("#settings").get_by_text("Settings", exact=True).first.click()
     page.fill("#question textarea", "What was the secret password of the keepers' guild?")
     page.click("#ask")
     lengths = []
