@@ -136,7 +136,7 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
         if event.kind == "done":
             done = event
     score = done.not_found_score
-    above = rule is not None and scored and score > use.not_found_above
+    above = rule is not None and scored and use.says_not_found(score)
     return {"answer": done.text, "below_threshold": below, "not_found_score": score, "reader_above": above,
             "found": done.found, "first_token_seconds": first, "words": len(done.text.split())}
 
@@ -226,7 +226,6 @@ def main() -> None:
                 negatives.append({"article": article["title"], "kind": kind, "question": question, **result})
                 print(kind, result["below_threshold"], result["found"], result["answer"][:60], flush=True)
     result = summarize(args, model, methods, rows, negatives, rule, app_method, truncated, window, started)
-    result["app_method"] = app_method
     result["adapter_not_found_above"] = adapter.not_found_above if adapter is not None else None
     name = "qa" if args.hmt_weights else "qa_untrained"
     name += ("_reader" if adapter is not None else "") + ("_dev" if args.articles == "dev" else "")
@@ -236,7 +235,7 @@ def main() -> None:
 def reader_says(r: dict) -> bool:
     """Whether the reader's side says 'not found': the adapter's not_found_score above its threshold, or the
     generated answer being NOT_FOUND."""
-    return r.get("reader_above", False) or not r["found"]
+    return r["reader_above"] or not r["found"]
 
 
 def said_not_found(r: dict) -> bool:
@@ -271,8 +270,9 @@ def summarize(args, model, methods, rows, negatives, rule, app_method, truncated
             "reader": rate([float(reader_says(r)) for r in answerable]),
             "app": rate([float(said_not_found(r)) for r in answerable])}
     latency = {}
-    twin = next((m for m, v in VARIANTS.items() if app_method in VARIANTS and v == (*VARIANTS[app_method][:3], False)),
-                None)  # the app's row with the adapter off: same prompt and passages
+    twin = None  # the app's row with the adapter off: same prompt and passages
+    if app_method in VARIANTS:
+        twin = next((m for m, v in VARIANTS.items() if v == (*VARIANTS[app_method][:3], False)), None)
     if app_method in methods and twin in methods:
         pairs = [(r[app_method]["first_token_seconds"], r[twin]["first_token_seconds"]) for r in rows
                  if r[app_method]["first_token_seconds"] and r[twin]["first_token_seconds"]]
@@ -280,7 +280,7 @@ def summarize(args, model, methods, rows, negatives, rule, app_method, truncated
         latency = {"on": app_method, "off": twin, "questions": len(pairs), "median_on": on[len(on) // 2],
                    "median_off": off[len(off) // 2], "ratio": on[len(on) // 2] / off[len(off) // 2]}
     return {"model": args.model, "hmt_weights": args.hmt_weights, "answer_adapter": args.answer_adapter,
-            "articles": args.articles,
+            "articles": args.articles, "app_method": app_method,
             "not_found_rule": vars(rule) if rule else None, "config": vars(model.config), "machine": machine(),
             "questions": len(rows),
             "articles_over_window": truncated, "window": window, "max_new_tokens": args.max_new_tokens,
@@ -315,7 +315,7 @@ def report(result: dict, methods: list[str]) -> str:
                   if above is not None else "")
         lines += ["", f"'Not found' (recall confidence {rule and rule['confidence']} below {rule and rule['below']}, "
                   f"fitted on training articles; or {reader}the reader saying so), as the app answers "
-                  f"({result.get('app_method')}), share of questions:", "",
+                  f"({result['app_method']}), share of questions:", "",
                   *table_head("questions", "threshold", "reader", "app (either)")]
         for kind, r in result["not_found"].items():
             lines.append(table_row(f"{kind} ({r['app']['n']})", cell(r["threshold"]), cell(r["reader"]),
@@ -323,8 +323,8 @@ def report(result: dict, methods: list[str]) -> str:
     if result["first_token"]:
         f = result["first_token"]
         lines += ["", f"First token (recall + prompt), median over {f['questions']} questions, same prompt and "
-                  f"passages: adapter on ({f.get('on', 'reread_adapter')}) {f['median_on']:.3f} s, off "
-                  f"({f.get('off', 'reread_short')}) {f['median_off']:.3f} s, ratio {f['ratio']:.2f}."]
+                  f"passages: adapter on ({f['on']}) {f['median_on']:.3f} s, off ({f['off']}) "
+                  f"{f['median_off']:.3f} s, ratio {f['ratio']:.2f}."]
     return "\n".join(lines) + "\n"
 
 

@@ -416,7 +416,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         with switch():
             score = not_found_score(model, hidden[0, -1], kv,
                                     tokenizer(use.not_found, add_special_tokens=False)["input_ids"])
-        if not_found is not None and use.not_found_above is not None and score > use.not_found_above:
+        if not_found is not None and use.says_not_found(score):
             yield AnswerEvent("done", text=NOT_FOUND, found=False, confidence=confidence, not_found_score=score)
             return
     for _ in range(max_new_tokens):

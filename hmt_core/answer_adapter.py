@@ -64,6 +64,10 @@ class AnswerAdapter:
                 for p in layer.parameters():
                     p.requires_grad_(False)
 
+    def says_not_found(self, score: float) -> bool:
+        """Whether a prompt's not_found_score is above the adapter's threshold (never, without one)."""
+        return self.not_found_above is not None and score > self.not_found_above
+
     @contextmanager
     def on(self) -> Iterator[None]:
         """The adapter on for the calls inside, off again afterwards even when they fail."""

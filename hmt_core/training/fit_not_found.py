@@ -47,18 +47,15 @@ KINDS = ("answerable", "squad2", "other_article")
 def confidences(model, tokenizer, state, question: str, adapter=None, passages: int = 3) -> dict[str, float]:
     """The question's recall confidence read every CONFIDENCES way; with an adapter, also the answer's
     not_found_score ("reader") with `passages` passages in the prompt, as the app computes it (one token generated)."""
+    reader = {}
     if adapter is None:
         detail = recall(model, tokenizer, state, question,
                         chat_ids(tokenizer, [{"role": "user", "content": question}]))
-        return {kind: recall_confidence(detail, kind) for kind in CONFIDENCES}
-    out = {}
-    for event in stream_answer(model, tokenizer, state, question, max_new_tokens=1, adapter=adapter,
-                               prompt_passages=passages, score_not_found=True):
-        if event.kind == "recall":
-            out = {kind: recall_confidence(event.recall, kind) for kind in CONFIDENCES}
-        if event.kind == "done":
-            out["reader"] = event.not_found_score
-    return out
+    else:
+        events = list(stream_answer(model, tokenizer, state, question, max_new_tokens=1, adapter=adapter,
+                                    prompt_passages=passages, score_not_found=True))
+        detail, reader = events[0].recall, {"reader": events[-1].not_found_score}
+    return {**{kind: recall_confidence(detail, kind) for kind in CONFIDENCES}, **reader}
 
 
 def choose(samples: list[dict], miss: float) -> tuple[str, float, dict]:
