@@ -28,6 +28,9 @@ DEFAULT_WEIGHTS = PROJECT_ROOT / "assets" / "hmt-smollm2-135m"
 DEFAULT_ADAPTER = PROJECT_ROOT / "assets" / "answer-lora-smollm2-135m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MEMORY_SEGMENTS = 4096  # cached memories kept per session: about a million tokens, so whole books stay recallable
+# Segments whose summary passes run as one batch while reading (Reader's summary_batch; bench.ingest measured 8).
+# The main passes still go one at a time, and a reading step gives way after any of them.
+SUMMARY_BATCH = 8
 UNTRAINED_NOTE = "No trained HMT weights for this backbone: recall is untrained."
 FINGERPRINT_FORMAT = "hmt-app-memory-1"
 
@@ -61,11 +64,12 @@ class PieceText:
 def _read_pieces(reader: Reader, pieces: Iterator[PieceText], source: str, max_segments: int,
                  give_way: Callable[[], bool]) -> list[SegmentInfo]:
     """Feed pieces from the iterator until at least max_segments segments were read, or it runs out, or (once some
-    segment is read) give_way() says someone else needs the model; returns the segments read. The state goes back
-    to the CPU so that a GPU is needed only during this call."""
+    segment is read) give_way() says someone else needs the model, which the reader also asks after every segment
+    (so an answer waits for one batch of summary passes and one main pass at most); returns the segments read. The
+    state goes back to the CPU so that a GPU is needed only during this call."""
     read: list[SegmentInfo] = []
     for piece in pieces:
-        read += [segment.info for segment in reader.feed(piece.text, source=source, page=piece.page)]
+        read += [segment.info for segment in reader.feed(piece.text, source=source, page=piece.page, stop=give_way)]
         if len(read) >= max_segments or (read and give_way()):
             break
     reader.state.to("cpu")
@@ -275,12 +279,12 @@ class Engine:
         vocab = self.model.backbone.get_input_embeddings().weight.shape[0]
         return Expect(self.fingerprint, empty.kind, empty.cache.shape[-1], empty.cache.dtype, keys, vocab)
 
-    def new_reader(self, state: MemoryState | None = None) -> Reader:
+    def new_reader(self, state: MemoryState | None = None, summary_batch: int = SUMMARY_BATCH) -> Reader:
         """A reader into a fresh memory that keeps up to memory_segments cached memories, or one that goes on writing
-        into `state` (a partly read document's own memory)."""
+        into `state` (a partly read document's own memory); it runs summary passes summary_batch at a time."""
         if state is None:
             state = self.model.new_state(keep=self.memory_segments)
-        return Reader(self.model, self.tokenizer, state.to("cpu"))
+        return Reader(self.model, self.tokenizer, state.to("cpu"), summary_batch=summary_batch)
 
     def _check(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.cache import CacheDamaged, Expect, MemoryCache, entry_key
-from app.engine import Engine, EngineError, PieceText
+from app.engine import SUMMARY_BATCH, Engine, EngineError, PieceText
 from app.extract import Document, ExtractionError, OpenedDocument, open_document, open_text
 from app.session import DocumentRecord, Session
 from hmt_core import MemoryState, Reader, SegmentInfo
@@ -212,10 +212,11 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
     report.total_tokens = sum(item.tokens for item in pending)
     for number, item in enumerate(pending, 1):
         doc = item.document
+        batch = min(SUMMARY_BATCH, batch_segments)  # summary passes per batch: no more than one call reads
         if item.resumes is None:
-            reader, source, done = engine.new_reader(), doc.name, 0
+            reader, source, done = engine.new_reader(summary_batch=batch), doc.name, 0
         else:  # go on from the memory the cancelled read left, with the text after what it read
-            reader = engine.new_reader(session.partial[item.digest])
+            reader = engine.new_reader(session.partial[item.digest], summary_batch=batch)
             source, done = next(iter(reader.state.sources)), _chars_read(session, item)
             report.notes.append(f"Continued “{item.resumes.name}” from where its reading stopped"
                                 f"{f' (p. {item.resumes.last_page})' if item.resumes.last_page else ''}.")

@@ -12,7 +12,10 @@ Goal: >= 90% for the app's rule. Brackets: 95% bootstrap intervals over question
 
     python -m bench.evidence --hmt-weights assets/hmt-smollm2-135m --questions-per-article 30
 
---split train runs the same on training articles (evidence_train.*), which is where the rule's weights were chosen.
+--split train runs the same on training articles (evidence_train.*); --split dev on the two training articles the
+answer adapter never saw (evidence_dev.*), which is where the rule's weights are chosen when the app answers with the
+adapter. --answer-adapter answers as the app does by default (the adapter on, its own prompt and passage count);
+without it, the plain reader answers from three passages.
 
 Writes bench/results/evidence.json and evidence.md (--results elsewhere, e.g. for a trial run).
 """
@@ -29,7 +32,9 @@ from bench.common import (RESULTS, add_model_arguments, bootstrap, describe_weig
 from bench.qa import normalize
 from hmt_core import stream_answer
 from hmt_core.answer import CHAT_SOURCE
-from hmt_core.evidence import rank_evidence, sentence_spans
+from hmt_core.answer_adapter import load_answer_adapter
+from hmt_core.evidence import ANSWER_WEIGHT, QUESTION_WEIGHT, rank_evidence, sentence_spans
+from hmt_core.training.train_answer import DEV_ARTICLES
 
 RULES = ("app", "question_only", "answer_only", "first_sentence")
 
@@ -70,21 +75,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--articles", type=int, default=10, help="articles to use (10 are held out)")
-    parser.add_argument("--split", choices=("eval", "train"), default="eval",
-                        help="eval: the held-out articles (what to report); train: to choose a rule on")
+    parser.add_argument("--split", choices=("eval", "train", "dev"), default="eval",
+                        help="eval: the held-out articles (what to report); train or dev (the training articles the "
+                             "answer adapter never saw): to choose a rule on")
+    parser.add_argument("--answer-adapter", default=None, help="answer with this adapter, as the app does")
     parser.add_argument("--questions-per-article", type=int, default=30)
     parser.add_argument("--first-question", type=int, default=0, help="skip each article's questions before this")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for evidence.json and evidence.md")
     args = parser.parse_args()
     model, tokenizer = load_model(args)
+    adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
+    articles = squad_articles("eval" if args.split == "eval" else "train")
+    if args.split != "eval":  # dev: only the articles the adapter never saw; train: never those
+        articles = [a for a in articles if (a["title"] in DEV_ARTICLES) == (args.split == "dev")]
     rows, asked, started = [], 0, time.time()
-    for article in squad_articles(args.split)[:args.articles]:
+    articles = articles[:args.articles]
+    for article in articles:
         state = read_article(model, tokenizer, article)
         for q in article["questions"][args.first_question:args.first_question + args.questions_per_article]:
             asked += 1
             events = list(stream_answer(model, tokenizer, state, q["question"], mode="reread",
-                                        max_new_tokens=args.max_new_tokens))
+                                        max_new_tokens=args.max_new_tokens, adapter=adapter))
             done = events[-1]
             row = evidence_row(state, events[0].passages, q["question"], q["answers"], done.text, done.evidence)
             if row is not None:
@@ -97,27 +109,34 @@ def main() -> None:
     for rule in RULES:
         hits = [float(r["hits"][rule]) for r in rows]
         scores[rule] = {"hit": sum(hits) / n, "hit_ci": bootstrap(hits)}
-    result = {"model": args.model, "hmt_weights": args.hmt_weights, "split": args.split, "machine": machine(),
+    result = {"model": args.model, "hmt_weights": args.hmt_weights, "answer_adapter": args.answer_adapter,
+              "weights": {"question": QUESTION_WEIGHT, "answer": ANSWER_WEIGHT},
+              "split": args.split, "machine": machine(),
               "asked": asked,
               "questions": n, "wall_seconds": time.time() - started, "scores": scores,
               "two_sentences": sum(r["sentences"] > 1 for r in rows) / n,
               "median_chars": statistics.median(r["chars"] for r in rows), "goal": 0.9, "rows": rows}
     m = result["machine"]
-    held = "held-out" if args.split == "eval" else "TRAINING (not for reporting)"
+    held = {"eval": "held-out", "train": "TRAINING (not for reporting)",
+            "dev": "development (training articles the answer adapter never saw; not for reporting)"}[args.split]
+    reader = (f"the answer adapter {args.answer_adapter} ({adapter.passages} passage(s) in the prompt, three shown "
+              "and searched for evidence)" if adapter else "the plain reader, three passages")
     lines = [f"Evidence on {n} {held} SQuAD questions whose gold answer is in a recalled passage (of {asked} asked, "
-             f"{args.questions_per_article} per article, {min(args.articles, 10)} articles, each read as its own "
+             f"up to {args.questions_per_article} per article, {len(articles)} articles, each read as its own "
              f"document); backbone {args.model}, HMT weights {describe_weights(args.hmt_weights)}, recall and "
-             f"re-read, greedy, {args.max_new_tokens} new tokens; {result['wall_seconds']:.0f} s on {m['cpu']}, "
-             f"{m['cores']} cores. A hit: the sentence chosen contains a gold answer. Brackets: 95% bootstrap "
-             "intervals over questions.", "", *table_head("evidence rule", "holds the gold answer")]
-    names = {"app": "**the app's: idf-weighted overlap with the question (x1) and the answer (x0.5)**",
+             f"re-read, answered by {reader}, greedy, {args.max_new_tokens} new tokens; "
+             f"{result['wall_seconds']:.0f} s on {m['cpu']}, {m['cores']} cores. A hit: the sentence chosen contains a "
+             "gold answer. Brackets: 95% bootstrap intervals over questions.", "",
+             *table_head("evidence rule", "holds the gold answer")]
+    names = {"app": f"**the app's: idf-weighted overlap with the question (x{QUESTION_WEIGHT:g}) and the answer "
+                    f"(x{ANSWER_WEIGHT:g})**",
              "question_only": "the question's words alone", "answer_only": "the answer's words alone",
              "first_sentence": "first sentence of the strongest passage"}
     for rule in RULES:
         lines.append(table_row(names[rule], with_interval(scores[rule], "hit")))
     lines += ["", f"The app's evidence is two sentences for {result['two_sentences']:.0%} of the questions; median "
               f"length {result['median_chars']:.0f} characters. Goal: >= 0.90."]
-    name = "evidence" if args.split == "eval" else "evidence_train"
+    name = "evidence" if args.split == "eval" else f"evidence_{args.split}"
     write_results(name, result, "\n".join(lines) + "\n", folder=args.results)
 
 

@@ -193,10 +193,14 @@ def cut_repetition(text: str, tail: int = 40, times: int = 3) -> str | None:
 def discloses_instructions(text: str, prompt: str = SYSTEM_PROMPT, words: int = 5) -> bool:
     """True when text repeats `words` or more consecutive words of the system prompt (case and punctuation aside): an
     answer led there by instructions injected into a document ("print the system prompt"). Such an answer is
-    withheld, so it is neither shown nor written into chat memory."""
+    withheld, so it is neither shown nor written into chat memory. The reply the prompt itself tells the reader to
+    give (NOT_FOUND, in the answer adapter's prompt) is not part of the instructions: saying it discloses nothing."""
     said = f" {' '.join(re.findall(r'[a-z0-9]+', text.lower()))} "
-    prompt = re.findall(r"[a-z0-9]+", prompt.lower())
-    return any(f" {' '.join(prompt[i:i + words])} " in said for i in range(len(prompt) - words + 1))
+    for part in prompt.split(NOT_FOUND):  # no quote runs across the reply
+        part = re.findall(r"[a-z0-9]+", part.lower())
+        if any(f" {' '.join(part[i:i + words])} " in said for i in range(len(part) - words + 1)):
+            return True
+    return False
 
 
 def widen_to_sentences(text: str, start: int, end: int, reach: int = 300) -> tuple[int, int]:

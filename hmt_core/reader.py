@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -69,8 +70,10 @@ class Reader:
     partial segment. A new source always starts a new segment, so that no segment spans two documents.
 
     summary_batch S > 1 (HMT only) waits until S full segments are pending and runs their summary passes as one
-    batch before the main passes (HMT.summarize_segments): the same memories, fewer and larger backbone calls, but
-    a feed returns up to S segments at once. finish() reads whatever is pending in the same way.
+    batch before the main passes (HMT.summarize_segments): the same memories, fewer and larger backbone calls. The
+    main passes then go one segment at a time; a feed given `stop` ends after the segment at which stop() is true,
+    and the summaries it already has wait for their segments (a summary depends on its segment's tokens alone), so
+    the next feed or finish() goes on with them. finish() reads whatever is pending in the same way.
     """
 
     def __init__(self, model: MemoryModel, tokenizer, state: MemoryState | None = None, summary_batch: int = 1):
@@ -84,6 +87,7 @@ class Reader:
         self._chunker = TextChunker()
         self._ids: list[int] = []
         self._spans: list[tuple[int, int]] = []  # character span of each pending token in its source
+        self._summaries: list[torch.Tensor] = []  # summaries S [d] of the first pending segments, from one batch
 
     @property
     def pending_tokens(self) -> int:
@@ -98,10 +102,11 @@ class Reader:
             self._chunker.start = len(src.text)
         return done
 
-    def feed(self, text: str, source: str = "document", page: int | None = None, read: bool = True
-             ) -> list[ReadSegment]:
+    def feed(self, text: str, source: str = "document", page: int | None = None, read: bool = True,
+             stop: Callable[[], bool] | None = None) -> list[ReadSegment]:
         """Read a piece of `source`'s text (a page, a line, a few characters); `page` labels where it begins.
-        read=False only tokenises it, for read_together to read with other readers' documents."""
+        read=False only tokenises it, for read_together to read with other readers' documents. stop() is asked
+        after each segment read; when true, the segments still pending wait for the next feed or finish()."""
         done = self._switch(source)
         src = self.state.sources[source]
         if page is not None and (not src.page_numbers or src.page_numbers[-1] != page):
@@ -110,7 +115,7 @@ class Reader:
         src.text += text
         for offset, chunk in self._chunker.push(text):
             self._add_chunk(offset, chunk)
-        return done + (self._read_full_segments() if read else [])
+        return done + (self._read_full_segments(stop=stop) if read else [])
 
     def feed_ids(self, ids: list[int], source: str = "tokens") -> list[ReadSegment]:
         """Read token ids directly; such a source has no text, and its segments' spans count tokens, not characters."""
@@ -140,21 +145,26 @@ class Reader:
         self._ids.extend(enc["input_ids"])
         self._spans.extend((offset + a, offset + b) for a, b in enc["offset_mapping"])
 
-    def _read_full_segments(self, final: bool = False) -> list[ReadSegment]:
-        """Read pending full segments in groups of summary_batch (final: also fewer, and the last partial one)."""
+    def _read_full_segments(self, final: bool = False, stop: Callable[[], bool] | None = None
+                            ) -> list[ReadSegment]:
+        """Read pending full segments one by one (final: also the last partial one), their summary passes run in
+        batches of summary_batch once that many are pending (final: fewer); stop early, after a segment, when
+        stop() is true."""
         length, done = self.model.segment_length, []
-        while True:
-            full = len(self._ids) // length
-            if full >= self.summary_batch:
-                sizes = [length] * self.summary_batch
-            elif final and self._ids:
-                sizes = [length] * full + ([len(self._ids) - full * length] if len(self._ids) % length else [])
-            else:
+        while self._ids:
+            if not self._summaries:
+                if len(self._ids) // length < self.summary_batch and not final:
+                    return done
+                if self.summary_batch > 1:
+                    count = min(self.summary_batch, -(-len(self._ids) // length))  # final: the partial one too
+                    heads = [self._ids[i * length:(i + 1) * length] for i in range(count)]
+                    # kept on the CPU: between two feeds the app hands a GPU back (ZeroGPU)
+                    self._summaries = list(self.model.summarize_segments(heads).cpu())  # count x [d]
+            summary = self._summaries.pop(0)[None].to(self.model.device) if self._summaries else None  # [1, d]
+            done.append(self._read(min(length, len(self._ids)), summary))
+            if stop is not None and stop():
                 return done
-            ids = [self._ids[i * length:i * length + size] for i, size in enumerate(sizes)]
-            summaries = self.model.summarize_segments(ids) if self.summary_batch > 1 else [None] * len(ids)
-            for size, summary in zip(sizes, summaries):
-                done.append(self._read(size, None if summary is None else summary[None]))
+        return done
 
     def _read(self, n: int, summary: torch.Tensor | None = None) -> ReadSegment:
         ids, spans = self._take(n)
@@ -186,6 +196,8 @@ def read_together(readers: list[Reader]) -> list[list[ReadSegment]]:
     model = readers[0].model
     if not model.has_recall or any(r.model is not model for r in readers):
         raise ValueError("read_together needs readers of one HMT model")
+    if any(r._summaries for r in readers):
+        raise ValueError("read_together needs readers fed with read=False")
     for reader in readers:
         reader._flush()
     done: list[list[ReadSegment]] = [[] for _ in readers]

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 # 2: a lexical index and token keys beside the cache. A format-1 state loads with its index rebuilt from its text.
 STATE_FORMAT = 2
 LEXICAL_DIR = "lexical"
+KEY_ROWS = 4096  # segments of token keys a reading state makes room for at first (about a million tokens)
 
 
 @dataclass
@@ -76,8 +77,9 @@ class MemoryState:
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
     token_keys: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
-    # Rows that token_keys is the head of, so that reading appends in amortised O(1) instead of copying every key
-    # so far per segment; owned by this state only (a copy, a load or an extend starts without one).
+    # Rows that token_keys is the head of (KEY_ROWS at first, doubled when full), so that reading appends in
+    # amortised O(1) instead of copying every key so far per segment; owned by this state only (a copy, a load or
+    # an extend starts without one).
     _key_buffer: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -104,7 +106,9 @@ class MemoryState:
         n = 0 if first else self.token_keys.shape[0]
         buffer = self._key_buffer
         if buffer is None or buffer.shape[0] <= n or buffer.shape[1:] != keys.shape:
-            buffer = keys.new_zeros((max(n + n // 2, 16), *keys.shape))  # [capacity, K, r]
+            # new_empty leaves the rows untouched: until a row is written it takes address space, not memory (a
+            # large allocation is mapped lazily), so RSS grows with the keys alone and rarely holds two copies.
+            buffer = keys.new_empty((max(2 * n, KEY_ROWS), *keys.shape))  # [capacity, K, r]
             if n:
                 buffer[:n] = self.token_keys
             self._key_buffer = buffer

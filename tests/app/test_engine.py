@@ -195,7 +195,7 @@ def test_a_looping_answer_is_cut_after_its_first_round():
 def test_engine_reads_in_bounded_calls_and_returns_the_segments_it_read(engine, pdf):
     opened = open_document(pdf)
     document = Document(opened.name, [page for page in opened.pages if page.text], opened.kind)
-    reader = engine.new_reader()
+    reader = engine.new_reader(summary_batch=1)  # the short document would fill no batch of 8
     pieces = iter(pieces_of(document))
     calls = []
     while new := engine.read(reader, pieces, "keeper.pdf", engine.fingerprint, 2):
@@ -205,6 +205,27 @@ def test_engine_reads_in_bounded_calls_and_returns_the_segments_it_read(engine, 
     read = [segment for call in calls for segment in call]
     assert read == reader.state.segments  # every segment reported once, in order
     assert engine.read(reader, pieces, "keeper.pdf", engine.fingerprint, 2) == []  # the pieces have run out
+
+
+def test_a_reading_step_gives_way_after_one_segment_when_an_answer_waits(engine, pdf, monkeypatch):
+    assert engine.new_reader().summary_batch == engine_module.SUMMARY_BATCH > 1
+    opened = open_document(pdf)
+    document = Document(opened.name, [page for page in opened.pages if page.text], opened.kind)
+    reader = engine.new_reader(summary_batch=2)  # a batch the short document fills
+    pieces = iter(pieces_of(document))
+    monkeypatch.setattr(engine.turns, "answer_waiting", lambda: True)
+    first = engine.read(reader, pieces, "keeper.pdf", engine.fingerprint, 8)
+    assert len(first) == 1 and reader.pending_tokens >= engine.segment_length  # the rest waits for the next step
+    monkeypatch.setattr(engine.turns, "answer_waiting", lambda: False)
+    while engine.read(reader, pieces, "keeper.pdf", engine.fingerprint, 8):
+        pass
+    engine.finish(reader, engine.fingerprint)
+    alone = engine.new_reader()
+    for piece in pieces_of(document):
+        alone.feed(piece.text, source="keeper.pdf", page=piece.page)
+    alone.finish()
+    assert reader.state.segments == alone.state.segments
+    torch.testing.assert_close(reader.state.cache, alone.state.cache, rtol=1e-4, atol=1e-5)
 
 
 def test_the_page_never_shows_server_paths(handlers):

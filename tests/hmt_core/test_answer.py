@@ -196,3 +196,26 @@ def test_an_answer_that_quotes_the_system_prompt_is_withheld(read, tokenizer, mo
     assert "You answer questions about" in streamed  # four words got out, the fifth did not
     assert not answer.discloses_instructions("The user asked about the documents. Use the passages below.")
     assert answer.discloses_instructions("my rules: USE the passages; answer in one or two sentences!")
+    # the answer adapter's prompt tells it to say NOT_FOUND: saying so is an answer, quoting the rest is not
+    assert answer.NOT_FOUND in answer.ANSWER_PROMPT
+    assert not answer.discloses_instructions(answer.NOT_FOUND, answer.ANSWER_PROMPT)
+    assert not answer.discloses_instructions("the documents do not seem to say", answer.ANSWER_PROMPT)
+    assert answer.discloses_instructions("Answer with a short phrase from the passages", answer.ANSWER_PROMPT)
+    assert answer.discloses_instructions("If the passages do not answer the question", answer.ANSWER_PROMPT)
+
+
+def test_the_reply_its_prompt_asks_for_is_an_answer_not_a_quote_of_the_prompt(read, tokenizer, monkeypatch):
+    """The answer adapter's prompt holds NOT_FOUND, the reply it asks for when the passages do not answer: that
+    reply is streamed and marked as not found, never withheld as a quote of the instructions."""
+    import hmt_core.answer as answer
+
+    model, state = read
+    reply = tokenizer(" " + answer.NOT_FOUND, add_special_tokens=False)["input_ids"]
+    calls = iter(range(10**6))
+    monkeypatch.setattr(answer, "_sample", lambda *args: reply[min(next(calls), len(reply) - 1)])
+    events = list(stream_answer(model, tokenizer, state, "Where was the keeper born?", mode="reread",
+                                max_new_tokens=len(reply), system=answer.ANSWER_PROMPT))
+    done = events[-1]
+    assert done.text.strip() == answer.NOT_FOUND and not done.found and done.evidence == []
+    assert "".join(e.text for e in events if e.kind == "token").strip() == answer.NOT_FOUND
+

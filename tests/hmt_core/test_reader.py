@@ -156,6 +156,30 @@ def test_a_reader_with_summary_batches_returns_segments_only_in_whole_batches(ba
         Reader(model, tokenizer, summary_batch=0)
 
 
+def test_a_stop_mid_batch_keeps_its_summaries_for_the_segments_still_pending(backbone, tokenizer):
+    model = _model(backbone)
+    text = TEXT[:3000] + " a short last segment."
+    one = Reader(model, tokenizer)
+    one.feed(text, "doc")
+    one.finish()
+    batches = []
+    summarize = model.summarize_segments
+    model.summarize_segments = lambda heads: batches.append(len(heads)) or summarize(heads)
+    reader = Reader(model, tokenizer, summary_batch=4)
+    first = reader.feed(text[:1500], "doc", stop=lambda: True)
+    assert len(first) == 1 and batches == [4]  # one batch of summaries, one main pass, then it gave way
+    done = first + reader.feed(text[1500:], "doc", stop=lambda: True)
+    assert len(done) == 2 and batches == [4]  # the next segment used a summary already made
+    done += reader.finish()
+    assert [s.info for s in done] == one.state.segments
+    assert sum(batches) == len(done) and all(b <= 4 for b in batches)  # every summary made once
+    torch.testing.assert_close(reader.state.cache, one.state.cache, rtol=1e-4, atol=1e-4)
+    stopped = Reader(model, tokenizer, summary_batch=4)
+    stopped.feed(text, "doc", stop=lambda: True)  # summaries made, their segments still pending
+    with pytest.raises(ValueError, match="read=False"):
+        read_together([stopped])
+
+
 def test_documents_read_together_get_the_memories_they_get_alone(backbone, tokenizer):
     model = _model(backbone, token_key_layer=1, token_key_width=8, token_keys_per_segment=4)
     texts = [TEXT[:2500], TEXT[1000:1400] + " a short one.", TEXT[200:1900]]  # different numbers of segments
