@@ -13,9 +13,12 @@ Goal: >= 90% for the app's rule. Brackets: 95% bootstrap intervals over question
     python -m bench.evidence --hmt-weights assets/hmt-smollm2-135m --questions-per-article 30
 
 --split train runs the same on training articles (evidence_train.*); --split dev on the two training articles the
-answer adapter never saw (evidence_dev.*), which is where the rule's weights are chosen when the app answers with the
-adapter. --answer-adapter answers as the app does by default (the adapter on, its own prompt and passage count);
-without it, the plain reader answers from three passages.
+answer adapter never saw (evidence_dev.*), where a rule for the adapter's answers is to be chosen. --answer-adapter
+answers as the app does by default (the adapter on, its own prompt and passage count; the results' names end in
+_adapter); without it, the plain reader answers from three passages.
+
+    python -m bench.evidence --hmt-weights assets/hmt-smollm2-135m \
+        --answer-adapter assets/answer-lora-smollm2-135m --questions-per-article 30     # the app as shipped
 
 Writes bench/results/evidence.json and evidence.md (--results elsewhere, e.g. for a trial run).
 """
@@ -136,7 +139,7 @@ def main() -> None:
         lines.append(table_row(names[rule], with_interval(scores[rule], "hit")))
     lines += ["", f"The app's evidence is two sentences for {result['two_sentences']:.0%} of the questions; median "
               f"length {result['median_chars']:.0f} characters. Goal: >= 0.90."]
-    name = "evidence" if args.split == "eval" else f"evidence_{args.split}"
+    name = ("evidence" if args.split == "eval" else f"evidence_{args.split}") + ("_adapter" if adapter else "")
     write_results(name, result, "\n".join(lines) + "\n", folder=args.results)
 
 

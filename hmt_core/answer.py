@@ -165,8 +165,8 @@ def not_found_score(model: MemoryModel, last: torch.Tensor, kv, reply: list[int]
     """The reader's mean log-probability per token of answering `reply` (the token ids of NOT_FOUND) right after the
     prompt: its first token from the prompt's last hidden state `last` [d], the rest teacher-forced through the
     prompt's kv cache, whose new entries are cropped off again afterwards, so that generation then goes on from the
-    prompt alone. One short backbone call: the adapter never says NOT_FOUND greedily, but how likely it
-    finds it tells unanswerable questions apart (README, 'Long-document QA')."""
+    prompt alone. One short backbone call: the adapter seldom says NOT_FOUND greedily, and how likely it finds
+    that reply was measured as a second threshold (README, 'The answer adapter and "not found"')."""
     backbone = model.backbone
     first = torch.log_softmax(lm_logits(backbone, last).float(), -1)[reply[0]]  # scalar
     if len(reply) == 1:

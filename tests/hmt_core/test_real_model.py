@@ -72,4 +72,7 @@ def test_int8_backbone_keeps_perplexity_close(smollm2):
     with torch.no_grad():
         fp32 = backbone(input_ids=ids, labels=ids).loss.exp().item()
         int8 = quantised(input_ids=ids, labels=ids).loss.exp().item()
-    assert int8 < 1.05 * fp32, (fp32, int8)
+    # Without the smoothing this is about 3.4x; with it, +0.7% on the 2-core AMD EPYC of bench.ppl, but +4.5% to
+    # +7.9% on a 2-core Sapphire Rapids Xeon (fbgemm's 7-bit activations; the figure moves with the thread count and
+    # ATen's CPU capability), so the bound catches a broken smoothing, not the machine.
+    assert int8 < 1.10 * fp32, (fp32, int8)
