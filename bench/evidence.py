@@ -20,26 +20,37 @@ _adapter); without it, the plain reader answers from three passages.
     python -m bench.evidence --hmt-weights assets/hmt-smollm2-135m \
         --answer-adapter assets/answer-lora-smollm2-135m --questions-per-article 30     # the app as shipped
 
+--rescore FILE [FILE ...] needs no model: it scores the rows saved in such runs' JSON (their passages, questions and
+answers) again under other weights of the question and the answer (WEIGHT_GRID), each against the app's, with paired
+bootstrap intervals; an answer that says "not found" has no evidence in the app and counts as a miss under every
+weighting (so does a withheld one). For choosing the weights on development or training runs only
+(evidence_weights.*).
+
 Writes bench/results/evidence.json and evidence.md (--results elsewhere, e.g. for a trial run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
+
+import torch
 
 from bench.common import (RESULTS, add_model_arguments, bootstrap, describe_weights, load_model, machine,
                           read_article, squad_articles, table_head, table_row, with_interval, write_results)
 from bench.qa import normalize
 from hmt_core import stream_answer
-from hmt_core.answer import CHAT_SOURCE
+from hmt_core.answer import CHAT_SOURCE, WITHHELD, Passage, says_not_found
 from hmt_core.answer_adapter import load_answer_adapter
 from hmt_core.evidence import ANSWER_WEIGHT, QUESTION_WEIGHT, rank_evidence, sentence_spans
+from hmt_core.state import MemoryState, SourceText
 from hmt_core.training.train_answer import DEV_ARTICLES
 
 RULES = ("app", "question_only", "answer_only", "first_sentence")
+WEIGHT_GRID = ((1.0, 0.0), (1.0, 0.1), (1.0, 0.25), (1.0, 0.5), (1.0, 1.0))  # (question, answer) for --rescore
 
 
 def holds(text: str | None, answers: list[str]) -> bool:
@@ -74,6 +85,52 @@ def evidence_row(state, passages, question: str, answers: list[str], answer: str
             "sentences": len(sentence_spans(texts["app"] or "")), "chars": len(texts["app"] or "")}
 
 
+def rescore(rows: list[dict], question_weight: float, answer_weight: float) -> list[bool]:
+    """Per saved row: whether the evidence these weights choose among its passages holds a gold answer (no model:
+    the passages' text stands in for the document; a 'not found' or withheld answer has no evidence)."""
+    hits = []
+    for row in rows:
+        state, text, passages = MemoryState("hmt", torch.zeros(0, 1)), "", []
+        for p in row["passages"]:
+            start = len(text)
+            text += p["text"] + "\n\n"
+            passages.append(Passage([], "passages", None, None, start, start + len(p["text"]), p["text"], p["weight"]))
+        state.sources["passages"] = SourceText("passages", text)
+        none = says_not_found(row["answer"]) or row["answer"] == WITHHELD  # the app shows no evidence for these
+        best = [] if none else rank_evidence(state, passages, row["question"], row["answer"],
+                                                                      question_weight, answer_weight)
+        hits.append(holds(best[0].text if best else None, row["answers"]))
+    return hits
+
+
+def compare_weights(files: list[Path], folder: Path) -> None:
+    """The --rescore table: every WEIGHT_GRID pair on the rows of `files` pooled, against the app's weights."""
+    rows, sources = [], []
+    for file in files:
+        run = json.loads(file.read_text())
+        if run.get("split") == "eval":
+            raise SystemExit(f"{file} is a held-out run: weights are chosen on development or training runs only")
+        rows += run["rows"]
+        sources.append({"file": file.name, "split": run.get("split"), "answer_adapter": run.get("answer_adapter"),
+                        "questions": len(run["rows"])})
+    app = [float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT)]
+    results = []
+    for qw, aw in WEIGHT_GRID:
+        hits = [float(h) for h in rescore(rows, qw, aw)]
+        results.append({"question": qw, "answer": aw, "hit": sum(hits) / len(hits), "hit_ci": bootstrap(hits),
+                        "minus_app": (sum(hits) - sum(app)) / len(hits),
+                        "minus_app_ci": bootstrap([h - a for h, a in zip(hits, app)])})
+    lines = [f"Evidence weights scored again on {len(rows)} saved questions ({', '.join(s['file'] for s in sources)}; "
+             "no model). A hit: the evidence holds a gold answer; an answer saying 'not found' has none. Brackets: "
+             f"95% bootstrap intervals; the difference is paired, against the app's weights ({QUESTION_WEIGHT:g}, "
+             f"{ANSWER_WEIGHT:g}).", "", *table_head("question weight", "answer weight", "holds the gold answer",
+                                                     "minus the app's")]
+    for r in results:
+        lines.append(table_row(f"{r['question']:g}", f"{r['answer']:g}", with_interval(r, "hit"),
+                               f"{r['minus_app']:+.3f} [{r['minus_app_ci'][0]:+.3f}, {r['minus_app_ci'][1]:+.3f}]"))
+    write_results("evidence_weights", {"sources": sources, "results": results}, "\n".join(lines) + "\n", folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
@@ -86,7 +143,12 @@ def main() -> None:
     parser.add_argument("--first-question", type=int, default=0, help="skip each article's questions before this")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for evidence.json and evidence.md")
+    parser.add_argument("--rescore", type=Path, nargs="+", default=None,
+                        help="score the rows of these runs' JSON again under WEIGHT_GRID (no model)")
     args = parser.parse_args()
+    if args.rescore:
+        compare_weights(args.rescore, args.results)
+        return
     model, tokenizer = load_model(args)
     adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
     articles = squad_articles("eval" if args.split == "eval" else "train")

@@ -99,11 +99,12 @@ def _covered(found: set[str], wanted: set[str], idf: dict[str, float]) -> float:
     return sum(idf.get(t, 0.0) for t in wanted & found) / total if total else 0.0
 
 
-def rank_evidence(state: MemoryState, passages: list[Passage], question: str, answer: str) -> list[Evidence]:
+def rank_evidence(state: MemoryState, passages: list[Passage], question: str, answer: str,
+                  question_weight: float = QUESTION_WEIGHT, answer_weight: float = ANSWER_WEIGHT) -> list[Evidence]:
     """For each passage, its best sentence (joined by the neighbour that adds most of the answer's words, where that
     adds JOIN_SHARE), strongest first; passages with no sentence sharing a term with the question or the answer are
     left out. The first is the answer's evidence. Give document passages only: a recalled chat turn is what was
-    said, never evidence."""
+    said, never evidence. The weights are the app's unless given (bench.evidence --rescore compares others)."""
     sentences: list[_Sentence] = []
     for n, passage in enumerate(passages):
         text = state.sources[passage.source].text[passage.char_start:passage.char_end]
@@ -120,8 +121,8 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
     wanted_answer, wanted_question = set(terms(answer)), set(terms(question))
 
     def score(found: set[str]) -> float:
-        return (QUESTION_WEIGHT * _covered(found, wanted_question, idf)
-                + ANSWER_WEIGHT * _covered(found, wanted_answer, idf))
+        return (question_weight * _covered(found, wanted_question, idf)
+                + answer_weight * _covered(found, wanted_answer, idf))
 
     by_place = {(s.passage, s.order): s for s in sentences}
     best: dict[int, tuple[float, _Sentence, _Sentence]] = {}  # passage -> (score, first, last sentence)

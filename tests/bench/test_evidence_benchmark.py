@@ -1,11 +1,14 @@
 """The evidence benchmark's scoring (the benchmark itself reads held-out articles with the real model:
 python -m bench.evidence), and the render benchmark's choice of evidence on a page."""
 
+import json
+
+import pytest
 import torch
 
-from bench.evidence import evidence_row, first_sentence, holds
+from bench.evidence import compare_weights, evidence_row, first_sentence, holds, rescore
 from bench.render import middle_sentence
-from hmt_core.answer import Passage
+from hmt_core.answer import NOT_FOUND, WITHHELD, Passage
 from hmt_core.evidence import rank_evidence
 from hmt_core.state import MemoryState, SourceText
 
@@ -35,6 +38,24 @@ def test_a_row_scores_every_rule_on_the_same_passages_and_skips_answers_not_reca
     assert evidence_row(state, passages, question, ["Paris"], answer, evidence) is None  # not in what was recalled
     missing = evidence_row(state, passages, question, ["King Charles III"], answer, [])
     assert missing["hits"]["app"] is False  # no evidence counts as a miss
+
+
+def test_saved_rows_are_scored_again_under_other_weights_without_the_model(tmp_path):
+    # the question points to the sentence with Rollo; the (wrong) answer's words to the first sentence
+    row = {"question": "To whom did Rollo swear fealty?", "answers": ["King Charles III"],
+           "answer": "the people of Normandy", "passages": [{"text": TEXT, "weight": 0.9}]}
+    assert rescore([row], 1.0, 0.0) == [True] and rescore([row], 0.0, 1.0) == [False]
+    assert rescore([{**row, "answer": NOT_FOUND}, {**row, "answer": WITHHELD}], 1.0, 0.0) == [False, False]
+    run = tmp_path / "evidence_dev_adapter.json"
+    run.write_text(json.dumps({"split": "dev", "rows": [row, row]}))
+    compare_weights([run], tmp_path)
+    results = {(r["question"], r["answer"]): r for r in json.loads((tmp_path / "evidence_weights.json").read_text())
+               ["results"]}
+    assert results[(1.0, 0.0)]["hit"] == 1.0 and results[(1.0, 1.0)]["hit"] == 0.0
+    held_out = tmp_path / "evidence.json"
+    held_out.write_text(json.dumps({"split": "eval", "rows": [row]}))
+    with pytest.raises(SystemExit, match="held-out"):
+        compare_weights([held_out], tmp_path)
 
 
 def test_the_render_benchmark_cites_a_full_sentence_from_the_middle_of_a_page():
