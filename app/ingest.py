@@ -212,7 +212,7 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
     report.total_tokens = sum(item.tokens for item in pending)
     for number, item in enumerate(pending, 1):
         doc = item.document
-        batch = min(SUMMARY_BATCH, batch_segments)  # summary passes per batch: no more than one call reads
+        batch = min(SUMMARY_BATCH, batch_segments)  # a summary batch no larger than one bounded call's segments
         if item.resumes is None:
             reader, source, done = engine.new_reader(summary_batch=batch), doc.name, 0
         else:  # go on from the memory the cancelled read left, with the text after what it read

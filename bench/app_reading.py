@@ -112,8 +112,9 @@ def main() -> None:
             if not (app_first or args.app_only):
                 app = app_read(engine, text, Path(tmp) / f"cache{i}")
             rounds.append({"bench_tokens_per_s": bench, "bench_unbatched_tokens_per_s": unbatched, "app": app,
-                           "app_first": app_first, "app_ratio_vs_bench": bench and app["tokens_per_s"] / bench,
-                           "app_ratio_vs_unbatched": unbatched and app["tokens_per_s"] / unbatched,
+                           "app_first": app_first,
+                           "app_ratio_vs_bench": None if bench is None else app["tokens_per_s"] / bench,
+                           "app_ratio_vs_unbatched": None if unbatched is None else app["tokens_per_s"] / unbatched,
                            "progress": progress_errors(app)})
             print(f"round {i + 1}: bench {bench or 0:.0f} tokens/s (unbatched {unbatched or 0:.0f}), "
                   f"app {app['tokens_per_s']:.0f} tokens/s ({app['seconds']:.0f} s)", flush=True)

@@ -72,7 +72,7 @@ def test_int8_backbone_keeps_perplexity_close(smollm2):
     with torch.no_grad():
         fp32 = backbone(input_ids=ids, labels=ids).loss.exp().item()
         int8 = quantised(input_ids=ids, labels=ids).loss.exp().item()
-    # Without the smoothing this is about 3.4x; with it, +0.7% on the 2-core AMD EPYC of bench.ppl, but +4.5% to
-    # +7.9% on a 2-core Sapphire Rapids Xeon (fbgemm's 7-bit activations; the figure moves with the thread count and
-    # ATen's CPU capability), so the bound catches a broken smoothing, not the machine.
+    # Without the smoothing this is about 3.4x. With it, under 5% on the 2-core AMD EPYC where this test was written
+    # (bench.ppl there: +0.7% segment-only), but +4.5% to +7.9% on a 2-core Intel Xeon with AVX-512 and AMX, moving
+    # with the thread count and ATen's CPU capability; the bound catches a broken smoothing, not the machine.
     assert int8 < 1.10 * fp32, (fp32, int8)
