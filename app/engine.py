@@ -20,6 +20,7 @@ from hmt_core.answer import NotFoundRule, load_not_found
 from hmt_core.answer_adapter import AdapterError, AnswerAdapter, load_answer_adapter
 from hmt_core.backbone import backbone_identity, cache_root
 from hmt_core.quantize import QUANTIZATIONS, quantize_int8
+from hmt_core.reader import read_step
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,45 @@ def _read_pieces(reader: Reader, pieces: Iterator[PieceText], source: str, max_s
         if len(read) >= max_segments or (read and give_way()):
             break
     reader.state.to("cpu")
+    return read
+
+
+@dataclass
+class TogetherRead:
+    """Several documents being read together, each into its own memory: their readers (fed with read=False), the
+    pieces of each still to feed, its source name, and whether all its pieces were fed."""
+
+    readers: list[Reader]
+    pieces: list[Iterator[PieceText]]
+    sources: list[str]
+    fed: list[bool]
+
+
+@gpu
+def _read_together(job: TogetherRead, max_steps: int, give_way: Callable[[], bool]) -> list[list[SegmentInfo]]:
+    """Up to max_steps steps of reading the job's documents as rows of one batch (read_step), feeding each reader
+    pieces until a full segment is pending or its pieces run out; ends early when give_way() says someone else needs
+    the model. Returns each document's segments read, all empty once every document has been read."""
+    length = job.readers[0].model.segment_length
+    read: list[list[SegmentInfo]] = [[] for _ in job.readers]
+    for _ in range(max_steps):
+        for i, reader in enumerate(job.readers):
+            while not job.fed[i] and reader.pending_tokens < length:
+                piece = next(job.pieces[i], None)
+                if piece is None:
+                    job.fed[i] = True
+                else:
+                    reader.feed(piece.text, source=job.sources[i], page=piece.page, read=False)
+        step = read_step(job.readers, job.fed)
+        if not any(step):
+            break
+        for segments, segment in zip(read, step):
+            if segment is not None:
+                segments.append(segment.info)
+        if give_way():
+            break
+    for reader in job.readers:
+        reader.state.to("cpu")
     return read
 
 
@@ -298,6 +338,13 @@ class Engine:
         with self.turns.turn(READ):
             self._check(fingerprint)
             return _read_pieces(reader, pieces, source, max_segments, self.turns.answer_waiting)
+
+    def read_together(self, job: TogetherRead, fingerprint: str, max_steps: int = 8) -> list[list[SegmentInfo]]:
+        """Read the job's documents together for up to max_steps segments each (one bounded model call, cut short
+        when an answer is waiting); returns each document's segments read, all empty once they have all been read."""
+        with self.turns.turn(READ):
+            self._check(fingerprint)
+            return _read_together(job, max_steps, self.turns.answer_waiting)
 
     def finish(self, reader: Reader, fingerprint: str) -> list[SegmentInfo]:
         """Flush the reader's last partial segment; returns the segments that made."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.cache import CacheDamaged, Expect, MemoryCache, entry_key
-from app.engine import SUMMARY_BATCH, Engine, EngineError, PieceText
+from app.engine import SUMMARY_BATCH, Engine, EngineError, PieceText, TogetherRead
 from app.extract import Document, ExtractionError, OpenedDocument, open_document, open_text
 from app.session import DocumentRecord, Session
 from hmt_core import MemoryState, Reader, SegmentInfo
@@ -203,13 +203,17 @@ def _extract(session: Session, opened: OpenedDocument, start: float, share: floa
 
 def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pending: list[_Pending],
               expect: Expect, batch_segments: int, report: RunReport) -> Iterator[Progress]:
-    """Read the extracted documents one by one, each into its own memory, then into the session and the cache."""
+    """Read the extracted documents, each into its own memory, then into the session and the cache: several new
+    ones together (_read_together), else one by one."""
     fingerprint = expect.fingerprint
     L = engine.segment_length
     for item in pending:
         item.tokens = engine.count_tokens(item.document.text[_chars_read(session, item):])
     total_segments = sum(max(1, math.ceil(item.tokens / L)) for item in pending)
     report.total_tokens = sum(item.tokens for item in pending)
+    if len(pending) > 1 and engine.has_recall and all(item.resumes is None for item in pending):
+        yield from _read_together(session, engine, cache, pending, expect, batch_segments, total_segments, report)
+        return
     for number, item in enumerate(pending, 1):
         doc = item.document
         batch = min(SUMMARY_BATCH, batch_segments)  # a summary batch no larger than one bounded call's segments
@@ -250,12 +254,66 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
             return
         record = _keep(session, cache, item, reader, expect, complete=not cancelled, keep=engine.memory_segments)
         if cancelled:
-            yield _cancelled(session, report, record)
+            yield _cancelled(session, report, [record] if record is not None else [])
             return
         if record is not None:
             report.notes.append(_read_note(doc.name))
             logger.info("read “%s”: %d segments", doc.name, record.segments)
     logger.info("read %d tokens at %.0f tokens/s", report.tokens, report.rate)
+    yield Progress("done", 1.0, _summary(session), report)
+
+
+def _read_together(session: Session, engine: Engine, cache: MemoryCache | None, pending: list[_Pending],
+                   expect: Expect, batch_segments: int, total_segments: int, report: RunReport) -> Iterator[Progress]:
+    """Read several new documents together, as rows of one batch, each into its own memory (Engine.read_together),
+    in bounded steps with progress; then each into the session and the cache, in upload order. A cancel keeps every
+    document as far as it was read, each marked partly read unless it was read to its end."""
+    fingerprint = expect.fingerprint
+    job = TogetherRead([engine.new_reader(summary_batch=1) for _ in pending],
+                       [iter(pieces_of(item.document)) for item in pending],
+                       [item.document.name for item in pending], [False] * len(pending))
+    label = f"{len(pending)} documents together"
+    try:
+        while not session.cancel_requested:
+            start = time.monotonic()
+            steps = max(1, batch_segments // len(pending))  # about batch_segments segments per call, as alone
+            new = engine.read_together(job, fingerprint, steps)
+            report.count([segment for segments in new for segment in segments], time.monotonic() - start)
+            if not any(new):  # every document has been read
+                break
+            yield Progress("read", min(report.segments / total_segments, 0.99),
+                           f"Reading {label}: {report.segments} of about {total_segments} segments · "
+                           f"{_speed(report)}", report)
+        cancelled = session.cancel_requested
+        for reader in job.readers:
+            start = time.monotonic()
+            report.count(engine.finish(reader, fingerprint), time.monotonic() - start)
+    except GeneratorExit:  # cancelled from outside (an API client's job.cancel()): keep what was read, as Cancel
+        try:
+            for reader in job.readers:
+                engine.finish(reader, fingerprint)
+        except EngineError:
+            return
+        for item, reader, fed in zip(pending, job.readers, job.fed):
+            _keep(session, cache, item, reader, expect, complete=fed, keep=engine.memory_segments)
+        session.cancel_requested = False
+        logger.info("reading %d documents together was cancelled from outside", len(pending))
+        raise
+    except EngineError as err:
+        report.errors.append(str(err))
+        yield Progress("done", 1.0, "Stopped: the model was changed.", report)
+        return
+    partial = []
+    for item, reader, fed in zip(pending, job.readers, job.fed):  # fed: all its text given, so all of it read
+        record = _keep(session, cache, item, reader, expect, complete=fed, keep=engine.memory_segments)
+        if record is not None and fed:
+            report.notes.append(_read_note(item.document.name))
+        elif record is not None:
+            partial.append(record)
+    if cancelled:
+        yield _cancelled(session, report, partial, later_files=False)
+        return
+    logger.info("read %d documents together: %d tokens at %.0f tokens/s", len(pending), report.tokens, report.rate)
     yield Progress("done", 1.0, _summary(session), report)
 
 
@@ -296,18 +354,26 @@ def _reading_line(label: str, reader: Reader, doc: Document, report: RunReport) 
     state = reader.state
     page = state.segments[-1].page_end if state.segments else None
     where = f"p. {page} of {doc.pages[-1].number}" if page is not None else ""
+    return f"Reading {label}: segment {state.num_segments} ({where}) · {_speed(report)}"
+
+
+def _speed(report: RunReport) -> str:
+    """'430 tokens/s · about 25 s left'."""
     rate = report.rate
     left = (f"about {_duration((report.total_tokens - report.tokens) / rate)} left" if rate
             else "estimating time left")
-    return f"Reading {label}: segment {state.num_segments} ({where}) · {rate:.0f} tokens/s · {left}"
+    return f"{rate:.0f} tokens/s · {left}"
 
 
-def _cancelled(session: Session, report: RunReport, partial: DocumentRecord | None = None) -> Progress:
-    """The report after a cancel: what was kept."""
-    if partial is not None:
-        upto = f" up to p. {partial.last_page}" if partial.last_page is not None else ""
-        report.notes.append(f"Cancelled: “{partial.name}” was read{upto} and kept; the files after it were not read.")
-    else:
+def _cancelled(session: Session, report: RunReport, partial: list[DocumentRecord] | None = None,
+               later_files: bool = True) -> Progress:
+    """The report after a cancel: what was kept (the documents partly read; later_files: the files after them were
+    not begun)."""
+    for record in partial or []:
+        upto = f" up to p. {record.last_page}" if record.last_page is not None else ""
+        rest = "; the files after it were not read." if later_files else "."
+        report.notes.append(f"Cancelled: “{record.name}” was read{upto} and kept{rest}")
+    if not partial:
         report.notes.append("Cancelled: nothing new was read; the memory is as it was.")
     session.cancel_requested = False
     return Progress("done", 1.0, "Cancelled. " + _summary(session), report)

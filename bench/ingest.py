@@ -61,16 +61,21 @@ def read(model, tokenizer, text: str, summary_batch: int = 1):
     return reader.state
 
 
+def document_parts(text: str, documents: int) -> list[str]:
+    """text cut into `documents` parts of whole pages (PAGE_CHARS each), as several documents to read together."""
+    pages = [text[i:i + PAGE_CHARS] for i in range(0, len(text), PAGE_CHARS)]
+    per = -(-len(pages) // documents)
+    return ["".join(pages[n * per:(n + 1) * per]) for n in range(documents)]
+
+
 def read_documents(model, tokenizer, text: str, documents: int) -> list:
     """Cut text into `documents` parts of whole pages and read them as rows of one batch, each into its own memory
     (hmt_core.reader.read_together); returns their states."""
-    pages = [text[i:i + PAGE_CHARS] for i in range(0, len(text), PAGE_CHARS)]
-    per = -(-len(pages) // documents)
     readers = []
-    for n in range(documents):
+    for n, part in enumerate(document_parts(text, documents)):
         reader = Reader(model, tokenizer)
-        for page, piece in enumerate(pages[n * per:(n + 1) * per], 1):
-            reader.feed(piece, source=f"book {n + 1}", page=page, read=False)
+        for i in range(0, len(part), PAGE_CHARS):
+            reader.feed(part[i:i + PAGE_CHARS], source=f"book {n + 1}", page=i // PAGE_CHARS + 1, read=False)
         readers.append(reader)
     read_together(readers)
     return [reader.state for reader in readers]

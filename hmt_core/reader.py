@@ -188,25 +188,40 @@ class Reader:
         return ReadSegment(info, result.memory, result.recall_weights)
 
 
-def read_together(readers: list[Reader]) -> list[list[ReadSegment]]:
-    """Read what several readers have pending (fed with read=False), each into its own memory, as rows of one
-    batch: step t reads segment t of every document that still has one, with one summary and one main pass
-    (HMT.read_segments). The same segments and memories as each reader's finish() alone, to float tolerance; then
-    each reader is finished. Returns each reader's segments."""
+def read_step(readers: list[Reader], final: list[bool]) -> list[ReadSegment | None]:
+    """One step of reading several documents together, each into its own memory: the next segment of every reader
+    that has a full one pending (fed with read=False), as rows of one batch (HMT.read_segments: one summary pass and
+    one main pass). A reader marked final has been fed all its text, so its last partial segment is read too. Returns
+    each reader's segment, or None for a reader with nothing to read now."""
     model = readers[0].model
     if not model.has_recall or any(r.model is not model for r in readers):
-        raise ValueError("read_together needs readers of one HMT model")
+        raise ValueError("documents are read together by readers of one HMT model")
     if any(r._summaries for r in readers):
-        raise ValueError("read_together needs readers fed with read=False")
-    for reader in readers:
-        reader._flush()
-    done: list[list[ReadSegment]] = [[] for _ in readers]
+        raise ValueError("documents are read together by readers fed with read=False")
     length = model.segment_length
-    while active := [i for i, r in enumerate(readers) if r._ids]:
+    for reader, last in zip(readers, final):
+        if last:
+            reader._flush()
+    active = [i for i, (r, last) in enumerate(zip(readers, final)) if len(r._ids) >= length or (last and r._ids)]
+    done: list[ReadSegment | None] = [None] * len(readers)
+    if active:
         taken = [readers[i]._take(min(length, len(readers[i]._ids))) for i in active]
         results = model.read_segments([readers[i].state for i in active], [ids for ids, _ in taken])
         for i, (ids, spans), result in zip(active, taken, results):
-            done[i].append(readers[i]._record(ids, spans, result))
+            done[i] = readers[i]._record(ids, spans, result)
+    return done
+
+
+def read_together(readers: list[Reader]) -> list[list[ReadSegment]]:
+    """Read what several readers have pending (fed with read=False), each into its own memory, as rows of one
+    batch: step t reads segment t of every document that still has one (read_step). The same segments and memories
+    as each reader's finish() alone, to float tolerance; then each reader is finished. Returns each reader's
+    segments."""
+    done: list[list[ReadSegment]] = [[] for _ in readers]
+    while any(step := read_step(readers, [True] * len(readers))):
+        for segments, segment in zip(done, step):
+            if segment is not None:
+                segments.append(segment)
     for reader in readers:
         reader.finish()
     return done

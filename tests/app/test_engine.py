@@ -176,6 +176,60 @@ def test_a_read_closed_from_outside_stops_and_keeps_what_was_read(handlers, read
     assert "partly read" in summary
 
 
+def test_several_new_documents_are_read_together_into_the_memories_each_gets_alone(fused, cache, pdf, tmp_path):
+    engine, long_pdf = fused, _long_pdf(tmp_path)  # the engine with every recall channel: token keys too
+    together = Session()
+    reports = list(ingest(together, engine, cache, [Upload("keeper.pdf", path=pdf), Upload("long.pdf", path=long_pdf)],
+                          batch_segments=2))
+    reading = [r.message for r in reports if r.phase == "read"]
+    assert len(reading) > 2 and all("2 documents together" in line and "tokens/s" in line for line in reading)
+    assert reports[-1].notes == ["Read “keeper.pdf”.", "Read “long.pdf”."] and len(cache) == 2
+    alone = [Session(), Session()]
+    for session, (name, path) in zip(alone, [("keeper.pdf", pdf), ("long.pdf", long_pdf)]):
+        list(ingest(session, engine, None, [Upload(name, path=path)]))
+    assert [d.name for d in together.documents] == ["keeper.pdf", "long.pdf"]
+    assert all(d.complete for d in together.documents)
+    assert [(s.source, s.char_start, s.char_end, s.page_start, s.num_tokens) for s in together.memory.segments] == [
+        (s.source, s.char_start, s.char_end, s.page_start, s.num_tokens) for a in alone for s in a.memory.segments]
+    torch.testing.assert_close(together.memory.cache, torch.cat([a.memory.cache for a in alone]), rtol=1e-4,
+                               atol=1e-4)
+    torch.testing.assert_close(together.memory.token_keys.float(),
+                               torch.cat([a.memory.token_keys.float() for a in alone]), rtol=1e-2, atol=1e-2)
+
+
+def test_a_cancel_while_reading_together_keeps_each_document_as_far_as_it_was_read(handlers, tmp_path):
+    session = Session()
+    paths = [_long_pdf(tmp_path), make_pdf(tmp_path / "other.pdf", [f"Page {n}. " + "Gulls fly over the harbour. " * 40
+                                                                     for n in range(1, 9)])]
+    steps = handlers.ingest([str(p) for p in paths], "", "", session)
+    for update in steps:
+        if "documents together" in update.get("progress", ""):
+            handlers.cancel(session)
+            break
+    final = run(steps)
+    status = unescape(final["status"])
+    assert "“long.pdf” was read up to p." in status and "“other.pdf” was read up to p." in status
+    assert "files after it" not in status and len(handlers.cache) == 0  # nothing partly read is cached
+    assert [d.complete for d in session.documents] == [False, False]
+    final = run(handlers.ingest([str(p) for p in paths], "", "", session))  # each goes on where it stopped
+    status = unescape(final["status"])
+    assert "Continued “long.pdf”" in status and "Continued “other.pdf”" in status
+    assert [d.complete for d in session.documents] == [True, True] and len(handlers.cache) == 2
+
+
+def test_documents_read_together_and_closed_from_outside_keep_what_was_read(handlers, tmp_path):
+    session = Session()
+    paths = [_long_pdf(tmp_path), make_pdf(tmp_path / "other.pdf", ["Gulls fly over the harbour. " * 40] * 8)]
+    steps = handlers.api_ingest([str(p) for p in paths], "", "", session)
+    for line, _ in steps:
+        if "documents together" in line:
+            break
+    steps.close()
+    assert [d.name for d in session.documents] == ["long.pdf", "other.pdf"]
+    assert [d.complete for d in session.documents] == [False, False] and len(handlers.cache) == 0
+    assert not session.busy and not session.cancel_requested
+
+
 def test_changing_the_model_clears_memories_with_a_message(handlers, ready, tokenizer):
     handlers.engine.attach(make_backbone("llama", seed=3), tokenizer, None, "another tiny")
     final = run(handlers.ask("What is the passkey?", ready))

@@ -5,7 +5,7 @@ import torch
 from tiny_models import CORPUS
 
 from hmt_core import HMT, HMTConfig, Reader, read_text
-from hmt_core.reader import HARD_CHUNK, SOFT_CHUNK, TextChunker, read_together
+from hmt_core.reader import HARD_CHUNK, SOFT_CHUNK, TextChunker, read_step, read_together
 
 TEXT = "\n".join(CORPUS * 12) + " " + "word " * 900 + "x" * (HARD_CHUNK + 50) + " tail."
 
@@ -203,3 +203,17 @@ def test_documents_read_together_get_the_memories_they_get_alone(backbone, token
         assert torch.equal(t.state.lexical.scores("Ishmael money"), a.state.lexical.scores("Ishmael money"))
     with pytest.raises(ValueError, match="one HMT model"):
         read_together([Reader(model, tokenizer), Reader(_model(backbone), tokenizer)])
+
+
+def test_a_step_reads_a_documents_last_partial_segment_only_once_all_of_it_was_fed(backbone, tokenizer):
+    model = _model(backbone)
+    readers = [Reader(model, tokenizer) for _ in range(3)]
+    readers[0].feed("A short one.", "a", read=False)
+    readers[1].feed("A short two.", "b", read=False)
+    readers[2].feed(TEXT[:2000], "c", read=False)
+    step = read_step(readers, [False, True, False])
+    assert step[0] is None and readers[0].state.num_segments == 0  # more of "a" may still come
+    assert step[1].info.source == "b" and readers[1].pending_tokens == 0
+    assert step[2].info.num_tokens == model.segment_length
+    assert read_step(readers[:2], [False, True]) == [None, None]
+
