@@ -109,8 +109,9 @@ def pieces_of(document: Document, skip: int = 0) -> list[PieceText]:
 def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads: list[Upload],
            password: str | None = None, max_bytes: int | None = None,
            batch_segments: int = BATCH_SEGMENTS) -> Iterator[Progress]:
-    """Add uploads to the session's memory, yielding Progress; a bad upload is reported and skipped, a cancel
-    keeps what was read (the document being read stays, marked as partly read), and nothing read before is lost."""
+    """Add uploads to the session's memory, yielding Progress; a bad upload is reported and skipped, several new
+    documents are read together, a cancel keeps what was read (the documents being read stay, marked as partly
+    read), and nothing read before is lost."""
     report = RunReport()
     changed = session.check_model(engine.fingerprint)
     if changed:
