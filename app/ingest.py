@@ -205,7 +205,7 @@ def _extract(session: Session, opened: OpenedDocument, start: float, share: floa
 def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pending: list[_Pending],
               expect: Expect, batch_segments: int, report: RunReport) -> Iterator[Progress]:
     """Read the extracted documents, each into its own memory, then into the session and the cache: several new
-    ones together (_read_together), else one by one."""
+    ones together (_read_documents_together), else one by one."""
     fingerprint = expect.fingerprint
     L = engine.segment_length
     for item in pending:
@@ -213,7 +213,8 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
     total_segments = sum(max(1, math.ceil(item.tokens / L)) for item in pending)
     report.total_tokens = sum(item.tokens for item in pending)
     if len(pending) > 1 and engine.has_recall and all(item.resumes is None for item in pending):
-        yield from _read_together(session, engine, cache, pending, expect, batch_segments, total_segments, report)
+        yield from _read_documents_together(session, engine, cache, pending, expect, batch_segments, total_segments,
+                                            report)
         return
     for number, item in enumerate(pending, 1):
         doc = item.document
@@ -264,8 +265,9 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
     yield Progress("done", 1.0, _summary(session), report)
 
 
-def _read_together(session: Session, engine: Engine, cache: MemoryCache | None, pending: list[_Pending],
-                   expect: Expect, batch_segments: int, total_segments: int, report: RunReport) -> Iterator[Progress]:
+def _read_documents_together(session: Session, engine: Engine, cache: MemoryCache | None, pending: list[_Pending],
+                             expect: Expect, batch_segments: int, total_segments: int, report: RunReport
+                             ) -> Iterator[Progress]:
     """Read several new documents together, as rows of one batch, each into its own memory (Engine.read_together),
     in bounded steps with progress; then each into the session and the cache, in upload order. A cancel keeps every
     document as far as it was read, each marked partly read unless it was read to its end."""
@@ -274,10 +276,10 @@ def _read_together(session: Session, engine: Engine, cache: MemoryCache | None, 
                        [iter(pieces_of(item.document)) for item in pending],
                        [item.document.name for item in pending], [False] * len(pending))
     label = f"{len(pending)} documents together"
+    steps = max(1, batch_segments // len(pending))  # about batch_segments segments per call, as when read alone
     try:
         while not session.cancel_requested:
             start = time.monotonic()
-            steps = max(1, batch_segments // len(pending))  # about batch_segments segments per call, as alone
             new = engine.read_together(job, fingerprint, steps)
             report.count([segment for segments in new for segment in segments], time.monotonic() - start)
             if not any(new):  # every document has been read
