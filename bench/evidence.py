@@ -97,8 +97,8 @@ def rescore(rows: list[dict], question_weight: float, answer_weight: float) -> l
             passages.append(Passage([], "passages", None, None, start, start + len(p["text"]), p["text"], p["weight"]))
         state.sources["passages"] = SourceText("passages", text)
         none = says_not_found(row["answer"]) or row["answer"] == WITHHELD  # the app shows no evidence for these
-        best = [] if none else rank_evidence(state, passages, row["question"], row["answer"],
-                                                                      question_weight, answer_weight)
+        best = [] if none else rank_evidence(state, passages, row["question"], row["answer"], question_weight,
+                                             answer_weight)
         hits.append(holds(best[0].text if best else None, row["answers"]))
     return hits
 
@@ -113,10 +113,12 @@ def compare_weights(files: list[Path], folder: Path) -> None:
         rows += run["rows"]
         sources.append({"file": file.name, "split": run.get("split"), "answer_adapter": run.get("answer_adapter"),
                         "questions": len(run["rows"])})
-    app = [float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT)]
+    grid = {(qw, aw): [float(h) for h in rescore(rows, qw, aw)] for qw, aw in WEIGHT_GRID}
+    app = grid.get((QUESTION_WEIGHT, ANSWER_WEIGHT))  # the app's weights are in the grid unless they change
+    if app is None:
+        app = [float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT)]
     results = []
-    for qw, aw in WEIGHT_GRID:
-        hits = [float(h) for h in rescore(rows, qw, aw)]
+    for (qw, aw), hits in grid.items():
         results.append({"question": qw, "answer": aw, "hit": sum(hits) / len(hits), "hit_ci": bootstrap(hits),
                         "minus_app": (sum(hits) - sum(app)) / len(hits),
                         "minus_app_ci": bootstrap([h - a for h, a in zip(hits, app)])})
