@@ -94,9 +94,11 @@ class _Sentence:
 
 
 def _covered(found: set[str], wanted: set[str], idf: dict[str, float]) -> float:
-    """The share of wanted's idf weight that found holds (0 when wanted holds nothing the sentences have)."""
-    total = sum(idf.get(t, 0.0) for t in wanted)
-    return sum(idf.get(t, 0.0) for t in wanted & found) / total if total else 0.0
+    """The share of wanted's idf weight that found holds (0 when wanted holds nothing the sentences have). Summed
+    in sorted order: a set's order follows the process's string hashing, and float sums in another order round
+    differently, which would let ties between sentences fall differently from one run to the next."""
+    total = sum(idf.get(t, 0.0) for t in sorted(wanted))
+    return sum(idf.get(t, 0.0) for t in sorted(wanted & found)) / total if total else 0.0
 
 
 def rank_evidence(state: MemoryState, passages: list[Passage], question: str, answer: str,

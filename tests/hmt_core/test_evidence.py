@@ -3,6 +3,11 @@ answer and the question, with its span in the source's text and its pages; and t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from tiny_models import CORPUS
 
@@ -128,3 +133,21 @@ def test_a_withheld_answer_names_no_evidence(backbone, tokenizer, monkeypatch):
     monkeypatch.setattr(answer, "discloses_instructions", lambda text, prompt="": True)
     done = list(stream_answer(model, tokenizer, state, "what is the passkey?", max_new_tokens=6))[-1]
     assert done.text == WITHHELD and done.evidence == []
+
+
+COVERED = """
+from hmt_core.evidence import _covered
+idf = {"keeper": 1e16, "guild": 1.0, "heron": 1.0, "logbook": 1.0}  # an order in which to add them changes the sum
+print(_covered({"keeper", "guild", "heron", "logbook"}, {"keeper", "guild", "heron", "logbook"}, idf).hex(),
+      _covered({"guild", "heron", "logbook"}, {"keeper", "guild", "heron", "logbook"}, idf).hex())
+"""
+
+
+def test_the_evidence_scores_do_not_depend_on_the_process_string_hashing():
+    """Sets of terms iterate in an order that follows PYTHONHASHSEED, and float sums in another order round
+    differently: the scores must be the same to the last bit in every process, or ties between sentences could fall
+    differently from one run of the app to the next."""
+    root = Path(__file__).resolve().parents[2]
+    runs = {subprocess.run([sys.executable, "-c", COVERED], cwd=root, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(8)}
+    assert len(runs) == 1
