@@ -230,7 +230,7 @@ def legend(channels: list[str], evidence: bool = False) -> str:
         shown.append('<mark class="hmt-token">token windows</mark> whose token keys matched the question best')
     if evidence:
         shown.append('<mark class="hmt-evidence">the evidence</mark>: the sentence sharing the most rare words with '
-                     'the answer and the question')
+                     'the question and the answer, among those the model finds most likely to prompt the question')
     return ('<div class="hmt-legend">Marked: ' + " · ".join(shown)
             + ". “why”: each recall channel's part of the passage's recall score. Click a passage's name (or the "
             "evidence's) to see its page.</div>")
@@ -256,7 +256,7 @@ def passages_html(state: MemoryState | None, passages: list[Passage], question: 
         best = evidence[0]
         blocks.append('<div class="hmt-evidence-box"><div class="hmt-where"><b>Evidence</b> · '
                       + _cite_button("evidence", html.escape(evidence_where(best)))
-                      + f' · overlap score {best.score:.2f}</div><div class="hmt-text"><mark class="hmt-evidence">'
+                      + f' · score {best.score:.2f}</div><div class="hmt-text"><mark class="hmt-evidence">'
                       f'{html.escape(reflow(best.text))}</mark></div></div>')
     for n, passage in enumerate(documents_first(passages), 1):
         why = reasons(passage)

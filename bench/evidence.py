@@ -4,8 +4,9 @@ every recall channel the weights fuse, greedy), counted only where a recalled do
 (recall is measured by bench.recall; this measures the choice of sentence inside what was recalled).
 
 A hit: the evidence (the done event's evidence[0], hmt_core/evidence.py) contains a gold answer, after SQuAD's
-normalisation. Beside the app's rule, from the same passages and the same answers: the question's words alone, the
-answer's words alone, and the first sentence of the strongest passage (what a reader sees first without evidence).
+normalisation. Beside the app's rule, from the same passages and the same answers: its lexical overlap alone (without
+the backbone's likelihood of the question), the question's words alone, the answer's words alone, and the first
+sentence of the strongest passage (what a reader sees first without evidence).
 Each row keeps the recalled passages' text, the question and the answer, so other rules can be scored on a run's
 JSON without the model.
 Goal: >= 90% for the app's rule. Brackets: 95% bootstrap intervals over questions.
@@ -20,11 +21,12 @@ _adapter); without it, the plain reader answers from three passages.
     python -m bench.evidence --hmt-weights assets/hmt-smollm2-135m \
         --answer-adapter assets/answer-lora-smollm2-135m --questions-per-article 30     # the app as shipped
 
---rescore FILE [FILE ...] needs no model: it scores the rows saved in such runs' JSON (their passages, questions and
-answers) again under other weights of the question and the answer (WEIGHT_GRID), each against the app's, with paired
-bootstrap intervals; an answer that says "not found" has no evidence in the app and counts as a miss under every
-weighting (so does a withheld one). For choosing the weights on development or training runs only
-(evidence_weights.*).
+--rescore FILE [FILE ...] scores the rows saved in such runs' JSON (their passages, questions and answers) again
+under other weights of the question and the answer (WEIGHT_GRID), the lexical overlap alone, with no model; with
+--likelihood it loads the backbone (--model) and also scores the app's rule, the shortlist weighed by the
+backbone's likelihood of the question. Each against the app's lexical weights, with paired bootstrap intervals; an
+answer that says "not found" has no evidence in the app and counts as a miss under every weighting (so does a
+withheld one). For choosing the weights on development or training runs only (evidence_weights.*).
 
 Writes bench/results/evidence.json and evidence.md (--results elsewhere, e.g. for a trial run).
 """
@@ -45,11 +47,13 @@ from bench.qa import normalize
 from hmt_core import stream_answer
 from hmt_core.answer import CHAT_SOURCE, WITHHELD, Passage, says_not_found
 from hmt_core.answer_adapter import load_answer_adapter
-from hmt_core.evidence import ANSWER_WEIGHT, QUESTION_WEIGHT, rank_evidence, sentence_spans
+from hmt_core.backbone import load_backbone
+from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, SHORTLIST, question_likelihoods,
+                               rank_evidence, sentence_spans)
 from hmt_core.state import MemoryState, SourceText
 from hmt_core.training.train_answer import DEV_ARTICLES
 
-RULES = ("app", "question_only", "answer_only", "first_sentence")
+RULES = ("app", "lexical", "question_only", "answer_only", "first_sentence")
 WEIGHT_GRID = ((1.0, 0.0), (1.0, 0.1), (1.0, 0.25), (1.0, 0.5), (1.0, 1.0))  # (question, answer) for --rescore
 
 
@@ -74,8 +78,11 @@ def evidence_row(state, passages, question: str, answers: list[str], answer: str
         return None
     by_question = rank_evidence(state, documents, question, "")
     by_answer = rank_evidence(state, documents, "", answer)
+    none = says_not_found(answer) or answer == WITHHELD  # the app shows no evidence for these
+    lexical = [] if none else rank_evidence(state, documents, question, answer)
     strongest = max(documents, key=lambda p: p.weight)
     texts = {"app": evidence[0].text if evidence else None,
+             "lexical": lexical[0].text if lexical else None,
              "question_only": by_question[0].text if by_question else None,
              "answer_only": by_answer[0].text if by_answer else None,
              "first_sentence": first_sentence(strongest.text)}
@@ -85,9 +92,12 @@ def evidence_row(state, passages, question: str, answers: list[str], answer: str
             "sentences": len(sentence_spans(texts["app"] or "")), "chars": len(texts["app"] or "")}
 
 
-def rescore(rows: list[dict], question_weight: float, answer_weight: float) -> list[bool]:
-    """Per saved row: whether the evidence these weights choose among its passages holds a gold answer (no model:
-    the passages' text stands in for the document; a 'not found' or withheld answer has no evidence)."""
+def rescore(rows: list[dict], question_weight: float, answer_weight: float, backbone=None,
+            tokenizer=None) -> list[bool]:
+    """Per saved row: whether the evidence these weights choose among its passages holds a gold answer (the
+    passages' text stands in for the document; a 'not found' or withheld answer has no evidence). With a backbone
+    and its tokenizer, the shortlist is weighed by its likelihood of the question as in the app; without, the
+    lexical overlap alone (no model)."""
     hits = []
     for row in rows:
         state, text, passages = MemoryState("hmt", torch.zeros(0, 1)), "", []
@@ -97,14 +107,17 @@ def rescore(rows: list[dict], question_weight: float, answer_weight: float) -> l
             passages.append(Passage([], "passages", None, None, start, start + len(p["text"]), p["text"], p["weight"]))
         state.sources["passages"] = SourceText("passages", text)
         none = says_not_found(row["answer"]) or row["answer"] == WITHHELD  # the app shows no evidence for these
+        weigh = None if backbone is None else (
+            lambda sentences, q=row["question"]: question_likelihoods(backbone, tokenizer, q, sentences))
         best = [] if none else rank_evidence(state, passages, row["question"], row["answer"], question_weight,
-                                             answer_weight)
+                                             answer_weight, likelihood=weigh)
         hits.append(holds(best[0].text if best else None, row["answers"]))
     return hits
 
 
-def compare_weights(files: list[Path], folder: Path) -> None:
-    """The --rescore table: every WEIGHT_GRID pair on the rows of `files` pooled, against the app's weights."""
+def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=None, model_name: str = "") -> None:
+    """The --rescore table: every WEIGHT_GRID pair on the rows of `files` pooled, against the app's lexical
+    weights; with a backbone, also the app's weights with the shortlist weighed by its likelihood (the app's rule)."""
     rows, sources = [], []
     for file in files:
         run = json.loads(file.read_text())
@@ -113,22 +126,29 @@ def compare_weights(files: list[Path], folder: Path) -> None:
         rows += run["rows"]
         sources.append({"file": file.name, "split": run.get("split"), "answer_adapter": run.get("answer_adapter"),
                         "questions": len(run["rows"])})
-    grid = {(qw, aw): [float(h) for h in rescore(rows, qw, aw)] for qw, aw in WEIGHT_GRID}
-    app = grid.get((QUESTION_WEIGHT, ANSWER_WEIGHT))  # the app's weights are in the grid unless they change
-    if app is None:
-        app = [float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT)]
+    grid = {(qw, aw, 0.0): [float(h) for h in rescore(rows, qw, aw)] for qw, aw in WEIGHT_GRID}
+    if (QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0) not in grid:  # the app's weights are in the grid unless they change
+        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0)] = [float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT)]
+    app = grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0)]
+    if backbone is not None:
+        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT)] = [
+            float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT, backbone, tokenizer)]
     results = []
-    for (qw, aw), hits in grid.items():
-        results.append({"question": qw, "answer": aw, "hit": sum(hits) / len(hits), "hit_ci": bootstrap(hits),
-                        "minus_app": (sum(hits) - sum(app)) / len(hits),
+    for (qw, aw, lw), hits in grid.items():
+        results.append({"question": qw, "answer": aw, "likelihood": lw, "hit": sum(hits) / len(hits),
+                        "hit_ci": bootstrap(hits), "minus_app": (sum(hits) - sum(app)) / len(hits),
                         "minus_app_ci": bootstrap([h - a for h, a in zip(hits, app)])})
+    model = (f"likelihood from {model_name or 'the backbone'} on the {SHORTLIST} lexically best sentences"
+             if backbone is not None else "no model")
     lines = [f"Evidence weights scored again on {len(rows)} saved questions ({', '.join(s['file'] for s in sources)}; "
-             "no model). A hit: the evidence holds a gold answer; an answer saying 'not found' has none. Brackets: "
-             f"95% bootstrap intervals; the difference is paired, against the app's weights ({QUESTION_WEIGHT:g}, "
-             f"{ANSWER_WEIGHT:g}).", "", *table_head("question weight", "answer weight", "holds the gold answer",
-                                                     "minus the app's")]
+             f"{model}). A hit: the evidence holds a gold answer; an answer saying 'not found' has none. Brackets: "
+             f"95% bootstrap intervals; the difference is paired, against the app's lexical weights "
+             f"({QUESTION_WEIGHT:g}, {ANSWER_WEIGHT:g}) alone.", "",
+             *table_head("question weight", "answer weight", "likelihood weight", "holds the gold answer",
+                         "minus the app's lexical")]
     for r in results:
-        lines.append(table_row(f"{r['question']:g}", f"{r['answer']:g}", with_interval(r, "hit"),
+        lines.append(table_row(f"{r['question']:g}", f"{r['answer']:g}", f"{r['likelihood']:g}",
+                               with_interval(r, "hit"),
                                f"{r['minus_app']:+.3f} [{r['minus_app_ci'][0]:+.3f}, {r['minus_app_ci'][1]:+.3f}]"))
     write_results("evidence_weights", {"sources": sources, "results": results}, "\n".join(lines) + "\n", folder)
 
@@ -147,9 +167,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for evidence.json and evidence.md")
     parser.add_argument("--rescore", type=Path, nargs="+", default=None,
                         help="score the rows of these runs' JSON again under WEIGHT_GRID (no model)")
+    parser.add_argument("--likelihood", action="store_true",
+                        help="with --rescore: also the app's rule, the backbone (--model) weighing the shortlist")
     args = parser.parse_args()
     if args.rescore:
-        compare_weights(args.rescore, args.results)
+        backbone, tokenizer = load_backbone(args.model, device="cpu", dtype="float32") if args.likelihood else (None,
+                                                                                                            None)
+        compare_weights(args.rescore, args.results, backbone, tokenizer, args.model)
         return
     model, tokenizer = load_model(args)
     adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
@@ -177,7 +201,8 @@ def main() -> None:
         hits = [float(r["hits"][rule]) for r in rows]
         scores[rule] = {"hit": sum(hits) / n, "hit_ci": bootstrap(hits)}
     result = {"model": args.model, "hmt_weights": args.hmt_weights, "answer_adapter": args.answer_adapter,
-              "weights": {"question": QUESTION_WEIGHT, "answer": ANSWER_WEIGHT},
+              "weights": {"question": QUESTION_WEIGHT, "answer": ANSWER_WEIGHT, "likelihood": LIKELIHOOD_WEIGHT,
+                          "shortlist": SHORTLIST},
               "split": args.split, "machine": machine(),
               "asked": asked,
               "questions": n, "wall_seconds": time.time() - started, "scores": scores,
@@ -196,7 +221,9 @@ def main() -> None:
              "gold answer. Brackets: 95% bootstrap intervals over questions.", "",
              *table_head("evidence rule", "holds the gold answer")]
     names = {"app": f"**the app's: idf-weighted overlap with the question (x{QUESTION_WEIGHT:g}) and the answer "
-                    f"(x{ANSWER_WEIGHT:g})**",
+                    f"(x{ANSWER_WEIGHT:g}), its {SHORTLIST} best weighed by the backbone's likelihood of the question "
+                    f"(x{LIKELIHOOD_WEIGHT:g})**",
+             "lexical": "the app's overlap alone (without the likelihood)",
              "question_only": "the question's words alone", "answer_only": "the answer's words alone",
              "first_sentence": "first sentence of the strongest passage"}
     for rule in RULES:

@@ -20,7 +20,7 @@ import torch
 
 from .answer_adapter import AnswerAdapter
 from .backbone import final_hidden_states, lm_logits
-from .evidence import Evidence, rank_evidence
+from .evidence import Evidence, question_likelihoods, rank_evidence
 from .memory_model import MemoryModel
 from .reader import Reader
 from .recall import Recall, matched_windows, recall
@@ -344,8 +344,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     when the answer starts to repeat itself (cut_repetition), and 'done' carries the answer up to the first round of
     the loop, marked with ' …'. An answer that starts to repeat the system prompt stops there and 'done' carries
     WITHHELD instead (discloses_instructions); the token that completed the quote is not streamed. 'done' also
-    names the answer's evidence among the recalled document passages (rank_evidence; none for a withheld answer or
-    without passages). `ranking`
+    names the answer's evidence among the recalled document passages (rank_evidence, its shortlist weighed by the
+    plain backbone's question_likelihoods; none for a withheld answer or without passages). `ranking`
     (non-negative scores over every segment) picks the re-read passages instead of the recall weights, to compare
     retrievers under the same prompt and decoding.
 
@@ -459,7 +459,11 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     text = decoder.text if answer is None else answer
     found = not says_not_found(text)
     documents = [p for p in passages if p.source != CHAT_SOURCE]
-    evidence = rank_evidence(work, documents, question, text) if text != WITHHELD and found else []
+    evidence = []
+    if text != WITHHELD and found:  # weighed by the plain backbone: the adapter is off outside `switch`
+        evidence = rank_evidence(work, documents, question, text,
+                                 likelihood=lambda sentences: question_likelihoods(backbone, tokenizer, question,
+                                                                                   sentences))
     yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence, found=found, confidence=confidence,
                       not_found_score=score)
 

@@ -6,6 +6,15 @@ among the passages' sentences (idf), as the share of that text's weight the sent
 
     score = QUESTION_WEIGHT * covered(question) + ANSWER_WEIGHT * covered(answer)
 
+Given the reader's backbone (`likelihood`, as stream_answer gives it), the SHORTLIST sentences with the best such
+scores are then weighed by how well each one predicts the question (question_likelihoods: the mean log-probability
+per token of the question written after the sentence, as in "question generation" rerankers), and the best of them
+by score + LIKELIHOOD_WEIGHT * that becomes the evidence. SQuAD's questions were written against one sentence each,
+and a sentence that predicts the question's wording beyond the shared rare words (its phrasing, its pronoun's
+antecedent) is more often that sentence. Chosen on the development and training articles only (bench.evidence
+--split dev and --split train, then --rescore --likelihood; README): with the adapter's answers, the evidence held
+the gold answer for 0.816 of 347 questions against 0.761 for the overlap alone (+0.055 [+0.026, +0.081]).
+
 The weights were chosen by measurement on training SQuAD articles (bench.evidence --split train; README): with this
 small reader, whose answers are often wrong or ramble, the question is the surer guide and the answer the tie-breaker
 (the sentence that supports what was said among those the question points to); on 36 training questions, counting
@@ -21,8 +30,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+import torch
+from torch import nn
+
+from .backbone import final_hidden_states, lm_logits
 from .recall.lexical import terms
 from .state import MemoryState
 
@@ -31,6 +44,9 @@ if TYPE_CHECKING:
 
 QUESTION_WEIGHT = 1.0
 ANSWER_WEIGHT = 0.5
+SHORTLIST = 8  # sentences with the best lexical scores that the backbone then weighs
+LIKELIHOOD_WEIGHT = 0.2  # per nat of the question's mean log-probability per token
+LIKELIHOOD_PROMPT = "Passage: {sentence}\nA question this passage answers:"
 JOIN_SHARE = 0.25  # least share of the answer's weight a neighbouring sentence must add to join the best one
 LONG_SENTENCE = 400  # characters; a longer "sentence" (a list, a table) is also cut at line ends and semicolons
 _BOUNDARY = re.compile(r"[.!?][\"'”’)\]]*(\s+)|\n\s*\n")  # group 1: the space after a sentence's end
@@ -101,12 +117,44 @@ def _covered(found: set[str], wanted: set[str], idf: dict[str, float]) -> float:
     return sum(idf.get(t, 0.0) for t in sorted(wanted & found)) / total if total else 0.0
 
 
+@torch.no_grad()
+def question_likelihoods(backbone: nn.Module, tokenizer, question: str, sentences: list[str],
+                         max_question_tokens: int = 64) -> list[float]:
+    """For each sentence, the mean log-probability per token of the question written after it in LIKELIHOOD_PROMPT,
+    under the plain backbone (switch an answer adapter off first): one batched call, right-padded, the LM head on
+    the question's positions only."""
+    asked = tokenizer(" " + question.strip(), add_special_tokens=False)["input_ids"][:max_question_tokens]
+    if not sentences or not asked:
+        return [0.0] * len(sentences)
+    fronts = [tokenizer(LIKELIHOOD_PROMPT.format(sentence=s), add_special_tokens=False)["input_ids"]
+              for s in sentences]
+    device = backbone.get_input_embeddings().weight.device
+    width = max(len(f) for f in fronts) + len(asked)
+    ids = torch.zeros(len(fronts), width, dtype=torch.long)  # [S, W], right-padded
+    mask = torch.zeros(len(fronts), width, dtype=torch.long)  # [S, W]
+    for row, front in enumerate(fronts):
+        ids[row, :len(front) + len(asked)] = torch.tensor(front + asked)
+        mask[row, :len(front) + len(asked)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    hidden, _ = final_hidden_states(backbone, backbone.get_input_embeddings()(ids), attention_mask=mask)  # [S, W, d]
+    rows = torch.arange(len(fronts), device=device)[:, None]  # [S, 1]
+    places = torch.tensor([[len(f) - 1 + i for i in range(len(asked))] for f in fronts], device=device)  # [S, Q]
+    logits = lm_logits(backbone, hidden[rows, places]).float()  # [S, Q, V]: each predicts the question's next token
+    target = torch.tensor(asked, device=device).expand(len(fronts), -1)  # [S, Q]
+    chosen = logits.log_softmax(-1).gather(-1, target[..., None])[..., 0]  # [S, Q]
+    return chosen.mean(-1).tolist()
+
+
 def rank_evidence(state: MemoryState, passages: list[Passage], question: str, answer: str,
-                  question_weight: float = QUESTION_WEIGHT, answer_weight: float = ANSWER_WEIGHT) -> list[Evidence]:
+                  question_weight: float = QUESTION_WEIGHT, answer_weight: float = ANSWER_WEIGHT,
+                  likelihood: Callable[[list[str]], list[float]] | None = None) -> list[Evidence]:
     """For each passage, its best sentence (joined by the neighbour that adds most of the answer's words, where that
     adds JOIN_SHARE), strongest first; passages with no sentence sharing a term with the question or the answer are
     left out. The first is the answer's evidence. Give document passages only: a recalled chat turn is what was
-    said, never evidence. The weights are the app's unless given (bench.evidence --rescore compares others)."""
+    said, never evidence. The weights are the app's unless given (bench.evidence --rescore compares others).
+    `likelihood` maps sentence texts to question_likelihoods (the question fixed); with it, the SHORTLIST lexically
+    best sentences also get LIKELIHOOD_WEIGHT times theirs, counted from the lowest among them, so that a sentence
+    off the shortlist (no bonus) never overtakes one on it."""
     sentences: list[_Sentence] = []
     for n, passage in enumerate(passages):
         text = state.sources[passage.source].text[passage.char_start:passage.char_end]
@@ -122,14 +170,26 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
     idf = {t: math.log(1 + len(sentences) / d) for t, d in df.items()}
     wanted_answer, wanted_question = set(terms(answer)), set(terms(question))
 
-    def score(found: set[str]) -> float:
+    def lexical(found: set[str]) -> float:
         return (question_weight * _covered(found, wanted_question, idf)
                 + answer_weight * _covered(found, wanted_answer, idf))
+
+    bonus: dict[tuple[int, int], float] = {}  # (passage, order) -> likelihood bonus, shortlisted sentences only
+    if likelihood is not None:
+        places = sorted((s for s in sentences if lexical(set(s.terms)) > 0),
+                        key=lambda s: (-lexical(set(s.terms)), -s.weight, s.passage, s.order))[:SHORTLIST]
+        if places:
+            source_texts = [state.sources[passages[s.passage].source].text[s.start:s.end] for s in places]
+            values = likelihood(source_texts)
+            bonus = {(s.passage, s.order): LIKELIHOOD_WEIGHT * (v - min(values)) for s, v in zip(places, values)}
+
+    def score(found: set[str], s: _Sentence) -> float:
+        return lexical(found) + bonus.get((s.passage, s.order), 0.0)
 
     by_place = {(s.passage, s.order): s for s in sentences}
     best: dict[int, tuple[float, _Sentence, _Sentence]] = {}  # passage -> (score, first, last sentence)
     for s in sentences:
-        value = score(set(s.terms))
+        value = score(set(s.terms), s)
         if value > 0 and (s.passage not in best or value > best[s.passage][0]):
             best[s.passage] = (value, s, s)
     for n, (value, s, _) in list(best.items()):
@@ -141,7 +201,7 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
         added = _covered(both, wanted_answer, idf) - _covered(set(s.terms), wanted_answer, idf)
         if added >= JOIN_SHARE:
             first, last = (other, s) if other.order < s.order else (s, other)
-            best[n] = (score(both), first, last)
+            best[n] = (score(both, s), first, last)
     ranked = sorted(best.values(), key=lambda b: (-b[0], -b[1].weight, b[1].passage, b[1].order))
     out = []
     for value, first, last in ranked:

@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segment-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=10, help="optimizer steps")
+    parser.add_argument("--bf16", action="store_true",
+                        help="run forward and backward under bfloat16 autocast (the LoRA weights stay fp32); "
+                             "about 1.4x faster on a CPU with AMX")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
             group["lr"] = lr_at(step)
         losses = {"answer": [], "not_found": []}
         for ex in batch:
-            loss = example_loss(backbone, tokenizer, ex["prompt"], ex["target"], end_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                loss = example_loss(backbone, tokenizer, ex["prompt"], ex["target"], end_id)
             (loss / len(batch)).backward()
             losses[ex["kind"]].append(loss.item())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -193,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
                      "not_found": kinds.count("not_found"),
                      "three_passages": sum(ex["passages"] == 3 for ex in examples), "articles": sorted(train_titles),
                      "held_out_for_choices": list(DEV_ARTICLES), "lr": args.lr, "accumulate": args.accumulate,
-                     "optimizer_steps": steps, "seed": args.seed, "segment_length": args.segment_length}})
+                     "optimizer_steps": steps, "seed": args.seed, "segment_length": args.segment_length,
+                     "bf16_autocast": args.bf16}})
     checkpoint.unlink()
     print(f"saved {len(adapter_tensors(backbone))} tensors to {out}", flush=True)
 

@@ -33,11 +33,14 @@ def test_a_row_scores_every_rule_on_the_same_passages_and_skips_answers_not_reca
     question, answer = "To whom did Rollo swear fealty?", "Rollo swore fealty to the king."
     evidence = rank_evidence(state, passages, question, answer)
     row = evidence_row(state, passages, question, ["King Charles III"], answer, evidence)
-    assert row["hits"] == {"app": True, "question_only": True, "answer_only": True, "first_sentence": False}
+    assert row["hits"] == {"app": True, "lexical": True, "question_only": True, "answer_only": True,
+                           "first_sentence": False}
     assert row["evidence"]["app"] == evidence[0].text and row["passages"] == [{"text": TEXT, "weight": 0.9}]
     assert evidence_row(state, passages, question, ["Paris"], answer, evidence) is None  # not in what was recalled
     missing = evidence_row(state, passages, question, ["King Charles III"], answer, [])
     assert missing["hits"]["app"] is False  # no evidence counts as a miss
+    told = evidence_row(state, passages, question, ["King Charles III"], NOT_FOUND, [])
+    assert told["hits"]["app"] is False and told["hits"]["lexical"] is False  # 'not found' shows no evidence
 
 
 def test_saved_rows_are_scored_again_under_other_weights_without_the_model(tmp_path):

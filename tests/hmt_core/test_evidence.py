@@ -13,7 +13,8 @@ from tiny_models import CORPUS
 
 from hmt_core import HMT, HMTConfig, read_text, stream_answer
 from hmt_core.answer import WITHHELD, Passage
-from hmt_core.evidence import Evidence, rank_evidence, sentence_spans
+from hmt_core.evidence import (LIKELIHOOD_PROMPT, LIKELIHOOD_WEIGHT, SHORTLIST, Evidence, question_likelihoods,
+                               rank_evidence, sentence_spans)
 from hmt_core.state import MemoryState, SourceText
 
 GUILD = ("The Guild\n\nThe keepers of the northern lights formed a guild in 1902. The secret password of the "
@@ -120,7 +121,48 @@ def test_the_done_event_carries_the_evidence_from_the_recalled_passages(backbone
         assert any(p.source == found.source and p.char_start <= found.char_start < found.char_end <= p.char_end
                    for p in passages)
         assert state.sources["book"].text[found.char_start:found.char_end] == found.text
-    assert done.evidence == rank_evidence(state, passages, "what is the passkey?", done.text)
+    weigh = lambda sentences: question_likelihoods(backbone, tokenizer, "what is the passkey?", sentences)  # noqa: E731
+    assert done.evidence == rank_evidence(state, passages, "what is the passkey?", done.text, likelihood=weigh)
+
+
+def test_question_likelihoods_match_each_sentence_scored_alone(backbone, tokenizer):
+    """The batched, right-padded call gives each sentence the mean log-probability per token of the question after
+    it, as one unpadded forward per sentence does."""
+    question = "When did the keepers form a guild?"
+    sentences = texts(GUILD)
+    batched = question_likelihoods(backbone, tokenizer, question, sentences)
+    asked = tokenizer(" " + question, add_special_tokens=False)["input_ids"]
+    for sentence, value in zip(sentences, batched):
+        front = tokenizer(LIKELIHOOD_PROMPT.format(sentence=sentence), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = backbone(input_ids=torch.tensor([front + asked])).logits[0].float()  # [F + Q, V]
+        alone = logits[len(front) - 1:-1].log_softmax(-1).gather(-1, torch.tensor(asked)[:, None]).mean().item()
+        assert abs(value - alone) < 1e-4
+    assert question_likelihoods(backbone, tokenizer, question, []) == []
+
+
+def test_the_likelihood_reorders_the_lexical_shortlist_only():
+    """A shortlisted sentence that predicts the question better wins over one sharing a little more of its words;
+    only the SHORTLIST lexically best sentences are weighed, and one off the list never wins."""
+    facts = [f"The guild's ledger {n} lists the keeper of lamp {n}." for n in range(SHORTLIST + 3)]
+    text = " ".join(["The keeper of the lamp wrote the guild's ledger at dusk."] + facts)
+    state = state_of({"a.txt": (text, [0], [1])})
+    question, asked = "Who wrote the guild's ledger at dusk?", []
+
+    def favour(word: str):
+        def weigh(sentences: list[str]) -> list[float]:
+            asked.append(list(sentences))
+            return [0.0 if word in s else -1.0 / LIKELIHOOD_WEIGHT for s in sentences]
+        return weigh
+
+    plain = rank_evidence(state, [passage(state, "a.txt")], question, "")[0].text
+    assert plain.startswith("The keeper of the lamp wrote")
+    assert rank_evidence(state, [passage(state, "a.txt")], question, "", likelihood=favour("ledger 0 "))[0].text \
+        .startswith("The guild's ledger 0 ")
+    assert len(asked[-1]) == SHORTLIST and asked[-1][0] == plain
+    assert rank_evidence(state, [passage(state, "a.txt")], question, "",
+                         likelihood=favour(f"ledger {SHORTLIST + 2} "))[0].text == plain
+    assert not any(f"ledger {SHORTLIST + 2} " in s for s in asked[-1])
 
 
 def test_a_withheld_answer_names_no_evidence(backbone, tokenizer, monkeypatch):
