@@ -246,13 +246,12 @@ class Handlers:
         session.busy = True
         # the chat shows the question and the answer as text: the model's Markdown, HTML or URLs never become live
         session.chat += [{"role": "user", "content": views.md_text(question)}, {"role": "assistant", "content": ""}]
-        answer, passages, used, evidence = "", [], (), []
+        answer, passages, used, evidence, found = "", [], (), [], True
         result = {"answer": "", "citations": [], "evidence": None}
         try:
             yield {"chat": self._chat(session), "question": gr.update(value="", interactive=False),
                    "ask": gr.update(interactive=False), "ask_status": "Recalling from memory…"}
             recalled = False
-            found = True
             for event in self.engine.answer(state, question, fingerprint, mode, int(max_new_tokens),
                                             float(temperature), wanted, bool(use_adapter), bool(not_found)):
                 if event.kind == "recall" and not recalled:  # the question's own recall (not a roll-over's)
@@ -270,14 +269,14 @@ class Handlers:
                     answer = event.text  # cut short, marked with " …", when the model started to loop
                     evidence, found = event.evidence, event.found
             cites = views.citation_line(passages, found)
-            said = views.evidence_line(evidence)
+            said = views.evidence_line(evidence, found)
             shown = views.md_text(answer.strip() or "(The model gave no answer.)") + (
                 f"\n\n*{views.md_text(cites)}*" if cites else "") + (f"\n\n{views.md_text(said)}" if said else "")
             session.chat[-1] = {"role": "assistant", "content": shown}
             session.cited = self._targets(state, passages, evidence)
             self.engine.remember(state, question, answer, fingerprint)
             result = {"answer": answer.strip(), "citations": views.citations(passages, used),
-                      "evidence": views.evidence_data(evidence, passages), "found": found}
+                      "evidence": views.evidence_data(evidence, passages, found), "found": found}
             status = ""
         except EngineError as err:
             session.chat = session.chat[:-2]
@@ -285,7 +284,7 @@ class Handlers:
             session.check_model(self.engine.fingerprint)
         finally:
             session.busy = False
-        final = {"passages": views.passages_html(state, passages, question, evidence)} if passages else {}
+        final = {"passages": views.passages_html(state, passages, question, evidence, found)} if passages else {}
         yield {"chat": self._chat(session), "ask_status": status, "memory": self.memory_panel(session),
                "result": result, "session": session, "documents": views.documents_markdown(session),
                **final, **self._chat_enabled(session.ready)}
@@ -501,7 +500,8 @@ class Handlers:
         views.evidence_data (None when no sentence of the passages shares a word with the question or answer).
         channels: a list of recall channel names (None, the default: every channel the model weighs; [] = memory
         only); use_adapter and not_found as in Settings. A 'not found' answer is the reply NOT_FOUND with the
-        closest passages as citations and no evidence. The session (a gr.State, always given by Gradio) comes last,
+        closest passages as citations and, as its evidence, the sentence closest to the question (supports_answer
+        False). The session (a gr.State, always given by Gradio) comes last,
         so the settings can have defaults for older clients."""
         result, status = None, ""
         for update in self.ask(question, session, mode, max_new_tokens, temperature, channels, use_adapter,

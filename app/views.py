@@ -222,15 +222,19 @@ def evidence_where(evidence: Evidence) -> str:
     return f"{evidence.source}, {pages}" if pages else evidence.source
 
 
-def legend(channels: list[str], evidence: bool = False) -> str:
-    """What the marks and the numbers in the passages mean, for the channels this recall used."""
+def legend(channels: list[str], evidence: bool = False, found: bool = True) -> str:
+    """What the marks and the numbers in the passages mean, for the channels this recall used (found False: the
+    answer was 'not found', and the marked sentence is the closest to the question, not evidence of an answer)."""
     found = "that the word index matched" if "lexical" in channels else "(the word index was not used for this recall)"
     shown = [f'<mark class="hmt-word">words</mark> of the question {found}']
     if "token" in channels:
         shown.append('<mark class="hmt-token">token windows</mark> whose token keys matched the question best')
-    if evidence:
+    if evidence and found:
         shown.append('<mark class="hmt-evidence">the evidence</mark>: the sentence sharing the most rare words with '
                      'the question and the answer, among those the model finds most likely to prompt the question')
+    elif evidence:
+        shown.append('<mark class="hmt-evidence">the closest sentence</mark>: the one nearest the question, shown so '
+                     'that you can check the answer "not found"')
     return ('<div class="hmt-legend">Marked: ' + " · ".join(shown)
             + ". “why”: each recall channel's part of the passage's recall score. Click a passage's name (or the "
             "evidence's) to see its page.</div>")
@@ -243,18 +247,20 @@ def _cite_button(key: str, label: str) -> str:
 
 
 def passages_html(state: MemoryState | None, passages: list[Passage], question: str,
-                  evidence: list[Evidence] = ()) -> str:
-    """The answer's evidence first (evidence[0], once the answer is done), then the recalled passages, strongest
-    first, with their place in the documents, why each was recalled (the recall channels' parts) and the matched
-    words, token windows and evidence marked, under a legend. The evidence and each document passage's name are
-    buttons that show the cited page (data-cite: 'evidence' or the passage's number)."""
+                  evidence: list[Evidence] = (), found: bool = True) -> str:
+    """The answer's evidence first (evidence[0], once the answer is done; after a 'not found', found False, it is
+    headed as the closest sentence), then the recalled passages, strongest first, with their place in the
+    documents, why each was recalled (the recall channels' parts) and the matched words, token windows and evidence
+    marked, under a legend. The evidence and each document passage's name are buttons that show the cited page
+    (data-cite: 'evidence' or the passage's number)."""
     if state is None or not passages:
         return '<div class="hmt-passages hmt-empty">Ask a question to see which passages the memory recalled.</div>'
     channels = list(dict.fromkeys(c for p in passages for c in p.contributions)) or ["memory"]
     blocks = []
     if evidence:
         best = evidence[0]
-        blocks.append('<div class="hmt-evidence-box"><div class="hmt-where"><b>Evidence</b> · '
+        head = "Evidence" if found else "Closest sentence (no answer found)"
+        blocks.append(f'<div class="hmt-evidence-box"><div class="hmt-where"><b>{head}</b> · '
                       + _cite_button("evidence", html.escape(evidence_where(best)))
                       + f' · score {best.score:.2f}</div><div class="hmt-text"><mark class="hmt-evidence">'
                       f'{html.escape(reflow(best.text))}</mark></div></div>')
@@ -269,7 +275,7 @@ def passages_html(state: MemoryState | None, passages: list[Passage], question: 
             + (f'<div class="hmt-why">why: {html.escape(why)}</div>' if why else "")
             + f'<div class="hmt-text">{passage_body(state, passage, question, evidence_in(passage, evidence[:1]))}'
             '</div></div>')
-    return '<div class="hmt-passages">' + legend(channels, bool(evidence)) + "".join(blocks) + "</div>"
+    return '<div class="hmt-passages">' + legend(channels, bool(evidence), found) + "".join(blocks) + "</div>"
 
 
 def _number(value: float) -> float | None:
@@ -289,24 +295,28 @@ def citations(passages: list[Passage], channels: tuple[str, ...] | list[str] | N
              "recall_channels": used} for p in documents_first(passages)]
 
 
-def evidence_data(evidence: list[Evidence], passages: list[Passage]) -> dict | None:
+def evidence_data(evidence: list[Evidence], passages: list[Passage], found: bool = True) -> dict | None:
     """The answer's evidence (evidence[0]) as plain data for the API: its text, source, page (and last page), its
-    character span in the source's extracted text, its score and the number (from 1) of the citation it lies in;
-    None without evidence."""
+    character span in the source's extracted text, its score, the number (from 1) of the citation it lies in, and
+    whether it supports an answer ('supports_answer' False after a 'not found': then it is the sentence closest to
+    the question); None without evidence."""
     if not evidence:
         return None
     best = evidence[0]
     cited = documents_first(passages)
     inside = next((n for n, p in enumerate(cited, 1) if evidence_in(p, [best]) is best), None)
     return {"text": best.text, "source": best.source, "page": best.page, "page_end": best.page_end,
-            "char_start": best.char_start, "char_end": best.char_end, "score": best.score, "citation": inside}
+            "char_start": best.char_start, "char_end": best.char_end, "score": best.score, "citation": inside,
+            "supports_answer": found}
 
 
-def evidence_line(evidence: list[Evidence]) -> str:
-    """'Evidence (book.pdf, p. 4): “The sentence.”' for the chat, or '' without evidence."""
+def evidence_line(evidence: list[Evidence], found: bool = True) -> str:
+    """'Evidence (book.pdf, p. 4): “The sentence.”' for the chat ('Closest sentence …' after a 'not found'), or ''
+    without evidence."""
     if not evidence:
         return ""
-    return f"Evidence ({evidence_where(evidence[0])}): “{reflow(evidence[0].text)}”"
+    head = "Evidence" if found else "Closest sentence"
+    return f"{head} ({evidence_where(evidence[0])}): “{reflow(evidence[0].text)}”"
 
 
 def page_empty_html() -> str:

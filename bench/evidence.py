@@ -25,8 +25,9 @@ _adapter); without it, the plain reader answers from three passages.
 under other weights of the question and the answer (WEIGHT_GRID), the lexical overlap alone, with no model; with
 --likelihood it loads the backbone (--model) and also scores the app's rule, the shortlist weighed by the
 backbone's likelihood of the question. Each against the app's lexical weights, with paired bootstrap intervals; an
-answer that says "not found" has no evidence in the app and counts as a miss under every weighting (so does a
-withheld one). For choosing the weights on development or training runs only (evidence_weights.*).
+answer that says "not found" is scored, as the app shows it, by the sentence closest to the question alone; a
+withheld answer has no evidence and counts as a miss. For choosing the weights on development or training runs
+only (evidence_weights.*).
 
 Writes bench/results/evidence.json and evidence.md (--results elsewhere, e.g. for a trial run).
 """
@@ -78,8 +79,9 @@ def evidence_row(state, passages, question: str, answers: list[str], answer: str
         return None
     by_question = rank_evidence(state, documents, question, "")
     by_answer = rank_evidence(state, documents, "", answer)
-    none = says_not_found(answer) or answer == WITHHELD  # the app shows no evidence for these
-    lexical = [] if none else rank_evidence(state, documents, question, answer)
+    # the app shows no evidence for a withheld answer, and after a 'not found' the sentence closest to the question
+    lexical = [] if answer == WITHHELD else rank_evidence(state, documents, question,
+                                                          "" if says_not_found(answer) else answer)
     strongest = max(documents, key=lambda p: p.weight)
     texts = {"app": evidence[0].text if evidence else None,
              "lexical": lexical[0].text if lexical else None,
@@ -95,9 +97,9 @@ def evidence_row(state, passages, question: str, answers: list[str], answer: str
 def rescore(rows: list[dict], question_weight: float, answer_weight: float, backbone=None,
             tokenizer=None) -> list[bool]:
     """Per saved row: whether the evidence these weights choose among its passages holds a gold answer (the
-    passages' text stands in for the document; a 'not found' or withheld answer has no evidence). With a backbone
-    and its tokenizer, the shortlist is weighed by its likelihood of the question as in the app; without, the
-    lexical overlap alone (no model)."""
+    passages' text stands in for the document; after a 'not found' answer, the sentence closest to the question, as
+    the app shows it; a withheld answer has no evidence). With a backbone and its tokenizer, the shortlist is
+    weighed by its likelihood of the question as in the app; without, the lexical overlap alone (no model)."""
     hits = []
     for row in rows:
         state, text, passages = MemoryState("hmt", torch.zeros(0, 1)), "", []
@@ -106,11 +108,11 @@ def rescore(rows: list[dict], question_weight: float, answer_weight: float, back
             text += p["text"] + "\n\n"
             passages.append(Passage([], "passages", None, None, start, start + len(p["text"]), p["text"], p["weight"]))
         state.sources["passages"] = SourceText("passages", text)
-        none = says_not_found(row["answer"]) or row["answer"] == WITHHELD  # the app shows no evidence for these
         weigh = None if backbone is None else (
             lambda sentences, q=row["question"]: question_likelihoods(backbone, tokenizer, q, sentences))
-        best = [] if none else rank_evidence(state, passages, row["question"], row["answer"], question_weight,
-                                             answer_weight, likelihood=weigh)
+        said = "" if says_not_found(row["answer"]) else row["answer"]  # 'not found': the question's closest
+        best = [] if row["answer"] == WITHHELD else rank_evidence(state, passages, row["question"], said,
+                                                                  question_weight, answer_weight, likelihood=weigh)
         hits.append(holds(best[0].text if best else None, row["answers"]))
     return hits
 
@@ -141,7 +143,8 @@ def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=No
     model = (f"likelihood from {model_name or 'the backbone'} on the {SHORTLIST} lexically best sentences"
              if backbone is not None else "no model")
     lines = [f"Evidence weights scored again on {len(rows)} saved questions ({', '.join(s['file'] for s in sources)}; "
-             f"{model}). A hit: the evidence holds a gold answer; an answer saying 'not found' has none. Brackets: "
+             f"{model}). A hit: the evidence holds a gold answer (after a 'not found', the sentence closest to the "
+             "question, as the app shows it). Brackets: "
              f"95% bootstrap intervals; the difference is paired, against the app's lexical weights "
              f"({QUESTION_WEIGHT:g}, {ANSWER_WEIGHT:g}) alone.", "",
              *table_head("question weight", "answer weight", "likelihood weight", "holds the gold answer",

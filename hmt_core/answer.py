@@ -72,8 +72,8 @@ class AnswerEvent:
     """One step of a streamed answer: 'recall' (weights over every segment, the passages they rank first and, for the
     question's own recall, its per-channel detail), 'token' (text is the new text), or 'done' (text is the whole
     answer, ids its token ids, evidence the best sentence(s) of each recalled document passage, strongest first:
-    evidence[0] is the answer's evidence; rank_evidence; found False and no evidence when the answer is that the
-    documents do not seem to say)."""
+    evidence[0] is the answer's evidence; rank_evidence; found False when the answer is that the documents do not
+    seem to say, evidence then being the sentences closest to the question alone, for a person to check that)."""
 
     kind: str
     text: str = ""
@@ -345,7 +345,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     the loop, marked with ' …'. An answer that starts to repeat the system prompt stops there and 'done' carries
     WITHHELD instead (discloses_instructions); the token that completed the quote is not streamed. 'done' also
     names the answer's evidence among the recalled document passages (rank_evidence, its shortlist weighed by the
-    plain backbone's question_likelihoods; none for a withheld answer or without passages). `ranking`
+    plain backbone's question_likelihoods; none for a withheld answer or without passages; after a 'not found', the
+    sentences closest to the question). `ranking`
     (non-negative scores over every segment) picks the re-read passages instead of the recall weights, to compare
     retrievers under the same prompt and decoding.
 
@@ -356,7 +357,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     `top_segments` without an adapter); all `top_segments` are shown and searched for evidence. With a `not_found`
     rule, a recall too unsure of itself answers NOT_FOUND at once, without generating; so does the adapter when its
     not_found_score is above its `not_found_above`; 'done' then has found=False, as it does when the reader itself
-    answers NOT_FOUND. The passages are shown either way. The not_found_score (one short backbone call before the
+    answers NOT_FOUND. The passages are shown either way, with the sentence closest to the question as the evidence
+    (for a person to check the 'not found'). The not_found_score (one short backbone call before the
     first token) is computed only when that threshold is in use, or with score_not_found (to fit it).
     """
     if mode not in ANSWER_MODES:
@@ -371,6 +373,12 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     system = use.prompt if use is not None else (system or SYSTEM_PROMPT)
     switch = use.on if use is not None else nullcontext
     confidence = None
+
+    def evidence_for(said: str) -> list[Evidence]:  # the recalled document passages' best sentences for `said`
+        documents = [p for p in passages if p.source != CHAT_SOURCE]
+        return rank_evidence(work, documents, question, said, likelihood=lambda sentences: question_likelihoods(
+            model.backbone, tokenizer, question, sentences))  # the plain backbone: the adapter is off here
+
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length
     if mode == "reread":
@@ -380,7 +388,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         confidence = recall_confidence(detail, not_found.confidence if not_found else "fused_top")
         yield AnswerEvent("recall", weights=detail.weights, passages=passages, recall=detail, confidence=confidence)
         if not_found is not None and not_found.says_not_found(detail):
-            yield AnswerEvent("done", text=NOT_FOUND, found=False, confidence=confidence)
+            yield AnswerEvent("done", text=NOT_FOUND, found=False, evidence=evidence_for(""), confidence=confidence)
             return
         # The prompt is the passages and the question alone: a recalled P in front of it cost answers (contains-match
         # 0.16 with P vs 0.25 without, 32 questions of training articles, the same BM25 passages).
@@ -421,7 +429,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             score = not_found_score(model, hidden[0, -1], kv,
                                     tokenizer(use.not_found, add_special_tokens=False)["input_ids"])
         if not_found is not None and use.says_not_found(score):
-            yield AnswerEvent("done", text=NOT_FOUND, found=False, confidence=confidence, not_found_score=score)
+            yield AnswerEvent("done", text=NOT_FOUND, found=False, evidence=evidence_for(""), confidence=confidence,
+                              not_found_score=score)
             return
     for _ in range(max_new_tokens):
         logits = lm_logits(backbone, hidden[0, -1]).float()
@@ -458,12 +467,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             length += 1
     text = decoder.text if answer is None else answer
     found = not says_not_found(text)
-    documents = [p for p in passages if p.source != CHAT_SOURCE]
-    evidence = []
-    if text != WITHHELD and found:  # weighed by the plain backbone: the adapter is off outside `switch`
-        evidence = rank_evidence(work, documents, question, text,
-                                 likelihood=lambda sentences: question_likelihoods(backbone, tokenizer, question,
-                                                                                   sentences))
+    # after a 'not found', the sentences closest to the question alone: NOT_FOUND's words point nowhere
+    evidence = [] if text == WITHHELD else evidence_for(text if found else "")
     yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence, found=found, confidence=confidence,
                       not_found_score=score)
 

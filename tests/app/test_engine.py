@@ -348,8 +348,12 @@ def test_settings_switch_the_adapter_and_not_found(tokenizer, cache, pdf, tmp_pa
     run(handlers.ingest([str(pdf)], "", "", session))
     said = run(handlers.ask("What is the passkey?", session, "reread", 8, 0.0))
     assert said["result"]["answer"] == NOT_FOUND and said["result"]["found"] is False
-    assert said["result"]["evidence"] is None and said["result"]["citations"]  # the closest passages, still shown
-    assert "Closest passages" in unescape(said["chat"][-1]["content"])
+    assert said["result"]["citations"]  # the closest passages, still shown
+    closest = said["result"]["evidence"]  # with the sentence nearest the question, not as support for an answer
+    assert closest["supports_answer"] is False and "passkey" in closest["text"]
+    chat = unescape(said["chat"][-1]["content"])
+    assert "Closest passages" in chat and "Closest sentence (" in chat and "Evidence (" not in chat
+    assert "Closest sentence (no answer found)" in unescape(said["passages"])
     on = run(handlers.ask("What is the passkey?", session, "reread", 8, 0.0, None, True, False))
     off = run(handlers.ask("What is the passkey?", session, "reread", 8, 0.0, None, False, False))
     assert on["result"]["found"] and off["result"]["found"]

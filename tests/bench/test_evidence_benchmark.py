@@ -40,7 +40,8 @@ def test_a_row_scores_every_rule_on_the_same_passages_and_skips_answers_not_reca
     missing = evidence_row(state, passages, question, ["King Charles III"], answer, [])
     assert missing["hits"]["app"] is False  # no evidence counts as a miss
     told = evidence_row(state, passages, question, ["King Charles III"], NOT_FOUND, [])
-    assert told["hits"]["app"] is False and told["hits"]["lexical"] is False  # 'not found' shows no evidence
+    assert told["hits"]["lexical"] is True  # after 'not found', the sentence closest to the question is shown
+    assert evidence_row(state, passages, question, ["King Charles III"], WITHHELD, [])["hits"]["lexical"] is False
 
 
 def test_saved_rows_are_scored_again_under_other_weights_without_the_model(tmp_path):
@@ -48,7 +49,8 @@ def test_saved_rows_are_scored_again_under_other_weights_without_the_model(tmp_p
     row = {"question": "To whom did Rollo swear fealty?", "answers": ["King Charles III"],
            "answer": "the people of Normandy", "passages": [{"text": TEXT, "weight": 0.9}]}
     assert rescore([row], 1.0, 0.0) == [True] and rescore([row], 0.0, 1.0) == [False]
-    assert rescore([{**row, "answer": NOT_FOUND}, {**row, "answer": WITHHELD}], 1.0, 0.0) == [False, False]
+    # 'not found' is scored by the sentence closest to the question, as the app shows it; a withheld answer has none
+    assert rescore([{**row, "answer": NOT_FOUND}, {**row, "answer": WITHHELD}], 1.0, 0.0) == [True, False]
     run = tmp_path / "evidence_dev_adapter.json"
     run.write_text(json.dumps({"split": "dev", "rows": [row, row]}))
     compare_weights([run], tmp_path)

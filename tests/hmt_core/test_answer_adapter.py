@@ -12,6 +12,7 @@ from hmt_core.answer import (NOT_FOUND, NOT_FOUND_FILE, CONFIDENCES, NotFoundRul
                              recall_confidence, says_not_found)
 from hmt_core.answer_adapter import ANSWERING_FILE, AdapterError, adapter_tensors, load_answer_adapter
 from hmt_core.backbone import final_hidden_states, lm_logits
+from hmt_core.evidence import question_likelihoods, rank_evidence
 from hmt_core.recall import recall
 
 def hidden(backbone, ids):
@@ -101,7 +102,10 @@ def test_not_found_rule_answers_at_once_with_the_passages(tokenizer) -> None:
                                 not_found=NotFoundRule("weight_top", 2.0)))  # a weight is never above 1
     assert [e.kind for e in events] == ["recall", "done"]
     assert events[0].passages and events[-1].text == NOT_FOUND and not events[-1].found
-    assert events[-1].evidence == []
+    closest = events[-1].evidence  # the sentences nearest the question, for a person to check the 'not found'
+    assert closest and "passkey" in closest[0].text
+    weigh = lambda sentences: question_likelihoods(model.backbone, tokenizer, question, sentences)  # noqa: E731
+    assert closest == rank_evidence(state, events[0].passages, question, "", likelihood=weigh)
     kept = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8,
                               not_found=NotFoundRule("weight_top", -1.0)))
     assert kept[-1].found and any(e.kind == "token" for e in kept)
