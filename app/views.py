@@ -225,8 +225,9 @@ def evidence_where(evidence: Evidence) -> str:
 def legend(channels: list[str], evidence: bool = False, found: bool = True) -> str:
     """What the marks and the numbers in the passages mean, for the channels this recall used (found False: the
     answer was 'not found', and the marked sentence is the closest to the question, not evidence of an answer)."""
-    found = "that the word index matched" if "lexical" in channels else "(the word index was not used for this recall)"
-    shown = [f'<mark class="hmt-word">words</mark> of the question {found}']
+    matched = ("that the word index matched" if "lexical" in channels
+               else "(the word index was not used for this recall)")
+    shown = [f'<mark class="hmt-word">words</mark> of the question {matched}']
     if "token" in channels:
         shown.append('<mark class="hmt-token">token windows</mark> whose token keys matched the question best')
     if evidence and found:

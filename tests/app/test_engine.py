@@ -353,7 +353,9 @@ def test_settings_switch_the_adapter_and_not_found(tokenizer, cache, pdf, tmp_pa
     assert closest["supports_answer"] is False and "passkey" in closest["text"]
     chat = unescape(said["chat"][-1]["content"])
     assert "Closest passages" in chat and "Closest sentence (" in chat and "Evidence (" not in chat
-    assert "Closest sentence (no answer found)" in unescape(said["passages"])
+    shown = unescape(said["passages"])
+    assert "Closest sentence (no answer found)" in shown and "the closest sentence</mark>" in shown
+    assert "the evidence</mark>" not in shown
     on = run(handlers.ask("What is the passkey?", session, "reread", 8, 0.0, None, True, False))
     off = run(handlers.ask("What is the passkey?", session, "reread", 8, 0.0, None, False, False))
     assert on["result"]["found"] and off["result"]["found"]
