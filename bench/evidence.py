@@ -46,7 +46,7 @@ from bench.common import (RESULTS, add_model_arguments, bootstrap, describe_weig
                           read_article, squad_articles, table_head, table_row, with_interval, write_results)
 from bench.qa import normalize
 from hmt_core import stream_answer
-from hmt_core.answer import CHAT_SOURCE, WITHHELD, Passage, says_not_found
+from hmt_core.answer import CHAT_SOURCE, Passage, evidence_answer
 from hmt_core.answer_adapter import load_answer_adapter
 from hmt_core.backbone import load_backbone
 from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, SHORTLIST, question_likelihoods,
@@ -79,9 +79,8 @@ def evidence_row(state, passages, question: str, answers: list[str], answer: str
         return None
     by_question = rank_evidence(state, documents, question, "")
     by_answer = rank_evidence(state, documents, "", answer)
-    # the app shows no evidence for a withheld answer, and after a 'not found' the sentence closest to the question
-    lexical = [] if answer == WITHHELD else rank_evidence(state, documents, question,
-                                                          "" if says_not_found(answer) else answer)
+    said = evidence_answer(answer)  # as the app: none when withheld, the question's closest after a 'not found'
+    lexical = [] if said is None else rank_evidence(state, documents, question, said)
     strongest = max(documents, key=lambda p: p.weight)
     texts = {"app": evidence[0].text if evidence else None,
              "lexical": lexical[0].text if lexical else None,
@@ -110,9 +109,9 @@ def rescore(rows: list[dict], question_weight: float, answer_weight: float, back
         state.sources["passages"] = SourceText("passages", text)
         weigh = None if backbone is None else (
             lambda sentences, q=row["question"]: question_likelihoods(backbone, tokenizer, q, sentences))
-        said = "" if says_not_found(row["answer"]) else row["answer"]  # 'not found': the question's closest
-        best = [] if row["answer"] == WITHHELD else rank_evidence(state, passages, row["question"], said,
-                                                                  question_weight, answer_weight, likelihood=weigh)
+        said = evidence_answer(row["answer"])  # as the app shows it
+        best = [] if said is None else rank_evidence(state, passages, row["question"], said, question_weight,
+                                                     answer_weight, likelihood=weigh)
         hits.append(holds(best[0].text if best else None, row["answers"]))
     return hits
 

@@ -115,6 +115,14 @@ def says_not_found(text: str) -> bool:
     return words[:len(_NOT_FOUND_WORDS)] == _NOT_FOUND_WORDS
 
 
+def evidence_answer(text: str) -> str | None:
+    """What an answer's evidence is chosen for: the answer itself; after a 'not found', '' (the sentences closest to
+    the question alone: NOT_FOUND's words point nowhere); None for a withheld answer, which has no evidence."""
+    if text == WITHHELD:
+        return None
+    return "" if says_not_found(text) else text
+
+
 def _per(value: torch.Tensor | None, count: int) -> float:
     return float(value.max()) / max(count, 1) if value is not None and value.numel() else 0.0
 
@@ -467,8 +475,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             length += 1
     text = decoder.text if answer is None else answer
     found = not says_not_found(text)
-    # after a 'not found', the sentences closest to the question alone: NOT_FOUND's words point nowhere
-    evidence = [] if text == WITHHELD else evidence_for(text if found else "")
+    said = evidence_answer(text)
+    evidence = [] if said is None else evidence_for(said)
     yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence, found=found, confidence=confidence,
                       not_found_score=score)
 

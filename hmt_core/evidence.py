@@ -174,10 +174,11 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
         return (question_weight * _covered(found, wanted_question, idf)
                 + answer_weight * _covered(found, wanted_answer, idf))
 
+    alone = {(s.passage, s.order): lexical(set(s.terms)) for s in sentences}  # each sentence's lexical score
     bonus: dict[tuple[int, int], float] = {}  # (passage, order) -> likelihood bonus, shortlisted sentences only
     if likelihood is not None:
-        places = sorted((s for s in sentences if lexical(set(s.terms)) > 0),
-                        key=lambda s: (-lexical(set(s.terms)), -s.weight, s.passage, s.order))[:SHORTLIST]
+        places = sorted((s for s in sentences if alone[(s.passage, s.order)] > 0),
+                        key=lambda s: (-alone[(s.passage, s.order)], -s.weight, s.passage, s.order))[:SHORTLIST]
         if places:
             source_texts = [state.sources[passages[s.passage].source].text[s.start:s.end] for s in places]
             values = likelihood(source_texts)
@@ -189,7 +190,7 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
     by_place = {(s.passage, s.order): s for s in sentences}
     best: dict[int, tuple[float, _Sentence, _Sentence]] = {}  # passage -> (score, first, last sentence)
     for s in sentences:
-        value = score(set(s.terms), s)
+        value = alone[(s.passage, s.order)] + bonus.get((s.passage, s.order), 0.0)
         if value > 0 and (s.passage not in best or value > best[s.passage][0]):
             best[s.passage] = (value, s, s)
     for n, (value, s, _) in list(best.items()):
