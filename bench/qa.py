@@ -113,8 +113,7 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
     row) with what the page would show of it: the answer, whether the reader said not found, whether the not-found
     `rule` would have said so before generating (the answer is generated anyway, so one run scores both), the
     seconds to the first streamed token and the answer's length in words. With the adapter, also its
-    not_found_score, whether the adapter's threshold would have said 'not found' (reader_above), and how far its
-    reply led to NOT_FOUND where that reply parts from answers (not_found_margin, before the adapter's bias)."""
+    not_found_score and whether the adapter's threshold would have said 'not found' (reader_above)."""
     mode = "faithful" if method == "hmt_faithful" else "reread"
     channels = ("memory",) if method == "memory_reread" else None
     top, system, use = None, None, None
@@ -139,8 +138,7 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
     score = done.not_found_score
     above = rule is not None and scored and use.says_not_found(score)
     return {"answer": done.text, "below_threshold": below, "not_found_score": score, "reader_above": above,
-            "not_found_margin": done.not_found_margin, "found": done.found, "first_token_seconds": first,
-            "words": len(done.text.split())}
+            "found": done.found, "first_token_seconds": first, "words": len(done.text.split())}
 
 
 def rate(values: list[float]) -> dict:
@@ -229,7 +227,6 @@ def main() -> None:
                 print(kind, result["below_threshold"], result["found"], result["answer"][:60], flush=True)
     result = summarize(args, model, methods, rows, negatives, rule, app_method, truncated, window, started)
     result["adapter_not_found_above"] = adapter.not_found_above if adapter is not None else None
-    result["adapter_not_found_bias"] = adapter.not_found_bias if adapter is not None else None
     name = "qa" if args.hmt_weights else "qa_untrained"
     name += ("_reader" if adapter is not None else "") + ("_dev" if args.articles == "dev" else "")
     write_results(args.results or name, result, report(result, methods))

@@ -34,7 +34,8 @@ ANSWER_PROMPT = ("You answer questions about the user's documents from the passa
                  "from the passages. If the passages do not answer the question, say: The documents do not seem to "
                  "say.")
 NOT_FOUND = "The documents do not seem to say."
-_NOT_FOUND_WORDS = re.findall(r"[a-z0-9]+", NOT_FOUND.lower())
+# NOT_FOUND and its paraphrases, in lower-case words: 'The document does not seem to say.', 'The papers do not …'
+_NOT_FOUND_SAID = re.compile(r"the [a-z]+ (?:do|does) not seem to say\b")
 WITHHELD = "I can't share the instructions I was given. Ask me about your documents."
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
 
@@ -85,7 +86,6 @@ class AnswerEvent:
     found: bool = True  # False when the answer is that the documents do not seem to say
     confidence: float | None = None  # the question's recall confidence (recall_confidence), reread mode
     not_found_score: float | None = None  # with the answer adapter: not_found_score of the prompt ('done')
-    not_found_margin: float | None = None  # with the answer adapter: not_found_margin of the reply ('done')
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -111,24 +111,9 @@ def stop_ids(model: MemoryModel, tokenizer) -> set[int]:
 
 def says_not_found(text: str) -> bool:
     """True when an answer is NOT_FOUND (the reader's way of saying that the passages do not answer), alone or
-    first, whatever the case and punctuation."""
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return words[:len(_NOT_FOUND_WORDS)] == _NOT_FOUND_WORDS
-
-
-def not_found_branch(tokenizer) -> dict[tuple[int, ...], int]:
-    """The token ids of NOT_FOUND's first word, as written and lower-cased, -> the token after them. The reply starts
-    with a word that many answers start with too ('The'); it parts from them at its next token (' documents'), so
-    that is where the reader decides between answering and saying NOT_FOUND, and where answering.json's
-    not_found_bias acts."""
-    word = NOT_FOUND.split()[0]
-    branch = {}
-    for reply in (NOT_FOUND, NOT_FOUND[0].lower() + NOT_FOUND[1:]):
-        ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
-        k = next((k for k in range(1, len(ids)) if len(tokenizer.decode(ids[:k]).strip()) >= len(word)), None)
-        if k is not None:
-            branch[tuple(ids[:k])] = ids[k]
-    return branch
+    first, whatever the case and punctuation, or the same with another subject ('The document does not seem to
+    say.', 'The papers do not seem to say.': the answer adapter's paraphrases when kept from its own words)."""
+    return _NOT_FOUND_SAID.match(" ".join(re.findall(r"[a-z0-9]+", text.lower()))) is not None
 
 
 def evidence_answer(text: str) -> str | None:
@@ -201,14 +186,6 @@ def not_found_score(model: MemoryModel, last: torch.Tensor, kv, reply: list[int]
     rest = torch.log_softmax(lm_logits(backbone, hidden[0]).float(), -1)  # [n - 1, V]
     rest = rest.gather(1, torch.tensor(reply[1:], device=rest.device)[:, None])  # [n - 1, 1]
     return float(first + rest.sum()) / len(reply)
-
-
-def not_found_margin(logits: torch.Tensor, parting: int) -> float:
-    """How far the token where a NOT_FOUND reply parts from answers (not_found_branch) leads every other token,
-    in logits [V] (negative when another leads): greedy decoding goes on to NOT_FOUND when it is above the
-    adapter's not_found_bias, so two generated tokens per question fit that bias (fit_not_found)."""
-    others = torch.cat([logits[:parting], logits[parting + 1:]])  # [V - 1]
-    return float(logits[parting] - others.max())
 
 
 def cut_repetition(text: str, tail: int = 40, times: int = 3) -> str | None:
@@ -325,21 +302,15 @@ def reread_messages(question: str, passages: list[Passage], system: str = SYSTEM
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def _penalise(logits: torch.Tensor, previous: list[int], repetition_penalty: float) -> torch.Tensor:
-    """logits [V] with the tokens already generated penalised as in transformers' repetition_penalty, since small
-    backbones easily loop."""
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+            previous: list[int], repetition_penalty: float) -> int:
+    """Greedy at temperature 0, else nucleus sampling; logits [V]. Tokens already generated are penalised as in
+    transformers' repetition_penalty, since small backbones easily loop."""
     if previous and repetition_penalty != 1.0:
         seen = torch.tensor(sorted(set(previous)))
         logits = logits.clone()
         logits[seen] = torch.where(logits[seen] > 0, logits[seen] / repetition_penalty,
                                    logits[seen] * repetition_penalty)
-    return logits
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
-            previous: list[int], repetition_penalty: float) -> int:
-    """Greedy at temperature 0, else nucleus sampling; logits [V], penalised by _penalise first."""
-    logits = _penalise(logits, previous, repetition_penalty)
     if temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, -1)
@@ -395,12 +366,9 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     `top_segments` without an adapter); all `top_segments` are shown and searched for evidence. With a `not_found`
     rule, a recall too unsure of itself answers NOT_FOUND at once, without generating; so does the adapter when its
     not_found_score is above its `not_found_above`; 'done' then has found=False, as it does when the reader itself
-    answers NOT_FOUND. The passages are shown either way, with the sentence closest to the question as the
-    evidence (for a person to check the 'not found'). The not_found_score (one short backbone call before the
-    first token) is computed only when that threshold is in use, or with score_not_found (to fit it). The
-    adapter's `not_found_bias` is taken off the logit of the token where a NOT_FOUND reply parts from answers
-    (not_found_branch), so that the reader says it only when it leads there by more than the bias; 'done' carries
-    that lead before the bias (not_found_margin), or None when the reply never got there.
+    answers NOT_FOUND. The passages are shown either way, with the sentence closest to the question as the evidence
+    (for a person to check the 'not found'). The not_found_score (one short backbone call before the
+    first token) is computed only when that threshold is in use, or with score_not_found (to fit it).
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"mode must be one of {ANSWER_MODES}")
@@ -473,14 +441,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             yield AnswerEvent("done", text=NOT_FOUND, found=False, evidence=evidence_for(""), confidence=confidence,
                               not_found_score=score)
             return
-    branch = not_found_branch(tokenizer) if use is not None else {}
-    margin = None
     for _ in range(max_new_tokens):
-        logits = lm_logits(backbone, hidden[0, -1]).float()  # [V]
-        parting = branch.get(tuple(decoder.ids))
-        if parting is not None:  # the answer so far is NOT_FOUND's first word: where that reply parts from answers
-            margin = not_found_margin(_penalise(logits, decoder.ids, repetition_penalty), parting)
-            logits[parting] -= use.not_found_bias
+        logits = lm_logits(backbone, hidden[0, -1]).float()
         token = _sample(logits, temperature, top_p, generator, decoder.ids, repetition_penalty)
         if token in stops:
             break
@@ -517,7 +479,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     said = evidence_answer(text)
     evidence = [] if said is None else evidence_for(said)
     yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence, found=found, confidence=confidence,
-                      not_found_score=score, not_found_margin=margin)
+                      not_found_score=score)
 
 
 def remember_turn(model: MemoryModel, tokenizer, state: MemoryState, question: str, answer: str) -> None:

@@ -22,8 +22,8 @@ ADAPTER_NAME = "answer"  # peft's adapter name, apart from the HMT checkpoints' 
 WEIGHTS_FILE = "answer_adapter.safetensors"
 CONFIG_FILE = "answer_adapter.json"
 # How the app answers with the adapter, chosen and fitted on training articles it never saw
-# (hmt_core.training.fit_not_found --answer-adapter): how many passages its prompt holds, the score of its
-# own NOT_FOUND reply above which it is taken at its word, and the bias against that reply.
+# (hmt_core.training.fit_not_found --answer-adapter): how many passages its prompt holds, and the score of its
+# own NOT_FOUND reply above which it is taken at its word.
 ANSWERING_FILE = "answering.json"
 FORMAT = 1
 
@@ -37,9 +37,8 @@ class AnswerAdapter:
     with (answers follow it best) and `not_found` the reply it was trained to give when the passages do not say.
     From ANSWERING_FILE when the folder has one: `passages`, how many of the recalled passages its prompt holds (the
     rest are still shown), and `not_found_above`, the mean log-probability per token of answering `not_found` above
-    which the answer is "not found" (hmt_core.answer.not_found_score), and `not_found_bias`, taken off the logit of
-    the token where the reply `not_found` parts from answers, so that the reader says it less often (or more, when
-    negative; hmt_core.answer.not_found_margin); without the file, 3 passages, no threshold and no bias."""
+    which the answer is "not found" (hmt_core.answer.not_found_score); without the file, 3 passages and no such
+    threshold."""
 
     def __init__(self, backbone: nn.Module, folder: Path, settings: dict) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -52,7 +51,6 @@ class AnswerAdapter:
         self.passages: int = int(answering.get("passages", 3))
         above = answering.get("not_found_above")
         self.not_found_above: float | None = None if above is None else float(above)
-        self.not_found_bias: float = float(answering.get("not_found_bias") or 0.0)
         self.layers = [m for m in backbone.modules() if isinstance(m, BaseTunerLayer)]
         for p in backbone.parameters():
             p.requires_grad_(False)

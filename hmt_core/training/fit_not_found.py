@@ -14,16 +14,13 @@ threshold lets a further `--reader-miss` of those articles' answerable questions
 already tells "not found", be told so too. It is written as `fitted_not_found_above`, and used (`not_found_above`)
 only with `--use-reader-threshold`: on the shipped adapter it caught twice as many unanswerable questions as it cost
 answerable ones (0.08 against 0.04) for a quarter more time to the first token (1.27x in bench.qa), too little
-to pay. The same questions fit the adapter's `not_found_bias` (hmt_core.answer.not_found_margin), which costs no
-time: against the reply NOT_FOUND, so that the reader itself says it to about `--reader-miss` of the answerable
-questions the recall rule lets through (the second adapter, unbiased, said it to 0.16 of held-out answerable ones).
+to pay.
 
     python -m hmt_core.training.fit_not_found --hmt-weights assets/hmt-smollm2-135m \
         [--answer-adapter assets/answer-lora-smollm2-135m --passages 1]
 
 Writes <hmt-weights>/not_found.json (the rule, and every candidate's rates on the training questions) and, with an
-adapter, <answer-adapter>/answering.json (passages, not_found_above, not_found_bias, and the rates on the
-development questions).
+adapter, <answer-adapter>/answering.json (passages, not_found_above, and the rates on the development questions).
 """
 
 from __future__ import annotations
@@ -49,18 +46,15 @@ KINDS = ("answerable", "squad2", "other_article")
 
 def confidences(model, tokenizer, state, question: str, adapter=None, passages: int = 3) -> dict[str, float]:
     """The question's recall confidence read every CONFIDENCES way; with an adapter, also the answer's
-    not_found_score ("reader") and not_found_margin ("margin", -inf when the reply does not start the NOT_FOUND
-    way) with `passages` passages in the prompt, as the app computes them (two tokens generated)."""
+    not_found_score ("reader") with `passages` passages in the prompt, as the app computes it (one token generated)."""
     reader = {}
     if adapter is None:
         detail = recall(model, tokenizer, state, question,
                         chat_ids(tokenizer, [{"role": "user", "content": question}]))
     else:
-        events = list(stream_answer(model, tokenizer, state, question, max_new_tokens=2, adapter=adapter,
+        events = list(stream_answer(model, tokenizer, state, question, max_new_tokens=1, adapter=adapter,
                                     prompt_passages=passages, score_not_found=True))
-        margin = events[-1].not_found_margin
-        detail = events[0].recall
-        reader = {"reader": events[-1].not_found_score, "margin": float("-inf") if margin is None else margin}
+        detail, reader = events[0].recall, {"reader": events[-1].not_found_score}
     return {**{kind: recall_confidence(detail, kind) for kind in CONFIDENCES}, **reader}
 
 
@@ -93,24 +87,6 @@ def choose_reader(samples: list[dict], confidence: str, below: float, miss: floa
                     "reader": sum(s["reader"] > above for s in group) / len(group),
                     "either": sum(s[confidence] < below or s["reader"] > above for s in group) / len(group)}
     return above, rates
-
-
-def choose_bias(samples: list[dict], confidence: str, below: float, miss: float) -> tuple[float, dict]:
-    """(bias, rates): the adapter's not_found_bias, so that `miss` of the answerable samples that the recall rule
-    (`confidence` below `below`) lets through still lead to NOT_FOUND by more than it (their "margin"), and the share
-    of each kind then told "not found": by the reader with no bias (as before the fit), with the bias, and by the
-    recall rule or the biased reader."""
-    answerable = [s for s in samples if s["kind"] == "answerable"]
-    passed = sorted((s["margin"] for s in answerable if s[confidence] >= below and s["margin"] > float("-inf")),
-                    reverse=True)
-    bias = passed[min(int(miss * len(answerable)), len(passed) - 1)] if passed else 0.0
-    rates = {}
-    for k in KINDS:
-        group = [s for s in samples if s["kind"] == k]
-        rates[k] = {"unbiased": sum(s["margin"] > 0 for s in group) / len(group),
-                    "biased": sum(s["margin"] > bias for s in group) / len(group),
-                    "either": sum(s[confidence] < below or s["margin"] > bias for s in group) / len(group)}
-    return bias, rates
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,12 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     if adapter is not None:
         dev = [s for s in samples if "reader" in s]
         above, rates = choose_reader(dev, best, below, args.reader_miss)
-        bias, bias_rates = choose_bias(dev, best, below, args.reader_miss)
         answering = {"passages": args.passages, "not_found_above": above if args.use_reader_threshold else None,
-                     "fitted_not_found_above": above, "not_found_bias": bias, "reader_miss": args.reader_miss,
+                     "fitted_not_found_above": above, "reader_miss": args.reader_miss,
                      "articles": list(DEV_ARTICLES), "hmt_weights": Path(args.hmt_weights).name,
                      "questions": {k: sum(s["kind"] == k for s in dev) for k in KINDS}, "not_found_rate": rates,
-                     "not_found_rate_bias": bias_rates, "command": record["command"]}
+                     "command": record["command"]}
         (Path(args.answer_adapter) / ANSWERING_FILE).write_text(json.dumps(answering, indent=1) + "\n")
         print(json.dumps(answering), flush=True)
 

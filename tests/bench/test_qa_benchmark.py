@@ -22,8 +22,8 @@ def test_reader_rows_answer_from_the_gold_segment_or_the_recall(tokenizer, tmp_p
     for method in VARIANTS:
         r = reread(model, tokenizer, state, "what is the passkey?", method, 6, {"gold": gold}, adapter,
                    NotFoundRule("weight_top", 2.0))
-        assert set(r) == {"answer", "below_threshold", "not_found_score", "reader_above", "not_found_margin",
-                          "found", "first_token_seconds", "words"}
+        assert set(r) == {"answer", "below_threshold", "not_found_score", "reader_above", "found",
+                          "first_token_seconds", "words"}
         assert r["below_threshold"] and r["answer"]  # a weight is never above 1; the answer is generated anyway
         assert r["not_found_score"] is None and not r["reader_above"]  # the tiny adapter has no threshold
     plain = reread(model, tokenizer, state, "what is the passkey?", "reread_short", 6, {}, adapter, None)

@@ -11,7 +11,7 @@ from tiny_models import CORPUS, make_backbone
 from hmt_core import HMT, HMTConfig
 from hmt_core.answer import ANSWER_PROMPT, NOT_FOUND
 from hmt_core.answer_adapter import add_answer_lora, load_answer_adapter
-from hmt_core.training.fit_not_found import choose, choose_bias, choose_reader
+from hmt_core.training.fit_not_found import choose, choose_reader
 from hmt_core.training.fit_recall import read_document
 from hmt_core.training.lora import linear_layer_names
 from hmt_core.training.train_answer import build_examples, example_loss, main, segment_at, text_state
@@ -124,19 +124,3 @@ def test_choose_reader_adds_the_adapters_threshold_past_the_recall_rule() -> Non
     assert above == pytest.approx(-3.0 + 95 / 100)  # four answerable questions above it, past the recall's five
     assert rates["answerable"] == {"recall": 0.05, "reader": 0.04, "either": 0.09}
     assert rates["squad2"]["reader"] == 1.0 and rates["other_article"] == {"recall": 1.0, "reader": 0.0, "either": 1.0}
-
-
-def test_choose_bias_lets_the_reader_say_not_found_to_a_share_of_answerable_questions() -> None:
-    inf = float("-inf")
-    samples = [{"kind": "answerable", "token_per_key": 0.0 if i < 5 else 1.0, "margin": inf if i < 50 else i / 10}
-               for i in range(100)]  # half never start the reply's way; the rest lead by 5.0 to 9.9
-    samples += [{"kind": "squad2", "token_per_key": 1.0, "margin": 12.0 - i} for i in range(10)]
-    samples += [{"kind": "other_article", "token_per_key": 0.0, "margin": inf} for _ in range(10)]
-    bias, rates = choose_bias(samples, "token_per_key", 0.5, 0.04)
-    assert bias == pytest.approx(9.5)  # four answerable questions lead by more, past the recall's five
-    assert rates["answerable"] == {"unbiased": 0.5, "biased": 0.04, "either": 0.09}
-    assert rates["squad2"] == {"unbiased": 1.0, "biased": 0.3, "either": 0.3}
-    assert rates["other_article"] == {"unbiased": 0.0, "biased": 0.0, "either": 1.0}
-    assert choose_bias([{"kind": k, "token_per_key": 1.0, "margin": inf} for k in ("answerable", "squad2",
-                                                                                  "other_article")],
-                       "token_per_key", 0.5, 0.04)[0] == 0.0  # the reader never starts that way: no bias
