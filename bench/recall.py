@@ -20,11 +20,12 @@ import time
 
 import torch
 
-from bench.common import (MiniLM, add_model_arguments, bm25_scores, bootstrap, describe_weights, load_model, machine,
+from bench.common import (add_model_arguments, bm25_scores, bootstrap, describe_weights, load_model, machine,
                           rank_of_gold, read_article, squad_articles, table_head, table_row, with_interval,
                           write_results)
 from hmt_core import MemoryState
 from hmt_core.answer import chat_ids
+from hmt_core.embedder import load_embedder
 from hmt_core.recall import available_channels, channel_scores, fuse
 from hmt_core.training.fit_recall import gold_segments
 
@@ -71,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     articles = squad_articles("eval")
     model, tokenizer = load_model(args)
-    minilm = MiniLM()
+    minilm = load_embedder()
     started = time.time()
     generator = torch.Generator().manual_seed(0)
     separate = [read_article(model, tokenizer, a) for a in articles]

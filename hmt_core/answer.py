@@ -20,6 +20,7 @@ import torch
 
 from .answer_adapter import AnswerAdapter
 from .backbone import final_hidden_states, lm_logits
+from .embedder import SentenceEmbedder
 from .evidence import Evidence, question_likelihoods, rank_evidence
 from .memory_model import MemoryModel
 from .reader import Reader
@@ -343,7 +344,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
                   channels: tuple[str, ...] | list[str] | None = None, cut_loops: bool = True,
                   adapter: AnswerAdapter | None = None, system: str | None = None,
                   not_found: NotFoundRule | None = None, prompt_passages: int | None = None,
-                  score_not_found: bool = False) -> Iterator[AnswerEvent]:
+                  score_not_found: bool = False, embedder: SentenceEmbedder | None = None) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The question recalls with the channels asked for (default: every channel the model's config weighs; memory
@@ -354,8 +355,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     the loop, marked with ' …'. An answer that starts to repeat the system prompt stops there and 'done' carries
     WITHHELD instead (discloses_instructions); the token that completed the quote is not streamed. 'done' also
     names the answer's evidence among the recalled document passages (rank_evidence, its shortlist weighed by the
-    plain backbone's question_likelihoods; none for a withheld answer or without passages; after a 'not found', the
-    sentences closest to the question). `ranking`
+    plain backbone's question_likelihoods and, with an `embedder`, by its sentences' similarity to the question; none
+    for a withheld answer or without passages; after a 'not found', the sentences closest to the question). `ranking`
     (non-negative scores over every segment) picks the re-read passages instead of the recall weights, to compare
     retrievers under the same prompt and decoding.
 
@@ -385,8 +386,10 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
 
     def evidence_for(said: str) -> list[Evidence]:  # the recalled document passages' best sentences for `said`
         documents = [p for p in passages if p.source != CHAT_SOURCE]
+        similarity = None if embedder is None else (lambda sentences: embedder.similarities(question, sentences))
         return rank_evidence(work, documents, question, said, likelihood=lambda sentences: question_likelihoods(
-            model.backbone, tokenizer, question, sentences))  # the plain backbone: the adapter is off here
+            model.backbone, tokenizer, question, sentences),  # the plain backbone: the adapter is off here
+            similarity=similarity)
 
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length

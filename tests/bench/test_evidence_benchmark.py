@@ -33,8 +33,13 @@ def test_a_row_scores_every_rule_on_the_same_passages_and_skips_answers_not_reca
     question, answer = "To whom did Rollo swear fealty?", "Rollo swore fealty to the king."
     evidence = rank_evidence(state, passages, question, answer)
     row = evidence_row(state, passages, question, ["King Charles III"], answer, evidence)
-    assert row["hits"] == {"app": True, "lexical": True, "question_only": True, "answer_only": True,
-                           "first_sentence": False}
+    assert row["hits"] == {"app": True, "without_similarity": True, "without_likelihood": True, "lexical": True,
+                           "question_only": True, "answer_only": True, "first_sentence": False}
+    sentences = []  # what the app's models are asked to weigh: the shortlist
+    weighed = evidence_row(state, passages, question, ["King Charles III"], answer, evidence,
+                           likelihood=lambda texts: sentences.append(texts) or [0.0] * len(texts),
+                           similarity=lambda texts: sentences.append(texts) or [0.0] * len(texts))
+    assert weighed["hits"] == row["hits"] and len(sentences) == 2  # each rule leaves one model out
     assert row["evidence"]["app"] == evidence[0].text and row["passages"] == [{"text": TEXT, "weight": 0.9}]
     assert evidence_row(state, passages, question, ["Paris"], answer, evidence) is None  # not in what was recalled
     missing = evidence_row(state, passages, question, ["King Charles III"], answer, [])

@@ -193,3 +193,35 @@ def test_the_evidence_scores_do_not_depend_on_the_process_string_hashing():
     runs = {subprocess.run([sys.executable, "-c", COVERED], cwd=root, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(8)}
     assert len(runs) == 1
+
+
+def test_a_sentence_opening_with_a_pronoun_is_shown_with_the_one_before():
+    """'It includes large public works…' says what the question asks about; the sentence before says what 'it' is,
+    which is the answer."""
+    text = ("Construction has three sectors. Infrastructure is often called heavy civil. It includes large public "
+            "works, dams, bridges and highways. Buildings are the second sector.")
+    state = state_of({"a.txt": (text, [0], [1])})
+    best = rank_evidence(state, [passage(state, "a.txt")], "Large public works, dams and bridges are in what sector?",
+                         "")[0]
+    assert best.text == "Infrastructure is often called heavy civil. It includes large public works, dams, bridges " \
+                        "and highways."
+    plain = rank_evidence(state, [passage(state, "a.txt")], "Which sector are the buildings?", "")[0]
+    assert plain.text == "Buildings are the second sector."  # no pronoun: alone
+
+
+def test_the_similarity_reorders_the_shortlist_beside_the_likelihood():
+    """The sentence embedder's cosines weigh the same shortlist as the likelihood, SIMILARITY_WEIGHT per unit."""
+    facts = [f"The guild's ledger {n} lists the keeper of lamp {n}." for n in range(SHORTLIST + 3)]
+    text = " ".join(["The keeper of the lamp wrote the guild's ledger at dusk."] + facts)
+    state = state_of({"a.txt": (text, [0], [1])})
+    question, asked = "Who wrote the guild's ledger at dusk?", []
+
+    def similar(sentences: list[str]) -> list[float]:
+        asked.append(list(sentences))
+        return [1.0 if "ledger 1 " in s else 0.0 for s in sentences]
+
+    flat = lambda sentences: [0.0] * len(sentences)  # noqa: E731
+    best = rank_evidence(state, [passage(state, "a.txt")], question, "", likelihood=flat, similarity=similar)[0]
+    assert best.text.startswith("The guild's ledger 1 ") and len(asked[-1]) == SHORTLIST
+    alone = rank_evidence(state, [passage(state, "a.txt")], question, "", similarity=similar)[0]
+    assert alone.text == best.text  # it needs no likelihood
