@@ -232,7 +232,8 @@ def legend(channels: list[str], evidence: bool = False, found: bool = True) -> s
         shown.append('<mark class="hmt-token">token windows</mark> whose token keys matched the question best')
     if evidence and found:
         shown.append('<mark class="hmt-evidence">the evidence</mark>: the sentence sharing the most rare words with '
-                     'the question and the answer, among those the model finds most likely to prompt the question')
+                     'the question and the answer, among those the model finds most likely to prompt the question '
+                     'and closest to it in meaning')
     elif evidence:
         shown.append('<mark class="hmt-evidence">the closest sentence</mark>: the one nearest the question, shown so '
                      'that you can check the answer "not found"')
