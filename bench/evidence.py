@@ -52,7 +52,7 @@ from hmt_core.answer_adapter import load_answer_adapter
 from hmt_core.backbone import load_backbone
 from hmt_core.embedder import load_embedder
 from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, SHORTLIST, SIMILARITY_WEIGHT,
-                               question_likelihoods, rank_evidence, sentence_spans)
+                               rank_evidence, sentence_spans, shortlist_weighers)
 from hmt_core.state import MemoryState, SourceText
 from hmt_core.training.train_answer import DEV_ARTICLES
 
@@ -119,13 +119,10 @@ def rescore(rows: list[dict], question_weight: float, answer_weight: float, back
             text += p["text"] + "\n\n"
             passages.append(Passage([], "passages", None, None, start, start + len(p["text"]), p["text"], p["weight"]))
         state.sources["passages"] = SourceText("passages", text)
-        weigh = None if backbone is None else (
-            lambda sentences, q=row["question"]: question_likelihoods(backbone, tokenizer, q, sentences))
         said = evidence_answer(row["answer"])  # as the app shows it
-        similar = None if embedder is None else (
-            lambda sentences, q=row["question"]: embedder.similarities(q, sentences))
         best = [] if said is None else rank_evidence(state, passages, row["question"], said, question_weight,
-                                                     answer_weight, likelihood=weigh, similarity=similar)
+                                                     answer_weight, **shortlist_weighers(backbone, tokenizer,
+                                                                                         row["question"], embedder))
         hits.append(holds(best[0].text if best else None, row["answers"]))
     return hits
 
@@ -215,9 +212,7 @@ def main() -> None:
                                         max_new_tokens=args.max_new_tokens, adapter=adapter, embedder=embedder))
             done = events[-1]
             row = evidence_row(state, events[0].passages, q["question"], q["answers"], done.text, done.evidence,
-                               likelihood=lambda sentences, q=q["question"]: question_likelihoods(
-                                   model.backbone, tokenizer, q, sentences),
-                               similarity=lambda sentences, q=q["question"]: embedder.similarities(q, sentences))
+                               **shortlist_weighers(model.backbone, tokenizer, q["question"], embedder))
             if row is not None:
                 rows.append({"article": article["title"], **row})
                 print(len(rows), asked, {r: int(v) for r, v in row["hits"].items()}, flush=True)

@@ -21,7 +21,7 @@ import torch
 from .answer_adapter import AnswerAdapter
 from .backbone import final_hidden_states, lm_logits
 from .embedder import SentenceEmbedder
-from .evidence import Evidence, question_likelihoods, rank_evidence
+from .evidence import Evidence, rank_evidence, shortlist_weighers
 from .memory_model import MemoryModel
 from .reader import Reader
 from .recall import Recall, matched_windows, recall
@@ -386,10 +386,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
 
     def evidence_for(said: str) -> list[Evidence]:  # the recalled document passages' best sentences for `said`
         documents = [p for p in passages if p.source != CHAT_SOURCE]
-        similarity = None if embedder is None else (lambda sentences: embedder.similarities(question, sentences))
-        return rank_evidence(work, documents, question, said, likelihood=lambda sentences: question_likelihoods(
-            model.backbone, tokenizer, question, sentences),  # the plain backbone: the adapter is off here
-            similarity=similarity)
+        return rank_evidence(work, documents, question, said,  # the plain backbone: the adapter is off here
+                             **shortlist_weighers(model.backbone, tokenizer, question, embedder))
 
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length

@@ -154,6 +154,16 @@ def question_likelihoods(backbone: nn.Module, tokenizer, question: str, sentence
     return chosen.mean(-1).tolist()
 
 
+def shortlist_weighers(backbone: nn.Module | None, tokenizer, question: str, embedder=None
+                       ) -> dict[str, Callable[[list[str]], list[float]] | None]:
+    """rank_evidence's `likelihood` and `similarity` for one question, as the app weighs its shortlist: the
+    backbone's question_likelihoods (switch an answer adapter off first) and the embedder's (hmt_core.embedder)
+    similarities; None for what is not given."""
+    return {"likelihood": None if backbone is None else (
+                lambda sentences: question_likelihoods(backbone, tokenizer, question, sentences)),
+            "similarity": None if embedder is None else (lambda sentences: embedder.similarities(question, sentences))}
+
+
 def rank_evidence(state: MemoryState, passages: list[Passage], question: str, answer: str,
                   question_weight: float = QUESTION_WEIGHT, answer_weight: float = ANSWER_WEIGHT,
                   likelihood: Callable[[list[str]], list[float]] | None = None,
@@ -220,8 +230,8 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
             best[n] = (score(both, s), first, last)
     for n, (value, first, last) in list(best.items()):
         before = by_place.get((n, first.order - 1))
-        text = state.sources[passages[n].source].text
-        if first is last and before is not None and _REFERS_BACK.match(text[first.start:]):
+        if first is last and before is not None and _REFERS_BACK.match(state.sources[passages[n].source].text,
+                                                                        first.start):
             best[n] = (value, before, first)
     ranked = sorted(best.values(), key=lambda b: (-b[0], -b[1].weight, b[1].passage, b[1].order))
     out = []
