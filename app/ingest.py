@@ -240,15 +240,8 @@ def _read_all(session: Session, engine: Engine, cache: MemoryCache | None, pendi
             cancelled = session.cancel_requested
             start = time.monotonic()
             report.count(engine.finish(reader, fingerprint), time.monotonic() - start)
-        except GeneratorExit:  # cancelled from outside (an API client's job.cancel()): keep what was read, as Cancel
-            try:
-                engine.finish(reader, fingerprint)
-            except EngineError:
-                return
-            _keep(session, cache, item, reader, expect, complete=False, keep=engine.memory_segments)
-            session.cancel_requested = False
-            logger.info("reading %s was cancelled from outside after %d segments", doc.name,
-                        reader.state.num_segments)
+        except GeneratorExit:
+            _keep_after_closed(session, engine, cache, expect, [(item, reader, False)], doc.name)
             raise
         except EngineError as err:
             report.errors.append(str(err))
@@ -291,16 +284,8 @@ def _read_documents_together(session: Session, engine: Engine, cache: MemoryCach
         for reader in job.readers:
             start = time.monotonic()
             report.count(engine.finish(reader, fingerprint), time.monotonic() - start)
-    except GeneratorExit:  # cancelled from outside (an API client's job.cancel()): keep what was read, as Cancel
-        try:
-            for reader in job.readers:
-                engine.finish(reader, fingerprint)
-        except EngineError:
-            return
-        for item, reader, fed in zip(pending, job.readers, job.fed):
-            _keep(session, cache, item, reader, expect, complete=fed, keep=engine.memory_segments)
-        session.cancel_requested = False
-        logger.info("reading %d documents together was cancelled from outside", len(pending))
+    except GeneratorExit:
+        _keep_after_closed(session, engine, cache, expect, list(zip(pending, job.readers, job.fed)), label)
         raise
     except EngineError as err:
         report.errors.append(str(err))
@@ -318,6 +303,23 @@ def _read_documents_together(session: Session, engine: Engine, cache: MemoryCach
         return
     logger.info("read %d documents together: %d tokens at %.0f tokens/s", len(pending), report.tokens, report.rate)
     yield Progress("done", 1.0, _summary(session), report)
+
+
+def _keep_after_closed(session: Session, engine: Engine, cache: MemoryCache | None, expect: Expect,
+                       reads: list[tuple[_Pending, Reader, bool]], label: str) -> None:
+    """Reading was cancelled from outside (an API client's job.cancel() closes the generator): keep what each
+    reader read, as Cancel does, each document complete only if all its text was read (nothing is kept if the model
+    was changed meanwhile)."""
+    try:
+        for _, reader, _ in reads:
+            engine.finish(reader, expect.fingerprint)
+    except EngineError:
+        return
+    for item, reader, complete in reads:
+        _keep(session, cache, item, reader, expect, complete=complete, keep=engine.memory_segments)
+    session.cancel_requested = False
+    logger.info("reading %s was cancelled from outside after %d segments", label,
+                sum(reader.state.num_segments for _, reader, _ in reads))
 
 
 def _keep(session: Session, cache: MemoryCache | None, item: _Pending, reader: Reader, expect: Expect,
