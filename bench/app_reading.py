@@ -55,7 +55,7 @@ def app_read(engine: Engine, text: str, cache_dir: Path, documents: int = 1) -> 
     the start, tokens read, tokens/s shown, seconds left shown)."""
     session, cache = Session(), MemoryCache(cache_dir)
     lines, reading_started = [], None
-    parts = document_parts(text, documents) if documents > 1 else [text]
+    parts = ["".join(pages) for pages in document_parts(text, documents)] if documents > 1 else [text]
     uploads = [Upload(f"book{n + 1}.txt", text=part) for n, part in enumerate(parts)]
     start = time.perf_counter()
     for progress in ingest(session, engine, cache, uploads):

@@ -51,31 +51,37 @@ def text_of_tokens(tokenizer, text: str, n_tokens: int, step: int = 20_000) -> s
     return text[:end]
 
 
+def pages_of(text: str) -> list[str]:
+    """text cut into pages of PAGE_CHARS characters, as the benchmarks feed it."""
+    return [text[i:i + PAGE_CHARS] for i in range(0, len(text), PAGE_CHARS)]
+
+
 def read(model, tokenizer, text: str, summary_batch: int = 1):
     """Read text page by page, as the app does; returns the memory state. summary_batch > 1 runs that many
     segments' summary passes as one batch (Reader's summary_batch)."""
     reader = Reader(model, tokenizer, summary_batch=summary_batch)
-    for i in range(0, len(text), PAGE_CHARS):
-        reader.feed(text[i:i + PAGE_CHARS], source="book", page=i // PAGE_CHARS + 1)
+    for number, page in enumerate(pages_of(text), 1):
+        reader.feed(page, source="book", page=number)
     reader.finish()
     return reader.state
 
 
-def document_parts(text: str, documents: int) -> list[str]:
-    """text cut into `documents` parts of whole pages (PAGE_CHARS each), as several documents to read together."""
-    pages = [text[i:i + PAGE_CHARS] for i in range(0, len(text), PAGE_CHARS)]
+def document_parts(text: str, documents: int) -> list[list[str]]:
+    """text cut into `documents` parts of whole pages (pages_of), as several documents to read together: each
+    part's pages."""
+    pages = pages_of(text)
     per = -(-len(pages) // documents)
-    return ["".join(pages[n * per:(n + 1) * per]) for n in range(documents)]
+    return [pages[n * per:(n + 1) * per] for n in range(documents)]
 
 
 def read_documents(model, tokenizer, text: str, documents: int) -> list:
     """Cut text into `documents` parts of whole pages and read them as rows of one batch, each into its own memory
     (hmt_core.reader.read_together); returns their states."""
     readers = []
-    for n, part in enumerate(document_parts(text, documents)):
+    for n, pages in enumerate(document_parts(text, documents)):
         reader = Reader(model, tokenizer)
-        for i in range(0, len(part), PAGE_CHARS):
-            reader.feed(part[i:i + PAGE_CHARS], source=f"book {n + 1}", page=i // PAGE_CHARS + 1, read=False)
+        for number, page in enumerate(pages, 1):
+            reader.feed(page, source=f"book {n + 1}", page=number, read=False)
         readers.append(reader)
     read_together(readers)
     return [reader.state for reader in readers]

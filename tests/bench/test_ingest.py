@@ -5,7 +5,7 @@ import argparse
 
 from tiny_models import make_backbone
 
-from bench.ingest import throughput, throughput_rows
+from bench.ingest import PAGE_CHARS, document_parts, throughput, throughput_rows
 
 
 def test_throughput_times_every_reading_path_in_each_round(tmp_path, tokenizer):
@@ -24,3 +24,11 @@ def test_throughput_times_every_reading_path_in_each_round(tmp_path, tokenizer):
     rows = throughput_rows(t)
     assert any(row.startswith("| HMT ingest, int8 backbone, summaries in batches of 4 / plain forward |")
                and row.endswith("| >= 1.0 |") for row in rows)
+
+
+def test_document_parts_are_whole_pages_that_together_are_the_text():
+    text = "".join(chr(ord("a") + n % 26) * PAGE_CHARS for n in range(7)) + "tail"  # 8 pages, the last short
+    parts = document_parts(text, 3)
+    assert [len(pages) for pages in parts] == [3, 3, 2]
+    assert "".join(page for pages in parts for page in pages) == text
+    assert all(len(page) == PAGE_CHARS for pages in parts for page in pages[:-1])
