@@ -131,7 +131,8 @@ def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=No
                     embedder=None) -> None:
     """The --rescore table: every WEIGHT_GRID pair on the rows of `files` pooled, against the app's lexical
     weights; with a backbone, also the app's weights with the shortlist weighed by its likelihood, and with the
-    embedder too (the app's rule)."""
+    embedder too every WEIGHT_GRID pair beside both (the app's rule among them): how much the answer should weigh
+    depends on how often the reader's answers are wrong."""
     rows, sources = [], []
     for file in files:
         run = json.loads(file.read_text())
@@ -149,8 +150,9 @@ def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=No
         grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, 0.0)] = [
             float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT, backbone, tokenizer)]
     if backbone is not None and embedder is not None:
-        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT)] = [
-            float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT, backbone, tokenizer, embedder)]
+        for qw, aw in dict.fromkeys((*WEIGHT_GRID, (QUESTION_WEIGHT, ANSWER_WEIGHT))):
+            grid[(qw, aw, LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT)] = [
+                float(h) for h in rescore(rows, qw, aw, backbone, tokenizer, embedder)]
     results = []
     for (qw, aw, lw, sw), hits in grid.items():
         results.append({"question": qw, "answer": aw, "likelihood": lw, "similarity": sw, "hit": sum(hits) / len(hits),

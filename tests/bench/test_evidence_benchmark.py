@@ -5,11 +5,14 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_bert
 
-from bench.evidence import compare_weights, evidence_row, first_sentence, holds, rescore
+from bench.evidence import WEIGHT_GRID, compare_weights, evidence_row, first_sentence, holds, rescore
 from bench.render import middle_sentence
 from hmt_core.answer import NOT_FOUND, WITHHELD, Passage
-from hmt_core.evidence import rank_evidence
+from hmt_core.embedder import SentenceEmbedder
+from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, SIMILARITY_WEIGHT,
+                               rank_evidence)
 from hmt_core.state import MemoryState, SourceText
 
 TEXT = ("The Normans were the people who gave their name to Normandy. They descended from Norse raiders. "
@@ -66,6 +69,20 @@ def test_saved_rows_are_scored_again_under_other_weights_without_the_model(tmp_p
     held_out.write_text(json.dumps({"split": "eval", "rows": [row]}))
     with pytest.raises(SystemExit, match="held-out"):
         compare_weights([held_out], tmp_path)
+
+
+def test_with_the_models_every_answer_weight_is_scored_beside_the_likelihood_and_the_similarity(
+        tmp_path, backbone, tokenizer):
+    row = {"question": "To whom did Rollo swear fealty?", "answers": ["King Charles III"],
+           "answer": "the people of Normandy", "passages": [{"text": TEXT, "weight": 0.9}]}
+    run = tmp_path / "evidence_dev_adapter.json"
+    run.write_text(json.dumps({"split": "dev", "rows": [row]}))
+    compare_weights([run], tmp_path, backbone, tokenizer, "tiny", SentenceEmbedder(tiny_bert(), tokenizer))
+    results = json.loads((tmp_path / "evidence_weights.json").read_text())["results"]
+    full = {(r["question"], r["answer"]) for r in results
+            if (r["likelihood"], r["similarity"]) == (LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT)}
+    assert full == set(WEIGHT_GRID) | {(QUESTION_WEIGHT, ANSWER_WEIGHT)}
+    assert any((r["likelihood"], r["similarity"]) == (LIKELIHOOD_WEIGHT, 0.0) for r in results)
 
 
 def test_the_render_benchmark_cites_a_full_sentence_from_the_middle_of_a_page():
