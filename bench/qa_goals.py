@@ -48,7 +48,8 @@ def app_score(row: dict, metric: str) -> float:
     return 0.0 if said_not_found(row) else row[metric]
 
 
-def by_question(run: dict) -> dict[str, dict]:
+def by_question(run: dict) -> dict[tuple[str, str], dict]:
+    """A run's rows by (article, question)."""
     return {(r["article"], r["question"]): r for r in run["rows"]}
 
 

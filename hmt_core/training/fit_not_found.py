@@ -12,9 +12,9 @@ never saw) are also answered as the app answers them, with the adapter and `--pa
 fit the adapter's own threshold: how likely it finds answering NOT_FOUND (hmt_core.answer.not_found_score). The
 threshold lets a further `--reader-miss` of those articles' answerable questions, beyond those the recall rule
 already tells "not found", be told so too. It is written as `fitted_not_found_above`, and used (`not_found_above`)
-only with `--use-reader-threshold`: on the shipped adapter it caught twice as many unanswerable questions as it cost
+only with `--use-reader-threshold`: on the first adapter it caught twice as many unanswerable questions as it cost
 answerable ones (0.08 against 0.04) for a quarter more time to the first token (1.27x in bench.qa), too little
-to pay.
+to pay; on the third (shipped) one, 0.11 against 0.04 on the development articles.
 
     python -m hmt_core.training.fit_not_found --hmt-weights assets/hmt-smollm2-135m \
         [--answer-adapter assets/answer-lora-smollm2-135m --passages 1]
