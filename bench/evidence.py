@@ -104,13 +104,29 @@ def evidence_row(state, passages, question: str, answers: list[str], answer: str
             "sentences": len(sentence_spans(texts["app"] or "")), "chars": len(texts["app"] or "")}
 
 
+def remembered(weighers: dict, question: str, memo: dict) -> dict:
+    """shortlist_weighers' weighers with their values kept in `memo` per (weigher, question, sentences in order), so
+    that passes over the same rows under other weights never weigh the same shortlist twice (same values: the same
+    batch is never computed again)."""
+    def keep(kind: str, weigh):
+        def weigh_once(sentences: list[str]) -> list[float]:
+            key = (kind, question, tuple(sentences))
+            if key not in memo:
+                memo[key] = weigh(sentences)
+            return memo[key]
+        return None if weigh is None else weigh_once
+
+    return {kind: keep(kind, weigh) for kind, weigh in weighers.items()}
+
+
 def rescore(rows: list[dict], question_weight: float, answer_weight: float, backbone=None,
-            tokenizer=None, embedder=None) -> list[bool]:
+            tokenizer=None, embedder=None, memo: dict | None = None) -> list[bool]:
     """Per saved row: whether the evidence these weights choose among its passages holds a gold answer (the
     passages' text stands in for the document; after a 'not found' answer, the sentence closest to the question, as
     the app shows it; a withheld answer has no evidence). With a backbone and its tokenizer, the shortlist is
     weighed by its likelihood of the question as in the app, and with an embedder by the sentence similarity too;
-    without, the lexical overlap alone (no model)."""
+    without, the lexical overlap alone (no model). `memo`, shared across calls, keeps the models' values
+    (remembered)."""
     hits = []
     for row in rows:
         state, text, passages = MemoryState("hmt", torch.zeros(0, 1)), "", []
@@ -120,9 +136,11 @@ def rescore(rows: list[dict], question_weight: float, answer_weight: float, back
             passages.append(Passage([], "passages", None, None, start, start + len(p["text"]), p["text"], p["weight"]))
         state.sources["passages"] = SourceText("passages", text)
         said = evidence_answer(row["answer"])  # as the app shows it
+        weighers = shortlist_weighers(backbone, tokenizer, row["question"], embedder)
+        if memo is not None:
+            weighers = remembered(weighers, row["question"], memo)
         best = [] if said is None else rank_evidence(state, passages, row["question"], said, question_weight,
-                                                     answer_weight, **shortlist_weighers(backbone, tokenizer,
-                                                                                         row["question"], embedder))
+                                                     answer_weight, **weighers)
         hits.append(holds(best[0].text if best else None, row["answers"]))
     return hits
 
@@ -146,13 +164,14 @@ def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=No
         grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0)] = [
             float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT)]
     app = grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0)]
+    memo: dict = {}  # the models' values, shared by the passes below
     if backbone is not None:
         grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, 0.0)] = [
-            float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT, backbone, tokenizer)]
+            float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT, backbone, tokenizer, memo=memo)]
     if backbone is not None and embedder is not None:
         for qw, aw in dict.fromkeys((*WEIGHT_GRID, (QUESTION_WEIGHT, ANSWER_WEIGHT))):
             grid[(qw, aw, LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT)] = [
-                float(h) for h in rescore(rows, qw, aw, backbone, tokenizer, embedder)]
+                float(h) for h in rescore(rows, qw, aw, backbone, tokenizer, embedder, memo)]
     results = []
     for (qw, aw, lw, sw), hits in grid.items():
         results.append({"question": qw, "answer": aw, "likelihood": lw, "similarity": sw, "hit": sum(hits) / len(hits),

@@ -7,7 +7,8 @@ import pytest
 import torch
 from tiny_models import tiny_bert
 
-from bench.evidence import WEIGHT_GRID, compare_weights, evidence_row, first_sentence, holds, rescore
+from bench.evidence import (WEIGHT_GRID, compare_weights, evidence_row, first_sentence, holds, remembered,
+                            rescore)
 from bench.render import middle_sentence
 from hmt_core.answer import NOT_FOUND, WITHHELD, Passage
 from hmt_core.embedder import SentenceEmbedder
@@ -83,6 +84,15 @@ def test_with_the_models_every_answer_weight_is_scored_beside_the_likelihood_and
             if (r["likelihood"], r["similarity"]) == (LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT)}
     assert full == set(WEIGHT_GRID) | {(QUESTION_WEIGHT, ANSWER_WEIGHT)}
     assert any((r["likelihood"], r["similarity"]) == (LIKELIHOOD_WEIGHT, 0.0) for r in results)
+    weighed = []  # each shortlist is weighed once across passes, with the same values as without the memo
+    likelihood = lambda sentences: weighed.append(sentences) or [float(len(s)) for s in sentences]  # noqa: E731
+    memo: dict = {}
+    kept = remembered({"likelihood": likelihood, "similarity": None}, "q", memo)
+    assert kept["similarity"] is None
+    assert kept["likelihood"](["a", "bb"]) == kept["likelihood"](["a", "bb"]) == [1.0, 2.0] and len(weighed) == 1
+    assert kept["likelihood"](["bb", "a"]) == [2.0, 1.0] and len(weighed) == 2
+    assert rescore([row] * 3, 1.0, 0.5, backbone, tokenizer, memo=memo) == rescore([row] * 3, 1.0, 0.5, backbone,
+                                                                                     tokenizer)
 
 
 def test_the_render_benchmark_cites_a_full_sentence_from_the_middle_of_a_page():
