@@ -284,7 +284,8 @@ class Handlers:
             session.check_model(self.engine.fingerprint)
         finally:
             session.busy = False
-        final = {"passages": views.passages_html(state, passages, question, evidence, found)} if passages else {}
+        final = ({"passages": views.passages_html(state, passages, question, evidence, found, answer)} if passages
+                 else {})
         yield {"chat": self._chat(session), "ask_status": status, "memory": self.memory_panel(session),
                "result": result, "session": session, "documents": views.documents_markdown(session),
                **final, **self._chat_enabled(session.ready)}

@@ -57,6 +57,7 @@ CSS = """
 .hmt-empty { color: var(--body-text-color-subdued); font-style: italic; }
 #model-note { font-size: .9em; }
 .hmt-passages mark.hmt-evidence { background: #bbf7d0; color: #14532d; box-shadow: 0 0 0 1px #16a34a; }
+.hmt-passages mark.hmt-answer { font-weight: 700; text-decoration: underline; }
 .hmt-evidence-box { border-left: 3px solid #16a34a; padding: 4px 10px; margin: 8px 0; }
 .hmt-cite { background: none; border: none; padding: 0; font: inherit; font-weight: bold; color: inherit;
   text-decoration: underline dotted; cursor: pointer; }

@@ -210,6 +210,16 @@ def passage_body(state: MemoryState, passage: Passage, question: str, evidence: 
     return marked(shown, words, move_spans(spans, passage.text, shown), move_spans(found, passage.text, shown))
 
 
+def answer_spans(text: str, answer: str) -> list[Span]:
+    """Where the answer stands word for word in text (case and runs of white space aside; a closing full stop or
+    the ' …' of an answer cut at a loop left out): the answer quoted in its evidence, to be marked there."""
+    words = answer.strip().rstrip(" …").rstrip(".").split()
+    if not words:
+        return []
+    pattern = re.compile(r"\s+".join(re.escape(w) for w in words), re.IGNORECASE)
+    return [m.span() for m in pattern.finditer(text)]
+
+
 def evidence_in(passage: Passage, evidence: list[Evidence]) -> Evidence | None:
     """The best evidence that lies in this passage, if any (evidence: strongest first, as rank_evidence gives it)."""
     return next((e for e in evidence if e.source == passage.source
@@ -233,7 +243,8 @@ def legend(channels: list[str], evidence: bool = False, found: bool = True) -> s
     if evidence and found:
         shown.append('<mark class="hmt-evidence">the evidence</mark>: the sentence sharing the most rare words with '
                      'the question and the answer, among those the model finds most likely to prompt the question '
-                     'and closest to it in meaning')
+                     'and closest to it in meaning, with <mark class="hmt-evidence hmt-answer">the answer</mark> '
+                     'in it where it stands there word for word')
     elif evidence:
         shown.append('<mark class="hmt-evidence">the closest sentence</mark>: the one nearest the question, shown so '
                      'that you can check the answer "not found"')
@@ -249,12 +260,12 @@ def _cite_button(key: str, label: str) -> str:
 
 
 def passages_html(state: MemoryState | None, passages: list[Passage], question: str,
-                  evidence: list[Evidence] = (), found: bool = True) -> str:
+                  evidence: list[Evidence] = (), found: bool = True, answer: str = "") -> str:
     """The answer's evidence first (evidence[0], once the answer is done; after a 'not found', found False, it is
-    headed as the closest sentence), then the recalled passages, strongest first, with their place in the
-    documents, why each was recalled (the recall channels' parts) and the matched words, token windows and evidence
-    marked, under a legend. The evidence and each document passage's name are buttons that show the cited page
-    (data-cite: 'evidence' or the passage's number)."""
+    headed as the closest sentence), with the answer marked in it where it stands there word for word, then the
+    recalled passages, strongest first, with their place in the documents, why each was recalled (the recall
+    channels' parts) and the matched words, token windows and evidence marked, under a legend. The evidence and each
+    document passage's name are buttons that show the cited page (data-cite: 'evidence' or the passage's number)."""
     if state is None or not passages:
         return '<div class="hmt-passages hmt-empty">Ask a question to see which passages the memory recalled.</div>'
     channels = list(dict.fromkeys(c for p in passages for c in p.contributions)) or ["memory"]
@@ -262,10 +273,12 @@ def passages_html(state: MemoryState | None, passages: list[Passage], question: 
     if evidence:
         best = evidence[0]
         head = "Evidence" if found else "Closest sentence (no answer found)"
+        text = reflow(best.text)
+        quoted = answer_spans(text, answer) if found else []
         blocks.append(f'<div class="hmt-evidence-box"><div class="hmt-where"><b>{head}</b> · '
                       + _cite_button("evidence", html.escape(evidence_where(best)))
-                      + f' · score {best.score:.2f}</div><div class="hmt-text"><mark class="hmt-evidence">'
-                      f'{html.escape(reflow(best.text))}</mark></div></div>')
+                      + f' · score {best.score:.2f}</div><div class="hmt-text">'
+                      + marks(text, {"hmt-evidence": [(0, len(text))], "hmt-answer": quoted}) + "</div></div>")
     for n, passage in enumerate(documents_first(passages), 1):
         why = reasons(passage)
         name = f"[{n}] {html.escape(where(passage))}"

@@ -40,18 +40,21 @@ from hmt_core.training.train_answer import DEV_ARTICLES
 from hmt_core.backbone import cache_argument
 
 # Re-read variants with the fused recall's passages or the gold segment alone (the oracle): (passages, how many in
-# the prompt, system prompt, answer adapter on); three recalled passages are shown either way. "sentences" is
-# SYSTEM_PROMPT (one or two sentences), "short" ANSWER_PROMPT (a short phrase from the passages, or NOT_FOUND), the
-# prompt the adapter was trained with.
+# the prompt, system prompt, answer adapter on, answers kept quotes of the passages); three recalled passages are shown
+# either way. "sentences" is SYSTEM_PROMPT (one or two sentences), "short" ANSWER_PROMPT (a short phrase from the
+# passages, or NOT_FOUND), the prompt the adapter was trained with. "quoted" rows keep the answer a verbatim quote of
+# the passages in the prompt (hmt_core.quoting); the others never do, whatever the adapter's answering.json says.
 VARIANTS = {
-    "reread_1": ("recall", 1, "sentences", False),
-    "reread_short": ("recall", 3, "short", False),
-    "reread_short_1": ("recall", 1, "short", False),
-    "reread_adapter": ("recall", 3, "short", True),
-    "reread_adapter_1": ("recall", 1, "short", True),
-    "oracle": ("gold", 1, "sentences", False),
-    "oracle_short": ("gold", 1, "short", False),
-    "oracle_adapter": ("gold", 1, "short", True),
+    "reread_1": ("recall", 1, "sentences", False, False),
+    "reread_short": ("recall", 3, "short", False, False),
+    "reread_short_1": ("recall", 1, "short", False, False),
+    "reread_adapter": ("recall", 3, "short", True, False),
+    "reread_adapter_1": ("recall", 1, "short", True, False),
+    "reread_adapter_1_quoted": ("recall", 1, "short", True, True),
+    "oracle": ("gold", 1, "sentences", False, False),
+    "oracle_short": ("gold", 1, "short", False, False),
+    "oracle_adapter": ("gold", 1, "short", True, False),
+    "oracle_adapter_quoted": ("gold", 1, "short", True, True),
 }
 PROMPTS = {"sentences": SYSTEM_PROMPT, "short": ANSWER_PROMPT}
 METHODS = ("full_context", "segment_only", "hmt_faithful", "hmt_reread", "memory_reread", "minilm_reread",
@@ -117,10 +120,10 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
     not_found_score and whether the adapter's threshold would have said 'not found' (reader_above)."""
     mode = "faithful" if method == "hmt_faithful" else "reread"
     channels = ("memory",) if method == "memory_reread" else None
-    top, system, use = None, None, None
+    top, system, use, quote = None, None, None, None
     ranking = rankings.get(method)
     if method in VARIANTS:
-        passages, top, prompt, on = VARIANTS[method]
+        passages, top, prompt, on, quote = VARIANTS[method]
         ranking = rankings["gold"] if passages == "gold" else None
         system, use = PROMPTS[prompt], adapter if on else None
     started, first = time.perf_counter(), None
@@ -129,7 +132,7 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
     scored = use is not None and use.not_found_above is not None  # the score costs time only where the app uses it
     for event in stream_answer(model, tokenizer, state, question, mode=mode, channels=channels,
                                max_new_tokens=max_new_tokens, ranking=ranking, prompt_passages=top,
-                               cut_loops=False, adapter=use, system=system, score_not_found=scored):
+                               cut_loops=False, adapter=use, system=system, score_not_found=scored, quote=quote):
         if event.kind == "recall" and event.recall is not None and rule is not None and not below:
             below = rule.says_not_found(event.recall)
         if event.kind == "token" and first is None:
@@ -171,14 +174,15 @@ def main() -> None:
     parser.add_argument("--results", default=None, help="the results' file name (default: from the options)")
     args = parser.parse_args()
     methods = args.methods or list(ADAPTER_METHODS if args.answer_adapter else DEFAULT_METHODS)
-    if any(VARIANTS.get(m, (0, 0, 0, False))[3] for m in methods) and not args.answer_adapter:
+    if any(VARIANTS.get(m, (0, 0, 0, False, False))[3] for m in methods) and not args.answer_adapter:
         parser.error("the adapter rows need --answer-adapter")
     model, tokenizer = load_model(args)
     adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
     rule = load_not_found(args.hmt_weights) if args.hmt_weights else None
     app_method = "hmt_reread"
     if adapter is not None:
-        app_method = next(m for m, v in VARIANTS.items() if v == ("recall", adapter.passages, "short", True))
+        app_method = next(m for m, v in VARIANTS.items()
+                          if v == ("recall", adapter.passages, "short", True, adapter.quote))
     backbone = model.backbone
     window = backbone.config.max_position_embeddings
     minilm = load_embedder() if "minilm_reread" in methods else None
@@ -273,7 +277,7 @@ def summarize(args, model, methods, rows, negatives, rule, app_method, truncated
     latency = {}
     twin = None  # the app's row with the adapter off: same prompt and passages
     if app_method in VARIANTS:
-        twin = next((m for m, v in VARIANTS.items() if v == (*VARIANTS[app_method][:3], False)), None)
+        twin = next((m for m, v in VARIANTS.items() if v == (*VARIANTS[app_method][:3], False, False)), None)
     if app_method in methods and twin in methods:
         pairs = [(r[app_method]["first_token_seconds"], r[twin]["first_token_seconds"]) for r in rows
                  if r[app_method]["first_token_seconds"] and r[twin]["first_token_seconds"]]
@@ -300,8 +304,8 @@ def report(result: dict, methods: list[str]) -> str:
              f"{config['sensory_size']}, HMT weights {describe_weights(result['hmt_weights'])}, answer adapter "
              f"{result['answer_adapter'] or 'none'}, greedy, {result['max_new_tokens']} new tokens; "
              f"{result['wall_seconds']:.0f} s on {result['machine']['cpu']}, {result['machine']['cores']} cores. "
-             "Brackets: 95% bootstrap intervals over questions. Variants: (passages, how many, prompt, adapter) = "
-             + "; ".join(f"{m} {VARIANTS[m]}" for m in methods if m in VARIANTS) + ".", "",
+             "Brackets: 95% bootstrap intervals over questions. Variants: (passages, how many, prompt, adapter, "
+             "quoted) = " + "; ".join(f"{m} {VARIANTS[m]}" for m in methods if m in VARIANTS) + ".", "",
              *table_head("method", "contains", "token F1", "words", "says not found")]
     for m in [*methods, "app"]:
         r = result["scores"].get(m)

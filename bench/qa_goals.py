@@ -2,7 +2,8 @@
 "not found"').
 
 The reader's goals are ratios between two runs: the adapter given the gold segment against the untuned reader given
-the same segment (its `oracle` rows, bench/results/qa_reader.json), and the app's re-read against its own oracle.
+the same segment (its `oracle` rows, bench/results/qa_reader.json), and the app's re-read against its own oracle (the
+gold segment read the same way: the same adapter, prompt and quoting).
 Greedy decoding makes each answer the same in any run, so the runs pair up question by question; a ratio's interval
 resamples the questions (both sides of each pair together). With --before, the same run of an earlier adapter gives
 paired differences. No model is loaded.
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from bench.common import bootstrap, table_head, table_row, write_results
-from bench.qa import said_not_found
+from bench.qa import VARIANTS, said_not_found
 
 SAMPLES = 2000
 
@@ -48,6 +49,13 @@ def app_score(row: dict, metric: str) -> float:
     return 0.0 if said_not_found(row) else row[metric]
 
 
+def oracle_of(app: str) -> str:
+    """The oracle row that goes with the app's re-read `app`: the gold segment alone, read as `app` reads (the same
+    prompt, adapter and quoting)."""
+    _, _, prompt, adapter, quote = VARIANTS[app]
+    return next(m for m, v in VARIANTS.items() if v == ("gold", 1, prompt, adapter, quote))
+
+
 def by_question(run: dict) -> dict[tuple[str, str], dict]:
     """A run's rows by (article, question)."""
     return {(r["article"], r["question"]): r for r in run["rows"]}
@@ -57,26 +65,29 @@ def goals(run: dict, untuned: dict, before: dict | None = None, before_name: str
     """The goals' ratios (and, with `before`, named `before_name`, paired differences) on the questions `run` and
     `untuned` share."""
     app, plain = run["app_method"], by_question(untuned)
+    oracle = oracle_of(app)
     rows = [r for r in run["rows"] if (r["article"], r["question"]) in plain]
     base = [plain[(r["article"], r["question"])]["oracle"] for r in rows]
-    out = {"questions": len(rows), "app_method": app, "answer_adapter": run["answer_adapter"],
-           "oracle_f1_vs_untuned": ratio([r["oracle_adapter"]["f1"] for r in rows], [b["f1"] for b in base]),
-           "oracle_contains_vs_untuned": ratio([r["oracle_adapter"]["contains"] for r in rows],
-                                               [b["contains"] for b in base]),
-           "reread_f1_vs_oracle": ratio([r[app]["f1"] for r in rows], [r["oracle_adapter"]["f1"] for r in rows]),
-           "app_f1_vs_oracle": ratio([app_score(r[app], "f1") for r in rows],
-                                     [r["oracle_adapter"]["f1"] for r in rows]),
+    out = {"questions": len(rows), "app_method": app, "oracle_method": oracle, "answer_adapter": run["answer_adapter"],
+           "oracle_f1_vs_untuned": ratio([r[oracle]["f1"] for r in rows], [b["f1"] for b in base]),
+           "oracle_contains_vs_untuned": ratio([r[oracle]["contains"] for r in rows], [b["contains"] for b in base]),
+           "reread_f1_vs_oracle": ratio([r[app]["f1"] for r in rows], [r[oracle]["f1"] for r in rows]),
+           "app_f1_vs_oracle": ratio([app_score(r[app], "f1") for r in rows], [r[oracle]["f1"] for r in rows]),
            "not_found": {kind: rates["app"] for kind, rates in run["not_found"].items()}}
     if before is not None:
         earlier = by_question(before)
         pairs = [(r, earlier[(r["article"], r["question"])]) for r in rows if (r["article"], r["question"]) in earlier]
-        out["before"] = {"run": before_name, "answer_adapter": before["answer_adapter"], "questions": len(pairs)}
-        for name, method, score in (("reread_f1", app, lambda r: r["f1"]),
-                                    ("oracle_f1", "oracle_adapter", lambda r: r["f1"]),
-                                    ("oracle_contains", "oracle_adapter", lambda r: r["contains"]),
-                                    ("app_f1", app, lambda r: app_score(r, "f1")),
-                                    ("answerable_not_found", app, lambda r: float(said_not_found(r)))):
-            out["before"][name] = difference([score(a[method]) for a, _ in pairs], [score(b[method]) for _, b in pairs])
+        then = before["app_method"]
+        out["before"] = {"run": before_name, "answer_adapter": before["answer_adapter"], "app_method": then,
+                         "questions": len(pairs)}
+        for name, now_method, then_method, score in (
+                ("reread_f1", app, then, lambda r: r["f1"]),
+                ("oracle_f1", oracle, oracle_of(then), lambda r: r["f1"]),
+                ("oracle_contains", oracle, oracle_of(then), lambda r: r["contains"]),
+                ("app_f1", app, then, lambda r: app_score(r, "f1")),
+                ("answerable_not_found", app, then, lambda r: float(said_not_found(r)))):
+            out["before"][name] = difference([score(a[now_method]) for a, _ in pairs],
+                                             [score(b[then_method]) for _, b in pairs])
     return out
 
 

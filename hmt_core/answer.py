@@ -23,6 +23,7 @@ from .backbone import final_hidden_states, lm_logits
 from .embedder import SentenceEmbedder
 from .evidence import Evidence, rank_evidence, shortlist_weighers
 from .memory_model import MemoryModel
+from .quoting import QuoteGuard
 from .reader import Reader
 from .recall import Recall, matched_windows, recall
 from .state import MemoryState
@@ -344,7 +345,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
                   channels: tuple[str, ...] | list[str] | None = None, cut_loops: bool = True,
                   adapter: AnswerAdapter | None = None, system: str | None = None,
                   not_found: NotFoundRule | None = None, prompt_passages: int | None = None,
-                  score_not_found: bool = False, embedder: SentenceEmbedder | None = None) -> Iterator[AnswerEvent]:
+                  score_not_found: bool = False, embedder: SentenceEmbedder | None = None,
+                  quote: bool | None = None) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The question recalls with the channels asked for (default: every channel the model's config weighs; memory
@@ -369,7 +371,9 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     not_found_score is above its `not_found_above`; 'done' then has found=False, as it does when the reader itself
     answers NOT_FOUND. The passages are shown either way, with the sentence closest to the question as the evidence
     (for a person to check the 'not found'). The not_found_score (one short backbone call before the
-    first token) is computed only when that threshold is in use, or with score_not_found (to fit it).
+    first token) is computed only when that threshold is in use, or with score_not_found (to fit it). With `quote`
+    (default: the adapter's `quote`; off without an adapter), the re-read answer is kept a verbatim quote of the
+    passages in its prompt, or the not-found reply (hmt_core.quoting).
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"mode must be one of {ANSWER_MODES}")
@@ -379,6 +383,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         raise ValueError("recall-and-re-read needs a model with recall (HMT) and at least one segment read")
     work = state.copy()
     passages: list[Passage] = []
+    guard = None  # QuoteGuard, when the answer is to quote the passages
     use = adapter if mode == "reread" else None  # the adapter was trained on the re-read prompt only
     system = use.prompt if use is not None else (system or SYSTEM_PROMPT)
     switch = use.on if use is not None else nullcontext
@@ -407,6 +412,10 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             work, detail.weights if ranking is None else ranking, n_read, detail)
         embeds = model.embed(torch.tensor([chat_ids(tokenizer, reread_messages(question, read, system))]))
         segment = None  # no rollover: the prompt is longer than a segment, so generation stays in one backbone call
+        quoted = quote if quote is not None else (use is not None and use.quote)
+        if quoted:
+            guard = QuoteGuard(tokenizer, [p.text for p in read], use.not_found if use is not None else NOT_FOUND,
+                               stop_ids(model, tokenizer))
     else:
         prompt = question_ids
         reader = Reader(model, tokenizer, work)
@@ -444,6 +453,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             return
     for _ in range(max_new_tokens):
         logits = lm_logits(backbone, hidden[0, -1]).float()
+        if guard is not None:
+            logits = guard.restrict(logits, decoder.ids)
         token = _sample(logits, temperature, top_p, generator, decoder.ids, repetition_penalty)
         if token in stops:
             break

@@ -37,8 +37,8 @@ class AnswerAdapter:
     with (answers follow it best) and `not_found` the reply it was trained to give when the passages do not say.
     From ANSWERING_FILE when the folder has one: `passages`, how many of the recalled passages its prompt holds (the
     rest are still shown), and `not_found_above`, the mean log-probability per token of answering `not_found` above
-    which the answer is "not found" (hmt_core.answer.not_found_score); without the file, 3 passages and no such
-    threshold."""
+    which the answer is "not found" (hmt_core.answer.not_found_score), and `quote`, whether answers are kept verbatim
+    quotes of the passages (hmt_core.quoting); without the file, 3 passages, no such threshold and no quoting."""
 
     def __init__(self, backbone: nn.Module, folder: Path, settings: dict) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -51,6 +51,7 @@ class AnswerAdapter:
         self.passages: int = int(answering.get("passages", 3))
         above = answering.get("not_found_above")
         self.not_found_above: float | None = None if above is None else float(above)
+        self.quote: bool = bool(answering.get("quote", False))
         self.layers = [m for m in backbone.modules() if isinstance(m, BaseTunerLayer)]
         for p in backbone.parameters():
             p.requires_grad_(False)
@@ -79,7 +80,8 @@ class AnswerAdapter:
 
     def describe(self) -> str:
         s = self.settings
-        return f"LoRA rank {s['lora']['rank']}, trained on {s['training']['examples']} examples"
+        quoted = ", answers kept quotes of the passage" if self.quote else ""
+        return f"LoRA rank {s['lora']['rank']}, trained on {s['training']['examples']} examples{quoted}"
 
 
 def add_answer_lora(backbone: nn.Module, rank: int, alpha: float, dropout: float, targets: list[str],

@@ -19,7 +19,7 @@ only (bench.evidence --split dev and --split train, then --rescore --likelihood;
 adapter's answers, the evidence held the gold answer for 0.914 of 347 questions, against 0.862 with the likelihood
 alone before the pronoun join (0.870 with it) and 0.824 with the overlap alone; the weights 0.25 to 8 for the cosine
 were tried there, and the sentence before as context for the likelihood, which did worse. Held out: 0.878 against
-0.861 with the second adapter's answers, 0.871 with the third's (README).
+0.861 with the second adapter's answers, 0.871 with the third's, 0.867 with the third's quoted (the app; README).
 
 The weights were chosen by measurement on training SQuAD articles (bench.evidence --split train; README): with this
 small reader, whose answers are often wrong or ramble, the question is the surer guide and the answer the tie-breaker

@@ -20,7 +20,8 @@ to pay; on the third (shipped) one, 0.11 against 0.04 on the development article
         [--answer-adapter assets/answer-lora-smollm2-135m --passages 1]
 
 Writes <hmt-weights>/not_found.json (the rule, and every candidate's rates on the training questions) and, with an
-adapter, <answer-adapter>/answering.json (passages, not_found_above, and the rates on the development questions).
+adapter, <answer-adapter>/answering.json (passages, not_found_above, and the rates on the development questions;
+what the file already holds beside them, such as `quote`, is kept).
 """
 
 from __future__ import annotations
@@ -142,12 +143,14 @@ def main(argv: list[str] | None = None) -> None:
     if adapter is not None:
         dev = [s for s in samples if "reader" in s]
         above, rates = choose_reader(dev, best, below, args.reader_miss)
-        answering = {"passages": args.passages, "not_found_above": above if args.use_reader_threshold else None,
+        file = Path(args.answer_adapter) / ANSWERING_FILE
+        kept = json.loads(file.read_text()) if file.exists() else {}  # choices made elsewhere ("chosen", "quote")
+        answering = {**kept, "passages": args.passages, "not_found_above": above if args.use_reader_threshold else None,
                      "fitted_not_found_above": above, "reader_miss": args.reader_miss,
                      "articles": list(DEV_ARTICLES), "hmt_weights": Path(args.hmt_weights).name,
                      "questions": {k: sum(s["kind"] == k for s in dev) for k in KINDS}, "not_found_rate": rates,
                      "command": record["command"]}
-        (Path(args.answer_adapter) / ANSWERING_FILE).write_text(json.dumps(answering, indent=1) + "\n")
+        file.write_text(json.dumps(answering, indent=1) + "\n")
         print(json.dumps(answering), flush=True)
 
 

@@ -1,4 +1,10 @@
+import torch
+
+from app import views
 from app.views import reflow
+from hmt_core.answer import Passage
+from hmt_core.evidence import Evidence
+from hmt_core.state import MemoryState, SourceText
 
 
 def test_reflow_joins_pdf_line_wraps_and_keeps_paragraphs():
@@ -9,3 +15,24 @@ def test_reflow_joins_pdf_line_wraps_and_keeps_paragraphs():
     assert reflow("one line") == "one line"
     assert reflow("\n\n") == ""
 
+
+
+def test_the_answer_is_found_word_for_word_in_its_evidence():
+    text = "The Spanish renamed the fort San\nMateo, and the French left."
+    assert views.answer_spans(text, "san mateo.") == [(29, 38)]  # case, the line break and the full stop aside
+    assert views.answer_spans(text, " the French …") == [(44, 54)]  # an answer cut at a loop
+    assert views.answer_spans(text, "Santa Fe") == [] and views.answer_spans(text, "  ") == []
+
+
+def test_the_evidence_box_marks_the_answer_in_the_evidence_but_not_after_a_not_found():
+    state = MemoryState("hmt", torch.zeros(0, 1))
+    text = "The Spanish renamed the fort San Mateo. The French left."
+    state.sources["book"] = SourceText("book", text)
+    passage = Passage([0], "book", None, None, 0, len(text), text, 1.0)
+    evidence = [Evidence(text[:38], "book", None, None, 0, 38, 1.0)]
+    shown = views.passages_html(state, [passage], "What was it renamed?", evidence, True, "San Mateo")
+    box = shown[shown.index("hmt-evidence-box"):shown.index('class="hmt-passage"')]
+    assert '<mark class="hmt-evidence hmt-answer">San Mateo</mark>' in box
+    assert '<mark class="hmt-evidence">The Spanish renamed the fort </mark>' in box
+    closest = views.passages_html(state, [passage], "What was it renamed?", evidence, False, "San Mateo")
+    assert "hmt-answer\">" not in closest[closest.index("hmt-evidence-box"):closest.index('class="hmt-passage"')]

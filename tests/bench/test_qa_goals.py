@@ -1,6 +1,6 @@
 """bench.qa_goals pairs saved bench.qa runs question by question and reads the goals off them."""
 
-from bench.qa_goals import goals, ratio, report
+from bench.qa_goals import goals, oracle_of, ratio, report
 
 
 def answer(f1: float, contains: float, found: bool = True, below: bool = False) -> dict:
@@ -26,7 +26,7 @@ def test_goals_pair_the_runs_by_question_and_count_not_found_as_wrong_for_the_ap
         "not_found": {"answerable": {"app": rate(0.5)}, "squad2": {"app": rate(0.25)}}}
     untuned = {"rows": [{"article": "A", "question": "q2", "oracle": answer(0.25, 1.0)},
                         {"article": "A", "question": "q1", "oracle": answer(0.25, 1.0)}]}
-    before = {"answer_adapter": "old", "rows": [
+    before = {"answer_adapter": "old", "app_method": "reread_adapter_1", "rows": [
         {"article": "A", "question": "q1", "reread_adapter_1": answer(0.0, 0.0), "oracle_adapter": answer(0.5, 0.0)},
         {"article": "A", "question": "q2", "reread_adapter_1": answer(0.5, 0.0), "oracle_adapter": answer(0.5, 1.0)}]}
     g = goals(run, untuned, before, "old.json")
@@ -39,3 +39,9 @@ def test_goals_pair_the_runs_by_question_and_count_not_found_as_wrong_for_the_ap
     table = report(g)
     assert "| token F1 with the gold segment / the untuned reader's | 4.000 [4.000, 4.000] | >= 2 |" in table
     assert "Paired differences against old.json (2 questions)" in table
+
+
+def test_the_oracle_of_a_quoted_reread_is_the_quoted_oracle():
+    assert oracle_of("reread_adapter_1") == "oracle_adapter"
+    assert oracle_of("reread_adapter_1_quoted") == "oracle_adapter_quoted"
+    assert oracle_of("reread_1") == "oracle"

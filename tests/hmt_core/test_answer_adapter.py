@@ -181,3 +181,17 @@ def test_answering_settings_pick_the_prompts_passages_and_the_adapters_not_found
     assert [e.kind for e in events] == ["recall", "done"] and not events[-1].found and events[-1].text == NOT_FOUND
     kept = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter))
     assert kept[-1].found and kept[-1].ids == one[-1].ids  # without a rule, the adapter's threshold is not used
+
+
+def test_the_adapters_answering_settings_say_whether_its_answers_quote_the_passages(tmp_path, tokenizer) -> None:
+    save_tiny_adapter(tmp_path)
+    model = HMT(make_backbone("llama"), HMTConfig(segment_length=32, sensory_size=4))
+    assert not load_answer_adapter(make_backbone("llama"), tmp_path).quote  # without answering.json
+    (tmp_path / ANSWERING_FILE).write_text(json.dumps({"passages": 1, "quote": True}))
+    adapter = load_answer_adapter(model.backbone, tmp_path)
+    assert adapter.quote and "quotes of the passage" in adapter.describe()
+    state = read_text(model, tokenizer, "".join(CORPUS) * 3, source="book")
+    answers = {quote: [list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter,
+                                          quote=quote))[-1].ids for question in ("what is the passkey?", "who?", "why?")]
+               for quote in (None, True, False)}
+    assert answers[None] == answers[True] != answers[False]  # the adapter's setting is the default
