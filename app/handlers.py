@@ -276,7 +276,8 @@ class Handlers:
             session.cited = self._targets(state, passages, evidence)
             self.engine.remember(state, question, answer, fingerprint)
             result = {"answer": answer.strip(), "citations": views.citations(passages, used),
-                      "evidence": views.evidence_data(evidence, passages, found), "found": found}
+                      "evidence": views.evidence_data(evidence, passages, found, answer),
+                      "found": found}
             status = ""
         except EngineError as err:
             session.chat = session.chat[:-2]

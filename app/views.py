@@ -310,19 +310,23 @@ def citations(passages: list[Passage], channels: tuple[str, ...] | list[str] | N
              "recall_channels": used} for p in documents_first(passages)]
 
 
-def evidence_data(evidence: list[Evidence], passages: list[Passage], found: bool = True) -> dict | None:
+def evidence_data(evidence: list[Evidence], passages: list[Passage], found: bool = True,
+                  answer: str = "") -> dict | None:
     """The answer's evidence (evidence[0]) as plain data for the API: its text, source, page (and last page), its
-    character span in the source's extracted text, its score, the number (from 1) of the citation it lies in, and
+    character span in the source's extracted text, its score, the number (from 1) of the citation it lies in,
     whether it supports an answer ('supports_answer' False after a 'not found': then it is the sentence closest to
-    the question); None without evidence."""
+    the question), and 'answer_span', the span in the same text where the answer stands in it word for word (the
+    first such place; None where it does not); None without evidence."""
     if not evidence:
         return None
     best = evidence[0]
     cited = documents_first(passages)
     inside = next((n for n, p in enumerate(cited, 1) if evidence_in(p, [best]) is best), None)
+    spans = answer_spans(best.text, answer) if found else []
+    quoted = [best.char_start + spans[0][0], best.char_start + spans[0][1]] if spans else None
     return {"text": best.text, "source": best.source, "page": best.page, "page_end": best.page_end,
             "char_start": best.char_start, "char_end": best.char_end, "score": best.score, "citation": inside,
-            "supports_answer": found}
+            "supports_answer": found, "answer_span": quoted}
 
 
 def evidence_line(evidence: list[Evidence], found: bool = True) -> str:

@@ -13,7 +13,8 @@ passage (not "comp" of "compounding"). When no such token is likely enough, the 
 reader: the guard mends near misses and never forces a far one. Chosen on the development articles (README, "The
 answer adapter and 'not found'"): forcing the quote to go on with any of the 32 candidates, or to end where it
 could not go on, turned "by the traditional old boy network" into "by 2010" and "planning, design, and execution"
-into "planning,".
+into "planning,". There, re-read F1 rose from 0.437 to 0.460; held out it did not move (0.394 to 0.393): 15 of
+100 answers changed, mostly wrong ones now spelt as the passage spells them ("simentary" to "sedimentary").
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class QuoteGuard:
         flat = _flat(text).strip()
         if not flat or flat.endswith("\ufffd"):
             return False
-        before = r"(?<![0-9a-z])" if flat[0].isalnum() else ""  # no letter or digit right before or after it
-        after = r"(?![0-9a-z])" if flat[-1].isalnum() else ""
+        before = r"(?<!\w)" if flat[0].isalnum() else ""  # no letter or digit right before or after it
+        after = r"(?!\w)" if flat[-1].isalnum() else ""
         whole = re.compile(before + re.escape(flat) + after)
         return flat == self.reply or any(whole.search(p) for p in self.passages)
 

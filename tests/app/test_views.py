@@ -36,3 +36,13 @@ def test_the_evidence_box_marks_the_answer_in_the_evidence_but_not_after_a_not_f
     assert '<mark class="hmt-evidence">The Spanish renamed the fort </mark>' in box
     closest = views.passages_html(state, [passage], "What was it renamed?", evidence, False, "San Mateo")
     assert "hmt-answer\">" not in closest[closest.index("hmt-evidence-box"):closest.index('class="hmt-passage"')]
+
+
+def test_the_api_evidence_gives_where_the_answer_stands_in_the_document():
+    text = "Intro. The Spanish renamed the fort San Mateo. The French left."
+    passage = Passage([0], "book", None, None, 0, len(text), text, 1.0)
+    evidence = [Evidence(text[7:46], "book", None, None, 7, 46, 1.0)]
+    data = views.evidence_data(evidence, [passage], True, "san mateo")
+    assert text[data["answer_span"][0]:data["answer_span"][1]] == "San Mateo" and data["citation"] == 1
+    assert views.evidence_data(evidence, [passage], True, "Santa Fe")["answer_span"] is None
+    assert views.evidence_data(evidence, [passage], False, "San Mateo")["answer_span"] is None  # 'not found'

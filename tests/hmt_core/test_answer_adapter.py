@@ -191,7 +191,8 @@ def test_the_adapters_answering_settings_say_whether_its_answers_quote_the_passa
     adapter = load_answer_adapter(model.backbone, tmp_path)
     assert adapter.quote and "quotes of the passage" in adapter.describe()
     state = read_text(model, tokenizer, "".join(CORPUS) * 3, source="book")
+    questions = ("what is the passkey?", "who?", "why?")
     answers = {quote: [list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter,
-                                          quote=quote))[-1].ids for question in ("what is the passkey?", "who?", "why?")]
+                                          quote=quote))[-1].ids for question in questions]
                for quote in (None, True, False)}
     assert answers[None] == answers[True] != answers[False]  # the adapter's setting is the default

@@ -27,6 +27,8 @@ def test_a_quote_may_end_only_on_a_whole_word(tokenizer):
     assert guard.can_end("quick brown") and guard.can_end(" over the") and guard.can_end("dog.")
     assert not guard.can_end("quick bro") and not guard.can_end("uick") and not guard.can_end("")
     assert guard.can_end("The documents do not seem to say.") and not guard.can_end("The documents do not")
+    french = QuoteGuard(tokenizer, ["Un café noir."], NOT_FOUND, {0})
+    assert french.can_end("café") and not french.can_end("caf")  # a letter beyond ASCII is part of the word
 
 
 def test_restrict_keeps_only_the_tokens_that_go_on_quoting(tokenizer):
