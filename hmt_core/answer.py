@@ -384,6 +384,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     work = state.copy()
     passages: list[Passage] = []
     guard = None  # QuoteGuard, when the answer is to quote the passages
+    stops = stop_ids(model, tokenizer)
     use = adapter if mode == "reread" else None  # the adapter was trained on the re-read prompt only
     system = use.prompt if use is not None else (system or SYSTEM_PROMPT)
     switch = use.on if use is not None else nullcontext
@@ -415,7 +416,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         quoted = quote if quote is not None else (use is not None and use.quote)
         if quoted:
             guard = QuoteGuard(tokenizer, [p.text for p in read], use.not_found if use is not None else NOT_FOUND,
-                               stop_ids(model, tokenizer))
+                               stops)
     else:
         prompt = question_ids
         reader = Reader(model, tokenizer, work)
@@ -435,7 +436,6 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         segment = list(prompt)
     backbone = model.backbone
     limit = getattr(backbone.config, "max_position_embeddings", None) or 10**9
-    stops = stop_ids(model, tokenizer)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     decoder = _Decoder(tokenizer)
     answer = None  # the answer cut short at a loop, when it loops
