@@ -273,7 +273,7 @@ class Handlers:
             shown = views.md_text(answer.strip() or "(The model gave no answer.)") + (
                 f"\n\n*{views.md_text(cites)}*" if cites else "") + (f"\n\n{views.md_text(said)}" if said else "")
             session.chat[-1] = {"role": "assistant", "content": shown}
-            session.cited = self._targets(state, passages, evidence)
+            session.cited = self._targets(state, passages, evidence, answer if found else "")
             self.engine.remember(state, question, answer, fingerprint)
             result = {"answer": answer.strip(), "citations": views.citations(passages, used),
                       "evidence": views.evidence_data(evidence, passages, found, answer),
@@ -292,10 +292,13 @@ class Handlers:
                **final, **self._chat_enabled(session.ready)}
 
     @staticmethod
-    def _targets(state: MemoryState, passages: list[Passage], evidence: list[Evidence]) -> dict[str, Cited]:
+    def _targets(state: MemoryState, passages: list[Passage], evidence: list[Evidence],
+                 answer: str = "") -> dict[str, Cited]:
         """What each citation shows when clicked: 'evidence' (the answer's evidence) and each document passage by
         its number (views.documents_first), with the passage's own best sentence marked, or before the answer
-        is done the whole passage."""
+        is done the whole passage; inside the answer's evidence, where the answer (empty after a 'not found')
+        stands in it word for word (views.answer_spans, the first place)."""
+        quoted = views.answer_spans(evidence[0].text, answer) if evidence and answer else []
         targets = {}
         for n, passage in enumerate(views.documents_first(passages), 1):
             if passage.source == CHAT_SOURCE:
@@ -303,7 +306,8 @@ class Handlers:
             best = views.evidence_in(passage, evidence)
             start, end = (best.char_start, best.char_end) if best else (passage.char_start, passage.char_end)
             page = best.page if best else passage.page_start
-            targets[str(n)] = Cited(passage.source, page, start, end, passage.char_start, passage.char_end)
+            inside = (start + quoted[0][0], start + quoted[0][1]) if quoted and best is evidence[0] else (None, None)
+            targets[str(n)] = Cited(passage.source, page, start, end, passage.char_start, passage.char_end, *inside)
             if evidence and best is evidence[0]:
                 targets["evidence"] = targets[str(n)]
         source = state.sources
@@ -367,14 +371,19 @@ class Handlers:
     def _make_page_view(self, session: Session, cited: Cited, page: int | None) -> str:
         source = session.memory.sources[cited.source]
         part = pages.part_on_page(source, page, cited.char_start, cited.char_end) if page is not None else None
-        note = "evidence marked" if part else ""
+        quoted = (pages.part_on_page(source, page, cited.answer_start, cited.answer_end)
+                  if page is not None and cited.answer_start is not None else None)
+        note = "evidence and answer marked" if part and quoted else "evidence marked" if part else ""
         record = session.document(cited.source)
         kept = session.originals.get(record.digest) if record is not None and record.kind == "pdf" else None
         if kept is not None and page is not None:
             try:
-                rendered = pages.render_pdf_page(kept.data, page, *(part or (None, 0.0)))
+                rendered = pages.render_pdf_page(kept.data, page, *(part or (None, 0.0)),
+                                                 answer=quoted[0] if quoted else None)
                 if part and not rendered.boxes:
                     note = "the evidence could not be found in this page's characters"
+                elif quoted and not rendered.answer_boxes:
+                    note = "evidence marked"
                 return views.page_image_html(cited.source, page, rendered, note)
             except Exception:  # a page pdfium cannot render still shows as text
                 logger.exception("could not render page %s of %s", page, cited.source)
@@ -398,8 +407,9 @@ class Handlers:
             return [(a, b)] if a < b else []
 
         count = len(source.page_numbers)
+        answer = local(cited.answer_start, cited.answer_end) if cited.answer_start is not None else []
         return views.page_text_html(cited.source, page, count, text, local(cited.char_start, cited.char_end),
-                                    local(cited.passage_start, cited.passage_end), note)
+                                    local(cited.passage_start, cited.passage_end), note, answer)
 
     @staticmethod
     def _chat(session: Session) -> list[dict]:

@@ -24,7 +24,7 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +49,8 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions
 @dataclass(frozen=True)
 class Cited:
     """What a click on a citation shows: a source, the page to show, the span to mark in the source's text (the
-    evidence, or the whole passage before there is one) and the recalled passage's span around it."""
+    evidence, or the whole passage before there is one), the recalled passage's span around it, and where the
+    answer stands word for word inside the evidence (None when it does not, or before there is an answer)."""
 
     source: str
     page: int | None
@@ -57,6 +58,8 @@ class Cited:
     char_end: int
     passage_start: int
     passage_end: int
+    answer_start: int | None = None
+    answer_end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,15 @@ class KeptPdf:
 
 @dataclass
 class RenderedPage:
-    """A PDF page as a PNG image, with the boxes to mark on it and the document's page count."""
+    """A PDF page as a PNG image, with the boxes to mark on it (the evidence's, and the answer's inside them) and the
+    document's page count."""
 
     png: bytes
     width: int
     height: int
     boxes: list[Box]
     page_count: int
+    answer_boxes: list[Box] = field(default_factory=list)
 
     @property
     def data_uri(self) -> str:
@@ -160,10 +165,11 @@ def solid(text: str) -> tuple[str, list[int]]:
     return "".join(chars), where
 
 
-def locate(text: str, wanted: str, near: float = 0.0) -> tuple[int, int] | None:
+def locate(text: str, wanted: str, near: float = 0.0, exact: bool = False) -> tuple[int, int] | None:
     """The span of text that holds wanted, compared on letters and digits alone (solid): of several matches, the one
-    whose start is nearest to `near` (0 = the text's start, 1 = its end); without an exact match, the longest run
-    of wanted that text holds, when that is at least half of wanted. None when nothing fits."""
+    whose start is nearest to `near` (0 = the text's start, 1 = its end); without an exact match (and unless
+    `exact`), the longest run of wanted that text holds, when that is at least half of wanted. None when nothing
+    fits."""
     hay, where = solid(text)
     needle, _ = solid(wanted)
     if not needle or not hay:
@@ -175,6 +181,8 @@ def locate(text: str, wanted: str, near: float = 0.0) -> tuple[int, int] | None:
     if starts:
         start = min(starts, key=lambda s: abs(s / len(hay) - near))
         length = len(needle)
+    elif exact:
+        return None
     else:
         match = difflib.SequenceMatcher(None, hay, needle, autojunk=False).find_longest_match()
         if match.size < max(8, len(needle) // 2):
@@ -217,11 +225,23 @@ def _to_image(page: pdfium.PdfPage, width: int, height: int, x: float, y: float)
     return dx.value, dy.value
 
 
+def _boxes(textpage: pdfium.PdfTextPage, page: pdfium.PdfPage, width: int, height: int,
+           span: tuple[int, int]) -> list[Box]:
+    """The boxes (fractions of the image) of the page's characters span[0]:span[1], one per run on a line."""
+    boxes: list[Box] = []
+    for i in range(textpage.count_rects(span[0], span[1] - span[0])):
+        left, bottom, right, top = textpage.get_rect(i)
+        xs, ys = zip(_to_image(page, width, height, left, bottom), _to_image(page, width, height, right, top))
+        boxes.append((min(xs) / width, min(ys) / height, max(xs) / width, max(ys) / height))
+    return boxes
+
+
 def render_pdf_page(data: bytes, number: int, wanted: str | None = None, near: float = 0.0,
-                    scale: float = SCALE) -> RenderedPage:
+                    scale: float = SCALE, answer: str | None = None) -> RenderedPage:
     """Page `number` (from 1) of the PDF as a PNG at `scale` pixels per point, with the boxes of the characters
-    that match `wanted` (locate, nearest to `near`); no boxes when wanted is None or not found on the page. Raises
-    ValueError for a page the PDF does not have."""
+    that match `wanted` (locate, nearest to `near`), and of those the ones that hold `answer` word for word (its
+    answer_boxes; the first exact match inside wanted's characters); no boxes when wanted is None or not found on
+    the page. Raises ValueError for a page the PDF does not have."""
     with PDFIUM_LOCK:
         pdf = pdfium.PdfDocument(data)
         try:
@@ -232,19 +252,21 @@ def render_pdf_page(data: bytes, number: int, wanted: str | None = None, near: f
             image = page.render(scale=scale).to_pil()
             width, height = image.size
             boxes: list[Box] = []
+            answer_boxes: list[Box] = []
             if wanted:
                 textpage = page.get_textpage()
-                span = locate(_page_chars(textpage), wanted, near)
+                chars = _page_chars(textpage)
+                span = locate(chars, wanted, near)
                 if span is not None:
-                    for i in range(textpage.count_rects(span[0], span[1] - span[0])):
-                        left, bottom, right, top = textpage.get_rect(i)
-                        xs, ys = zip(_to_image(page, width, height, left, bottom),
-                                     _to_image(page, width, height, right, top))
-                        boxes.append((min(xs) / width, min(ys) / height, max(xs) / width, max(ys) / height))
+                    boxes = _boxes(textpage, page, width, height, span)
+                    inside = locate(chars[span[0]:span[1]], answer, exact=True) if answer else None
+                    if inside is not None:
+                        answer_boxes = _boxes(textpage, page, width, height,
+                                              (span[0] + inside[0], span[0] + inside[1]))
                 else:
                     logger.info("evidence not found on page %d of a PDF", number)
         finally:
             pdf.close()
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=1)
-    return RenderedPage(out.getvalue(), width, height, boxes, count)
+    return RenderedPage(out.getvalue(), width, height, boxes, count, answer_boxes)

@@ -68,6 +68,8 @@ CSS = """
   outline: 2px solid #f59e0b; border-radius: 2px; padding: 0; }
 .hmt-page-text mark.hmt-cited { background: #e0e7ff; color: #1f2937; }
 .hmt-page-text mark.hmt-evidence { background: #bbf7d0; color: #14532d; box-shadow: 0 0 0 1px #16a34a; }
+.hmt-page-text mark.hmt-answer { font-weight: 700; text-decoration: underline; }
+.hmt-page mark.hmt-answer-box { background: rgba(22, 163, 74, .25); outline: 2px solid #15803d; }
 """
 # A click on a citation in the passages (a button with data-cite) asks for its page (handlers.show_cited).
 CITE_CLICKS = """element.addEventListener('click', (event) => {

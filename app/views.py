@@ -351,10 +351,12 @@ def _page_head(name: str, page: int | None, count: int, note: str) -> str:
 
 
 def page_image_html(name: str, page: int, rendered: RenderedPage, note: str) -> str:
-    """A rendered PDF page, its evidence boxes laid over the image (positions in percent, so they follow its size)."""
-    boxes = "".join(f'<mark class="hmt-box" style="left:{100 * a:.2f}%;top:{100 * b:.2f}%;'
+    """A rendered PDF page, its evidence boxes and the answer's boxes inside them laid over the image (positions in
+    percent, so they follow its size)."""
+    boxes = "".join(f'<mark class="{kind}" style="left:{100 * a:.2f}%;top:{100 * b:.2f}%;'
                     f'width:{100 * (c - a):.2f}%;height:{100 * (d - b):.2f}%"></mark>'
-                    for a, b, c, d in rendered.boxes)
+                    for kind, shown in (("hmt-box", rendered.boxes), ("hmt-box hmt-answer-box", rendered.answer_boxes))
+                    for a, b, c, d in shown)
     alt = html.escape(f"Page {page} of {name}", quote=True)
     return (f'<div class="hmt-page-view" data-kind="pdf" data-page="{page}">'
             + _page_head(name, page, rendered.page_count, note)
@@ -363,11 +365,13 @@ def page_image_html(name: str, page: int, rendered: RenderedPage, note: str) -> 
 
 
 def page_text_html(name: str, page: int | None, count: int, text: str, evidence: list[Span],
-                   passage: list[Span], note: str) -> str:
-    """A page of a text source (or a window of it), reflowed, with the recalled passage and the evidence marked."""
+                   passage: list[Span], note: str, answer: list[Span] = ()) -> str:
+    """A page of a text source (or a window of it), reflowed, with the recalled passage, the evidence and the answer
+    inside it marked."""
     shown = reflow(text)
     body = marks(shown, {"hmt-cited": move_spans(passage, text, shown),
-                         "hmt-evidence": move_spans(evidence, text, shown)})
+                         "hmt-evidence": move_spans(evidence, text, shown),
+                         "hmt-answer": move_spans(list(answer), text, shown)})
     return (f'<div class="hmt-page-view" data-kind="text" data-page="{page or ""}">'
             + _page_head(name, page, count, note) + f'<div class="hmt-page-text hmt-text">{body}</div></div>')
 

@@ -14,7 +14,9 @@ python -m hmt_core.training.train_answer --out assets/answer-lora-smollm2-135m \
 # re-read F1 0.437 against 0.403 (paired +0.034 [+0.008, +0.062]), oracle F1 0.500 against 0.443, answerable
 # questions told "not found" by the app 0.108 against 0.196, SQuAD 2.0's unanswerable ones 0.22 against 0.36.
 # One passage in the prompt (answering.json) was chosen with the first adapter on the same articles (a tie with
-# three; the shorter prompt won). The adapter's own not-found threshold is fitted and measured, not used, by
+# three; the shorter prompt won); with this adapter and quoted answers, three passages did worse there
+# (bench/results/qa_dev_quoted3.*, --methods reread_adapter_quoted: re-read F1 0.387 against 0.460, paired -0.074
+# [-0.141, -0.012]). The adapter's own not-found threshold is fitted and measured, not used, by
 #   python -m hmt_core.training.fit_not_found --hmt-weights assets/hmt-smollm2-135m \
 #       --answer-adapter assets/answer-lora-smollm2-135m --passages 1
 # answering.json's "quote" (answers kept quotes of the passage, hmt_core.quoting) was chosen on the same development

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -182,7 +183,8 @@ def see_the_cited_page(page) -> None:
     page.click("#passages [data-cite=evidence]")
     page.wait_for_selector("#page-view img.hmt-page-image", timeout=20_000)
     page.wait_for_function("document.querySelector('#page-view img.hmt-page-image').naturalWidth > 0")
-    assert "gull_island.pdf · page 3 of 4 · evidence marked" in page.inner_text("#page-view")
+    head = page.inner_text("#page-view")
+    assert re.search(r"gull_island\.pdf · page 3 of 4 · evidence (and answer )?marked", head), head
     image = page.locator("#page-view img.hmt-page-image").bounding_box()
     boxes = [b.bounding_box() for b in page.locator("#page-view mark.hmt-box").all()]
     assert boxes and image["width"] > 300
@@ -190,6 +192,12 @@ def see_the_cited_page(page) -> None:
         assert box["width"] > 5 and box["height"] > 3
         assert image["x"] <= box["x"] and box["x"] + box["width"] <= image["x"] + image["width"] + 1
         assert image["y"] <= box["y"] and box["y"] + box["height"] <= image["y"] + image["height"] + 1
+    outlined = [b.bounding_box() for b in page.locator("#page-view mark.hmt-answer-box").all()]
+    assert bool(outlined) == ("and answer marked" in head)  # the answer, where it stands in the evidence
+    marked = [b.bounding_box() for b in page.locator("#page-view mark.hmt-box:not(.hmt-answer-box)").all()]
+    for box in outlined:  # each inside one of the evidence's boxes
+        assert any(e["x"] - 1 <= box["x"] and box["x"] + box["width"] <= e["x"] + e["width"] + 1
+                   and abs(e["y"] - box["y"]) <= 1 for e in marked)
     page.locator("#page-view").screenshot(path=str(SCREENSHOTS / "page.png"))
     page.click("#page-next")
     page.wait_for_selector("#page-view [data-page='4'] img.hmt-page-image", timeout=20_000)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 
 import gradio as gr
 import pytest
@@ -16,6 +17,8 @@ from app import pages, views
 from app.handlers import Handlers
 from app.session import Session
 from app.uploads import make_upload_folder
+from hmt_core.answer import Passage
+from hmt_core.evidence import Evidence
 
 QUESTION = "What is the passkey?"
 
@@ -81,12 +84,34 @@ def test_a_click_on_the_evidence_shows_its_pdf_page_with_boxes_after_the_upload_
     assert 'data-page="1"' in first["page_view"] and not first["page_prev"]["interactive"]
 
 
+def test_the_answer_is_outlined_inside_the_evidence_on_the_pdf_page(read_pdf):
+    handlers, session = read_pdf
+    source = session.memory.sources["keeper.pdf"]
+    start, end = pages.page_span(source, 2)
+    passage = Passage([1], "keeper.pdf", 2, 2, start, end, source.text[start:end], 1.0)
+    at = source.text.index("The passkey is 12345.", start)
+    evidence = [Evidence("The passkey is 12345.", "keeper.pdf", 2, 2, at, at + 21, 1.0)]
+    session.cited = handlers._targets(session.memory, [passage], evidence, "12345")
+    cited = session.cited["evidence"]
+    assert source.text[cited.answer_start:cited.answer_end] == "12345" and cited.answer_start == at + 15
+    view = click(handlers, session, "evidence")["page_view"]
+    assert "evidence and answer marked" in view
+    box = r'style="left:([\d.]+)%;top:([\d.]+)%;width:([\d.]+)%;height:([\d.]+)%"'
+    [whole] = [tuple(map(float, b)) for b in re.findall(r'<mark class="hmt-box" ' + box, view)]
+    [answer] = [tuple(map(float, b)) for b in re.findall(r'<mark class="hmt-box hmt-answer-box" ' + box, view)]
+    assert whole[0] < answer[0] and answer[0] + answer[2] <= whole[0] + whole[2] + 0.1  # inside the evidence
+    assert abs(answer[1] - whole[1]) < 0.5 and answer[2] < whole[2] / 2
+    for said in ("", "the tin box"):  # after a 'not found', or an answer the evidence does not hold
+        cited = handlers._targets(session.memory, [passage], evidence, said)["evidence"]
+        assert cited.answer_start is None and cited.answer_end is None
+
+
 def test_page_views_are_made_once_per_session(read_pdf, monkeypatch):
     handlers, session = read_pdf
     run(handlers.ask(QUESTION, session, "reread", 4, 0.0))
     calls = []
     real = pages.render_pdf_page
-    monkeypatch.setattr(pages, "render_pdf_page", lambda *args: calls.append(args[1]) or real(*args))
+    monkeypatch.setattr(pages, "render_pdf_page", lambda *args, **kw: calls.append(args[1]) or real(*args, **kw))
     one = click(handlers, session, "evidence")["page_view"]
     handlers.next_page(session)
     again = click(handlers, session, "evidence")["page_view"]
@@ -101,7 +126,14 @@ def test_a_citation_of_a_text_source_shows_its_page_text_with_the_evidence_marke
     marked = re.search(r'<mark class="hmt-cited hmt-evidence">([^<]*)</mark>', view)
     assert marked and marked.group(1) == " ".join(evidence["text"].split())
     assert "hmt-cited" in view.replace(marked.group(0), "")  # the rest of the passage, marked more lightly
-    assert "<img" not in view
+    assert "<img" not in view and "hmt-answer" not in view
+    cited = notes_ready.cited["evidence"]
+    word = re.search(r"\w+", evidence["text"][5:])  # a word of the evidence taken as the answer
+    at = cited.char_start + 5 + word.start()
+    notes_ready.cited["evidence"] = replace(cited, answer_start=at, answer_end=at + len(word.group()))
+    view = click(fused_handlers, notes_ready, "evidence")["page_view"]
+    assert f'<mark class="hmt-cited hmt-evidence hmt-answer">{word.group()}</mark>' in view
+    assert "evidence and answer marked" in view
 
 
 def test_a_locked_pdf_shows_its_page_as_text(fused, cache, tmp_path):

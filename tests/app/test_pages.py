@@ -91,6 +91,27 @@ def test_the_evidence_boxes_sit_on_its_line_of_the_rendered_page(tmp_path):
     assert render_pdf_page(data, 1).boxes == []
 
 
+def test_the_answer_is_boxed_where_it_stands_word_for_word_inside_the_evidence(tmp_path):
+    data = make_pdf(tmp_path / "light.pdf", ["\n".join(LINES)]).read_bytes()
+    rendered = render_pdf_page(data, 1, LINES[1], answer="Margaret\nEllory")
+    [evidence], [answer] = rendered.boxes, rendered.answer_boxes
+    assert evidence[0] < answer[0] < answer[2] <= evidence[2] + 0.001  # the end of the evidence's line
+    assert abs(answer[1] - evidence[1]) < 0.005 and abs(answer[3] - evidence[3]) < 0.005
+    assert 0.15 < (answer[2] - answer[0]) / (evidence[2] - evidence[0]) < 0.25  # 15 of its 81 characters
+    assert ink_inside(rendered, answer) < 80
+    assert render_pdf_page(data, 1, LINES[1], answer="blue heron").answer_boxes == []  # on the page, not in it
+    assert render_pdf_page(data, 1, LINES[1], answer="Margaret Ellison").answer_boxes == []  # exact only
+    assert render_pdf_page(data, 1, LINES[1]).answer_boxes == []
+    assert render_pdf_page(data, 1, None, answer="Margaret Ellory").answer_boxes == []  # no evidence, no answer
+
+
+def test_locate_exact_takes_no_partial_run():
+    page = "Every evening the keeper climbed the ninety-two steps and lit the great lamp."
+    assert locate(page, "the keeper climbed the ninety-two steps, counting them aloud", exact=True) is None
+    start, end = locate(page, "ninety two", exact=True)
+    assert page[start:end] == "ninety-two"
+
+
 def test_the_boxes_follow_a_rotated_page(tmp_path):
     writer = PdfWriter(clone_from=make_pdf(tmp_path / "light.pdf", ["\n".join(LINES)]))
     writer.pages[0].rotate(90)
