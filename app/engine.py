@@ -379,8 +379,9 @@ class Engine:
                not_found: bool = True) -> Iterator[AnswerEvent]:
         """Stream an answer from memory, recalling with `channels` (None: every channel the model weighs; memory
         alone is the paper's HMT), with the answer adapter when one is loaded and use_adapter, and an honest
-        "not found" when the recall's confidence is below the fitted threshold and not_found; the model is held for
-        one step at a time, never across a yield."""
+        "not found" when not_found and the recall's confidence is below the fitted threshold (or, with the adapter,
+        its answerability probe's score above its own); the model is held for one step at a time, never across a
+        yield."""
         if not self.has_recall:
             mode = "faithful"
         with self.turns.turn(ANSWER):

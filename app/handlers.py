@@ -230,8 +230,9 @@ class Handlers:
             temperature: float = 0.0, channels: list[str] | str | None = None, use_adapter: bool = True,
             not_found: bool = True) -> Iterator[Update]:
         """Answer from memory with the recall channels asked for (parse_channels), with the answer adapter (when
-        loaded and use_adapter) and an honest 'not found' (when not_found and recall is unsure), streaming the
-        answer, the recall chart (split by channel) and the recalled passages (with why each was recalled)."""
+        loaded and use_adapter) and an honest 'not found' (when not_found and recall, or the adapter's probe, is
+        unsure), streaming the answer, the recall chart (split by channel) and the recalled passages (with why each
+        was recalled)."""
         problem = self.question_problem(question, session)
         try:
             wanted = parse_channels(channels)

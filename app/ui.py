@@ -29,9 +29,9 @@ ANSWER_MODE_CHOICES = [("Recall and re-read (cites pages)", "reread"), ("Faithfu
 CHANNEL_INFO = ("What ranks the recalled segments. HMT memory only = the paper's HMT; nothing ticked = memory only. "
                 "Offered: the channels the loaded weights weigh.")
 ADAPTER_LABEL = "Answer adapter (short answers taken from the passages; re-read mode)"
-NOT_FOUND_LABEL = "Say “not found” when recall is unsure"
-NOT_FOUND_INFO = ("When no passage seems to hold the answer, say so and show the closest passages instead of "
-                  "guessing.")
+NOT_FOUND_LABEL = "Say “not found” when unsure"
+NOT_FOUND_INFO = ("When no passage seems to hold the answer (recall is unsure, or the answer adapter's probe reads "
+                  "that its passage does not say), say so and show the closest passages instead of guessing.")
 CHANNEL_COLORS = {views.CHANNEL_NAMES["memory"]: "#6366f1", views.CHANNEL_NAMES["lexical"]: "#f59e0b",
                   views.CHANNEL_NAMES["token"]: "#0ea5e9"}  # words and token keys as their marks in the passages
 

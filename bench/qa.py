@@ -51,6 +51,7 @@ VARIANTS = {
     "reread_adapter": ("recall", 3, "short", True, False),
     "reread_adapter_1": ("recall", 1, "short", True, False),
     "reread_adapter_1_quoted": ("recall", 1, "short", True, True),
+    "reread_adapter_quoted": ("recall", 3, "short", True, True),
     "oracle": ("gold", 1, "sentences", False, False),
     "oracle_short": ("gold", 1, "short", False, False),
     "oracle_adapter": ("gold", 1, "short", True, False),
@@ -117,7 +118,8 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
     row) with what the page would show of it: the answer, whether the reader said not found, whether the not-found
     `rule` would have said so before generating (the answer is generated anyway, so one run scores both), the
     seconds to the first streamed token and the answer's length in words. With the adapter, also its
-    not_found_score and whether the adapter's threshold would have said 'not found' (reader_above)."""
+    not_found_score and whether the adapter's threshold would have said 'not found' (reader_above), and its
+    answerability probe's score and whether the probe's threshold would have (probe_above)."""
     mode = "faithful" if method == "hmt_faithful" else "reread"
     channels = ("memory",) if method == "memory_reread" else None
     top, system, use, quote = None, None, None, None
@@ -139,9 +141,11 @@ def reread(model, tokenizer, state, question: str, method: str, max_new_tokens: 
             first = time.perf_counter() - started
         if event.kind == "done":
             done = event
-    score = done.not_found_score
+    score, probed = done.not_found_score, done.unanswerable_score
     above = rule is not None and scored and use.says_not_found(score)
+    probe_above = rule is not None and probed is not None and use.probe_says_not_found(probed)
     return {"answer": done.text, "below_threshold": below, "not_found_score": score, "reader_above": above,
+            "unanswerable_score": probed, "probe_above": probe_above,
             "found": done.found, "first_token_seconds": first, "words": len(done.text.split())}
 
 
@@ -232,15 +236,16 @@ def main() -> None:
                 print(kind, result["below_threshold"], result["found"], result["answer"][:60], flush=True)
     result = summarize(args, model, methods, rows, negatives, rule, app_method, truncated, window, started)
     result["adapter_not_found_above"] = adapter.not_found_above if adapter is not None else None
+    result["adapter_probe_above"] = adapter.probe_above if adapter is not None else None
     name = "qa" if args.hmt_weights else "qa_untrained"
     name += ("_reader" if adapter is not None else "") + ("_dev" if args.articles == "dev" else "")
     write_results(args.results or name, result, report(result, methods))
 
 
 def reader_says(r: dict) -> bool:
-    """Whether the reader's side says 'not found': the adapter's not_found_score above its threshold, or the
-    generated answer being NOT_FOUND."""
-    return r["reader_above"] or not r["found"]
+    """Whether the reader's side says 'not found': the adapter's not_found_score or its answerability probe's
+    score above its threshold, or the generated answer being NOT_FOUND."""
+    return r["reader_above"] or r.get("probe_above", False) or not r["found"]
 
 
 def said_not_found(r: dict) -> bool:
@@ -316,8 +321,11 @@ def report(result: dict, methods: list[str]) -> str:
     if result["not_found"]:
         rule = result["not_found_rule"]
         above = result.get("adapter_not_found_above")
+        probe = result.get("adapter_probe_above")
         reader = (f"the answer adapter's not_found_score above {above:.3f}, fitted on development articles, or "
                   if above is not None else "")
+        reader += (f"its answerability probe's score above {probe:.3f}, fitted on development articles, or "
+                   if probe is not None else "")
         lines += ["", f"'Not found' (recall confidence {rule and rule['confidence']} below {rule and rule['below']}, "
                   f"fitted on training articles; or {reader}the reader saying so), as the app answers "
                   f"({result['app_method']}), share of questions:", "",

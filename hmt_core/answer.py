@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 
 from .answer_adapter import AnswerAdapter
-from .backbone import final_hidden_states, lm_logits
+from .backbone import capture_hidden, final_hidden_states, lm_logits
 from .embedder import SentenceEmbedder
 from .evidence import Evidence, rank_evidence, shortlist_weighers
 from .memory_model import MemoryModel
@@ -88,6 +88,7 @@ class AnswerEvent:
     found: bool = True  # False when the answer is that the documents do not seem to say
     confidence: float | None = None  # the question's recall confidence (recall_confidence), reread mode
     not_found_score: float | None = None  # with the answer adapter: not_found_score of the prompt ('done')
+    unanswerable_score: float | None = None  # with the adapter's answerability probe: its score of the prompt ('done')
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -368,7 +369,9 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     `prompt_passages` passages recalled most strongly (default: the adapter's `passages`, or every one of the
     `top_segments` without an adapter); all `top_segments` are shown and searched for evidence. With a `not_found`
     rule, a recall too unsure of itself answers NOT_FOUND at once, without generating; so does the adapter when its
-    not_found_score is above its `not_found_above`; 'done' then has found=False, as it does when the reader itself
+    not_found_score is above its `not_found_above`, or when its answerability probe's score (hmt_core.answerability,
+    computed from the prompt's own backbone call whenever the adapter has a probe) is above its `probe_above`;
+    'done' then has found=False, as it does when the reader itself
     answers NOT_FOUND. The passages are shown either way, with the sentence closest to the question as the evidence
     (for a person to check the 'not found'). The not_found_score (one short backbone call before the
     first token) is computed only when that threshold is in use, or with score_not_found (to fit it). With `quote`
@@ -439,9 +442,16 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     decoder = _Decoder(tokenizer)
     answer = None  # the answer cut short at a loop, when it loops
-    with switch():
+    probe = use.probe if use is not None else None
+    with switch(), capture_hidden(backbone, probe.layers if probe is not None else []) as captured:
         hidden, kv = final_hidden_states(backbone, embeds, use_cache=True)
+    unanswerable = probe.score(captured) if probe is not None else None
+    del captured  # the layers the probe read are not kept across the answer's yields
     length = embeds.shape[1]
+    if not_found is not None and unanswerable is not None and use.probe_says_not_found(unanswerable):
+        yield AnswerEvent("done", text=NOT_FOUND, found=False, evidence=evidence_for(""), confidence=confidence,
+                          unanswerable_score=unanswerable)
+        return
     score = None
     if use is not None and (score_not_found or (not_found is not None and use.not_found_above is not None)):
         with switch():
@@ -449,7 +459,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
                                     tokenizer(use.not_found, add_special_tokens=False)["input_ids"])
         if not_found is not None and use.says_not_found(score):
             yield AnswerEvent("done", text=NOT_FOUND, found=False, evidence=evidence_for(""), confidence=confidence,
-                              not_found_score=score)
+                              not_found_score=score, unanswerable_score=unanswerable)
             return
     for _ in range(max_new_tokens):
         logits = lm_logits(backbone, hidden[0, -1]).float()
@@ -491,7 +501,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     said = evidence_answer(text)
     evidence = [] if said is None else evidence_for(said)
     yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence, found=found, confidence=confidence,
-                      not_found_score=score)
+                      not_found_score=score, unanswerable_score=unanswerable)
 
 
 def remember_turn(model: MemoryModel, tokenizer, state: MemoryState, question: str, answer: str) -> None:

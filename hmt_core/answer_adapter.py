@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .answerability import AnswerabilityProbe, load_probe
 from .backbone import backbone_identity, identity_mismatch
 
 ADAPTER_NAME = "answer"  # peft's adapter name, apart from the HMT checkpoints' own ("default")
@@ -23,7 +24,7 @@ WEIGHTS_FILE = "answer_adapter.safetensors"
 CONFIG_FILE = "answer_adapter.json"
 # How the app answers with the adapter, chosen and fitted on training articles it never saw
 # (hmt_core.training.fit_not_found --answer-adapter): how many passages its prompt holds, and the score of its
-# own NOT_FOUND reply above which it is taken at its word.
+# own NOT_FOUND reply above which it is taken at its word, and the answerability probe's threshold.
 ANSWERING_FILE = "answering.json"
 FORMAT = 1
 
@@ -37,8 +38,10 @@ class AnswerAdapter:
     with (answers follow it best) and `not_found` the reply it was trained to give when the passages do not say.
     From ANSWERING_FILE when the folder has one: `passages`, how many of the recalled passages its prompt holds (the
     rest are still shown), and `not_found_above`, the mean log-probability per token of answering `not_found` above
-    which the answer is "not found" (hmt_core.answer.not_found_score), and `quote`, whether answers are kept verbatim
-    quotes of the passages (hmt_core.quoting); without the file, 3 passages, no such threshold and no quoting."""
+    which the answer is "not found" (hmt_core.answer.not_found_score), `quote`, whether answers are kept verbatim
+    quotes of the passages (hmt_core.quoting), and `probe_above`, the answerability probe's score above which the
+    answer is "not found"; without the file, 3 passages, no such thresholds and no quoting. `probe` is the
+    answerability probe saved beside the adapter (hmt_core.answerability), if any."""
 
     def __init__(self, backbone: nn.Module, folder: Path, settings: dict) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -52,6 +55,9 @@ class AnswerAdapter:
         above = answering.get("not_found_above")
         self.not_found_above: float | None = None if above is None else float(above)
         self.quote: bool = bool(answering.get("quote", False))
+        self.probe: AnswerabilityProbe | None = load_probe(folder)
+        probe_above = answering.get("probe_above") if self.probe is not None else None
+        self.probe_above: float | None = None if probe_above is None else float(probe_above)
         self.layers = [m for m in backbone.modules() if isinstance(m, BaseTunerLayer)]
         for p in backbone.parameters():
             p.requires_grad_(False)
@@ -69,6 +75,10 @@ class AnswerAdapter:
         """Whether a prompt's not_found_score is above the adapter's threshold (never, without one)."""
         return self.not_found_above is not None and score > self.not_found_above
 
+    def probe_says_not_found(self, score: float) -> bool:
+        """Whether the answerability probe's score of a prompt is above its threshold (never, without one)."""
+        return self.probe_above is not None and score > self.probe_above
+
     @contextmanager
     def on(self) -> Iterator[None]:
         """The adapter on for the calls inside, off again afterwards even when they fail."""
@@ -81,7 +91,10 @@ class AnswerAdapter:
     def describe(self) -> str:
         s = self.settings
         quoted = ", answers kept quotes of the passage" if self.quote else ""
-        return f"LoRA rank {s['lora']['rank']}, trained on {s['training']['examples']} examples{quoted}"
+        probe = ""
+        if self.probe is not None:
+            probe = ", an answerability probe" + (" saying 'not found'" if self.probe_above is not None else "")
+        return f"LoRA rank {s['lora']['rank']}, trained on {s['training']['examples']} examples{quoted}{probe}"
 
 
 def add_answer_lora(backbone: nn.Module, rank: int, alpha: float, dropout: float, targets: list[str],

@@ -14,7 +14,9 @@ threshold lets a further `--reader-miss` of those articles' answerable questions
 already tells "not found", be told so too. It is written as `fitted_not_found_above`, and used (`not_found_above`)
 only with `--use-reader-threshold`: on the first adapter it caught twice as many unanswerable questions as it cost
 answerable ones (0.08 against 0.04) for a quarter more time to the first token (1.27x in bench.qa), too little
-to pay; on the third (shipped) one, 0.11 against 0.04 on the development articles.
+to pay; on the third (shipped) one, 0.11 against 0.04 on the development articles. When the adapter has an
+answerability probe (hmt_core.answerability), its threshold is fitted the same way (`--probe-miss`), written as
+`fitted_probe_above`, and used (`probe_above`) with `--use-probe-threshold`.
 
     python -m hmt_core.training.fit_not_found --hmt-weights assets/hmt-smollm2-135m \
         [--answer-adapter assets/answer-lora-smollm2-135m --passages 1]
@@ -47,7 +49,8 @@ KINDS = ("answerable", "squad2", "other_article")
 
 def confidences(model, tokenizer, state, question: str, adapter=None, passages: int = 3) -> dict[str, float]:
     """The question's recall confidence read every CONFIDENCES way; with an adapter, also the answer's
-    not_found_score ("reader") with `passages` passages in the prompt, as the app computes it (one token generated)."""
+    not_found_score ("reader") with `passages` passages in the prompt, as the app computes it (one token generated),
+    and its answerability probe's score ("probe") when it has one."""
     reader = {}
     if adapter is None:
         detail = recall(model, tokenizer, state, question,
@@ -56,6 +59,8 @@ def confidences(model, tokenizer, state, question: str, adapter=None, passages: 
         events = list(stream_answer(model, tokenizer, state, question, max_new_tokens=1, adapter=adapter,
                                     prompt_passages=passages, score_not_found=True))
         detail, reader = events[0].recall, {"reader": events[-1].not_found_score}
+        if events[-1].unanswerable_score is not None:
+            reader["probe"] = events[-1].unanswerable_score
     return {**{kind: recall_confidence(detail, kind) for kind in CONFIDENCES}, **reader}
 
 
@@ -74,19 +79,21 @@ def choose(samples: list[dict], miss: float) -> tuple[str, float, dict]:
     return best, candidates[best]["below"], candidates
 
 
-def choose_reader(samples: list[dict], confidence: str, below: float, miss: float) -> tuple[float, dict]:
-    """(threshold, rates): the adapter's not_found_score above which the answer is "not found", so that `miss` of
-    the answerable samples that the recall rule (`confidence` below `below`) lets through are above it, and the
-    share of each kind then told "not found" by either rule."""
+def choose_reader(samples: list[dict], confidence: str, below: float, miss: float,
+                  key: str = "reader") -> tuple[float, dict]:
+    """(threshold, rates): the adapter's score `key` (its not_found_score, "reader", or its answerability probe's,
+    "probe") above which the answer is "not found", so that `miss` of the answerable samples that the recall rule
+    (`confidence` below `below`) lets through are above it, and the share of each kind then told "not found" by
+    either rule."""
     answerable = [s for s in samples if s["kind"] == "answerable"]
-    passed = sorted((s["reader"] for s in answerable if s[confidence] >= below), reverse=True)
+    passed = sorted((s[key] for s in answerable if s[confidence] >= below), reverse=True)
     above = passed[min(int(miss * len(answerable)), len(passed) - 1)]
     rates = {}
     for k in KINDS:
         group = [s for s in samples if s["kind"] == k]
         rates[k] = {"recall": sum(s[confidence] < below for s in group) / len(group),
-                    "reader": sum(s["reader"] > above for s in group) / len(group),
-                    "either": sum(s[confidence] < below or s["reader"] > above for s in group) / len(group)}
+                    key: sum(s[key] > above for s in group) / len(group),
+                    "either": sum(s[confidence] < below or s[key] > above for s in group) / len(group)}
     return above, rates
 
 
@@ -106,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="let the app use the adapter's fitted threshold (answering.json's not_found_above)")
     parser.add_argument("--reader-miss", type=float, default=0.04,
                         help="further share of answerable development questions the adapter's threshold may tell "
+                             "'not found'")
+    parser.add_argument("--use-probe-threshold", action="store_true",
+                        help="let the app use the answerability probe's fitted threshold (answering.json's "
+                             "probe_above)")
+    parser.add_argument("--probe-miss", type=float, default=0.03,
+                        help="further share of answerable development questions the probe's threshold may tell "
                              "'not found'")
     args = parser.parse_args(argv)
     data = Path(args.data)
@@ -145,8 +158,14 @@ def main(argv: list[str] | None = None) -> None:
         above, rates = choose_reader(dev, best, below, args.reader_miss)
         file = Path(args.answer_adapter) / ANSWERING_FILE
         kept = json.loads(file.read_text()) if file.exists() else {}  # choices made elsewhere ("chosen", "quote")
+        probe = {}
+        if adapter.probe is not None:
+            probe_above, probe_rates = choose_reader(dev, best, below, args.probe_miss, "probe")
+            probe = {"probe_above": probe_above if args.use_probe_threshold else None,
+                     "fitted_probe_above": probe_above, "probe_miss": args.probe_miss,
+                     "probe_not_found_rate": probe_rates}
         answering = {**kept, "passages": args.passages, "not_found_above": above if args.use_reader_threshold else None,
-                     "fitted_not_found_above": above, "reader_miss": args.reader_miss,
+                     "fitted_not_found_above": above, "reader_miss": args.reader_miss, **probe,
                      "articles": list(DEV_ARTICLES), "hmt_weights": Path(args.hmt_weights).name,
                      "questions": {k: sum(s["kind"] == k for s in dev) for k in KINDS}, "not_found_rate": rates,
                      "command": record["command"]}
