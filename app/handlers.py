@@ -247,7 +247,7 @@ class Handlers:
         session.busy = True
         # the chat shows the question and the answer as text: the model's Markdown, HTML or URLs never become live
         session.chat += [{"role": "user", "content": views.md_text(question)}, {"role": "assistant", "content": ""}]
-        answer, passages, used, evidence, found = "", [], (), [], True
+        answer, passages, used, evidence, found, why = "", [], (), [], True, None
         result = {"answer": "", "citations": [], "evidence": None}
         try:
             yield {"chat": self._chat(session), "question": gr.update(value="", interactive=False),
@@ -268,16 +268,18 @@ class Handlers:
                     yield {"chat": self._chat(session)}
                 elif event.kind == "done":
                     answer = event.text  # cut short, marked with " …", when the model started to loop
-                    evidence, found = event.evidence, event.found
+                    evidence, found, why = event.evidence, event.found, event.not_found_by
             cites = views.citation_line(passages, found)
             said = views.evidence_line(evidence, found)
+            reason = views.not_found_line(why) if not found else ""
             shown = views.md_text(answer.strip() or "(The model gave no answer.)") + (
+                f"\n\n*{views.md_text(reason)}*" if reason else "") + (
                 f"\n\n*{views.md_text(cites)}*" if cites else "") + (f"\n\n{views.md_text(said)}" if said else "")
             session.chat[-1] = {"role": "assistant", "content": shown}
             session.cited = self._targets(state, passages, evidence, answer if found else "")
             self.engine.remember(state, question, answer, fingerprint)
             result = {"answer": answer.strip(), "citations": views.citations(passages, used),
-                      "evidence": views.evidence_data(evidence, passages, found, answer),
+                      "evidence": views.evidence_data(evidence, passages, found, answer, why),
                       "found": found}
             status = ""
         except EngineError as err:

@@ -311,12 +311,13 @@ def citations(passages: list[Passage], channels: tuple[str, ...] | list[str] | N
 
 
 def evidence_data(evidence: list[Evidence], passages: list[Passage], found: bool = True,
-                  answer: str = "") -> dict | None:
+                  answer: str = "", not_found_by: str | None = None) -> dict | None:
     """The answer's evidence (evidence[0]) as plain data for the API: its text, source, page (and last page), its
     character span in the source's extracted text, its score, the number (from 1) of the citation it lies in,
     whether it supports an answer ('supports_answer' False after a 'not found': then it is the sentence closest to
-    the question), and 'answer_span', the span in the same text where the answer stands in it word for word (the
-    first such place; None where it does not); None without evidence."""
+    the question), 'not_found_by', what said 'not found' then (AnswerEvent.not_found_by: 'recall', 'probe',
+    'reply_score' or 'reader'; None for an answer), and 'answer_span', the span in the same text where the answer
+    stands in it word for word (the first such place; None where it does not); None without evidence."""
     if not evidence:
         return None
     best = evidence[0]
@@ -326,7 +327,20 @@ def evidence_data(evidence: list[Evidence], passages: list[Passage], found: bool
     quoted = [best.char_start + spans[0][0], best.char_start + spans[0][1]] if spans else None
     return {"text": best.text, "source": best.source, "page": best.page, "page_end": best.page_end,
             "char_start": best.char_start, "char_end": best.char_end, "score": best.score, "citation": inside,
-            "supports_answer": found, "answer_span": quoted}
+            "supports_answer": found, "not_found_by": None if found else not_found_by, "answer_span": quoted}
+
+
+NOT_FOUND_WHY = {
+    "recall": "recall found no passage that seems to hold the answer",
+    "probe": "the answer adapter's probe read the passage in its prompt as not holding the answer",
+    "reply_score": "the answer adapter found its “not found” reply likely for the passage in its prompt",
+    "reader": "the reader said so from the passages in its prompt",
+}
+
+
+def not_found_line(by: str | None) -> str:
+    """'Why “not found”: …' for the chat after a 'not found' answer (by: AnswerEvent.not_found_by), or ''."""
+    return f"Why “not found”: {NOT_FOUND_WHY[by]}." if by in NOT_FOUND_WHY else ""
 
 
 def evidence_line(evidence: list[Evidence], found: bool = True) -> str:

@@ -39,6 +39,9 @@ NOT_FOUND = "The documents do not seem to say."
 # NOT_FOUND and its paraphrases, in lower-case words: 'The document does not seem to say.', 'The papers do not …'
 _NOT_FOUND_SAID = re.compile(r"the [a-z]+ (?:do|does) not seem to say\b")
 WITHHELD = "I can't share the instructions I was given. Ask me about your documents."
+# What can answer 'not found': the recall rule (NotFoundRule), the answer adapter's answerability probe
+# (hmt_core.answerability), the adapter's score of its NOT_FOUND reply (not_found_score), or the reader's answer.
+NOT_FOUND_BY = ("recall", "probe", "reply_score", "reader")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
 
 
@@ -89,6 +92,7 @@ class AnswerEvent:
     confidence: float | None = None  # the question's recall confidence (recall_confidence), reread mode
     not_found_score: float | None = None  # with the answer adapter: not_found_score of the prompt ('done')
     unanswerable_score: float | None = None  # with the adapter's answerability probe: its score of the prompt ('done')
+    not_found_by: str | None = None  # what said 'not found' (NOT_FOUND_BY), when found is False ('done')
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -371,9 +375,9 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     rule, a recall too unsure of itself answers NOT_FOUND at once, without generating; so does the adapter when its
     not_found_score is above its `not_found_above`, or when its answerability probe's score (hmt_core.answerability,
     computed from the prompt's own backbone call whenever the adapter has a probe) is above its `probe_above`;
-    'done' then has found=False, as it does when the reader itself
-    answers NOT_FOUND. The passages are shown either way, with the sentence closest to the question as the evidence
-    (for a person to check the 'not found'). The not_found_score (one short backbone call before the
+    'done' then has found=False, as it does when the reader itself answers NOT_FOUND, and not_found_by says which of
+    them it was (NOT_FOUND_BY). The passages are shown either way, with the sentence closest to the question as the
+    evidence (for a person to check the 'not found'). The not_found_score (one short backbone call before the
     first token) is computed only when that threshold is in use, or with score_not_found (to fit it). With `quote`
     (default: the adapter's `quote`; off without an adapter), the re-read answer is kept a verbatim quote of the
     passages in its prompt, or the not-found reply (hmt_core.quoting).
@@ -407,7 +411,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         confidence = recall_confidence(detail, not_found.confidence if not_found else "fused_top")
         yield AnswerEvent("recall", weights=detail.weights, passages=passages, recall=detail, confidence=confidence)
         if not_found is not None and not_found.says_not_found(detail):
-            yield AnswerEvent("done", text=NOT_FOUND, found=False, evidence=evidence_for(""), confidence=confidence)
+            yield AnswerEvent("done", text=NOT_FOUND, found=False, evidence=evidence_for(""), confidence=confidence,
+                              not_found_by="recall")
             return
         # The prompt is the passages and the question alone: a recalled P in front of it cost answers (contains-match
         # 0.16 with P vs 0.25 without, 32 questions of training articles, the same BM25 passages).
@@ -450,7 +455,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     length = embeds.shape[1]
     if not_found is not None and unanswerable is not None and use.probe_says_not_found(unanswerable):
         yield AnswerEvent("done", text=NOT_FOUND, found=False, evidence=evidence_for(""), confidence=confidence,
-                          unanswerable_score=unanswerable)
+                          unanswerable_score=unanswerable, not_found_by="probe")
         return
     score = None
     if use is not None and (score_not_found or (not_found is not None and use.not_found_above is not None)):
@@ -459,7 +464,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
                                     tokenizer(use.not_found, add_special_tokens=False)["input_ids"])
         if not_found is not None and use.says_not_found(score):
             yield AnswerEvent("done", text=NOT_FOUND, found=False, evidence=evidence_for(""), confidence=confidence,
-                              not_found_score=score, unanswerable_score=unanswerable)
+                              not_found_score=score, unanswerable_score=unanswerable, not_found_by="reply_score")
             return
     for _ in range(max_new_tokens):
         logits = lm_logits(backbone, hidden[0, -1]).float()
@@ -501,7 +506,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     said = evidence_answer(text)
     evidence = [] if said is None else evidence_for(said)
     yield AnswerEvent("done", text=text, ids=decoder.ids, evidence=evidence, found=found, confidence=confidence,
-                      not_found_score=score, unanswerable_score=unanswerable)
+                      not_found_score=score, unanswerable_score=unanswerable,
+                      not_found_by=None if found else "reader")
 
 
 def remember_turn(model: MemoryModel, tokenizer, state: MemoryState, question: str, answer: str) -> None:

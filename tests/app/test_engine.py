@@ -351,8 +351,10 @@ def test_settings_switch_the_adapter_and_not_found(tokenizer, cache, pdf, tmp_pa
     assert said["result"]["citations"]  # the closest passages, still shown
     closest = said["result"]["evidence"]  # with the sentence nearest the question, not as support for an answer
     assert closest["supports_answer"] is False and "passkey" in closest["text"]
+    assert closest["not_found_by"] == "recall" and closest["answer_span"] is None
     chat = unescape(said["chat"][-1]["content"])
     assert "Closest passages" in chat and "Closest sentence (" in chat and "Evidence (" not in chat
+    assert "Why “not found”: recall found no passage that seems to hold the answer." in chat
     shown = unescape(said["passages"])
     assert "Closest sentence (no answer found)" in shown and "the closest sentence</mark>" in shown
     assert "the evidence</mark>" not in shown

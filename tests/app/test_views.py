@@ -46,3 +46,15 @@ def test_the_api_evidence_gives_where_the_answer_stands_in_the_document():
     assert text[data["answer_span"][0]:data["answer_span"][1]] == "San Mateo" and data["citation"] == 1
     assert views.evidence_data(evidence, [passage], True, "Santa Fe")["answer_span"] is None
     assert views.evidence_data(evidence, [passage], False, "San Mateo")["answer_span"] is None  # 'not found'
+    assert data["not_found_by"] is None
+    after = views.evidence_data(evidence, [passage], False, "The documents do not seem to say.", "probe")
+    assert after["not_found_by"] == "probe" and after["supports_answer"] is False
+    assert views.evidence_data(evidence, [passage], True, "San Mateo", "probe")["not_found_by"] is None  # an answer
+
+
+def test_a_not_found_answer_says_what_said_it():
+    for by in ("recall", "probe", "reply_score", "reader"):
+        line = views.not_found_line(by)
+        assert line.startswith("Why “not found”: ") and line.endswith(".") and views.NOT_FOUND_WHY[by] in line
+    assert "probe" in views.not_found_line("probe") and "recall" in views.not_found_line("recall")
+    assert views.not_found_line(None) == "" and views.not_found_line("bm25") == ""

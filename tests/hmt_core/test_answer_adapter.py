@@ -102,13 +102,14 @@ def test_not_found_rule_answers_at_once_with_the_passages(tokenizer) -> None:
                                 not_found=NotFoundRule("weight_top", 2.0)))  # a weight is never above 1
     assert [e.kind for e in events] == ["recall", "done"]
     assert events[0].passages and events[-1].text == NOT_FOUND and not events[-1].found
+    assert events[-1].not_found_by == "recall"
     closest = events[-1].evidence  # the sentences nearest the question, for a person to check the 'not found'
     assert closest and "passkey" in closest[0].text
     weigh = lambda sentences: question_likelihoods(model.backbone, tokenizer, question, sentences)  # noqa: E731
     assert closest == rank_evidence(state, events[0].passages, question, "", likelihood=weigh)
     kept = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8,
                               not_found=NotFoundRule("weight_top", -1.0)))
-    assert kept[-1].found and any(e.kind == "token" for e in kept)
+    assert kept[-1].found and any(e.kind == "token" for e in kept) and kept[-1].not_found_by is None
 
 
 def test_confidences_of_a_recall(tokenizer) -> None:
@@ -179,6 +180,7 @@ def test_answering_settings_pick_the_prompts_passages_and_the_adapters_not_found
     events = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter,
                                 not_found=rule))
     assert [e.kind for e in events] == ["recall", "done"] and not events[-1].found and events[-1].text == NOT_FOUND
+    assert events[-1].not_found_by == "reply_score"
     kept = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter))
     assert kept[-1].found and kept[-1].ids == one[-1].ids  # without a rule, the adapter's threshold is not used
 

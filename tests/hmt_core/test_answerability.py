@@ -74,7 +74,7 @@ def test_the_app_reads_the_probe_from_the_prompt_with_the_adapter_on_and_says_no
     said = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter, top_segments=1,
                               not_found=NotFoundRule("weight_top", -1.0)))
     assert [e.kind for e in said] == ["recall", "done"] and said[-1].text == NOT_FOUND and not said[-1].found
-    assert said[-1].unanswerable_score == pytest.approx(score)
+    assert said[-1].unanswerable_score == pytest.approx(score) and said[-1].not_found_by == "probe"
     free = list(stream_answer(model, tokenizer, state, question, max_new_tokens=8, adapter=adapter, top_segments=1))
     assert free[-1].found and free[-1].ids == events[-1].ids  # without a rule the threshold is not used
     adapter.probe_above = score + 1.0
