@@ -334,7 +334,7 @@ NOT_FOUND_WHY = {
     "recall": "recall found no passage that seems to hold the answer",
     "probe": "the answer adapter's probe read the passage in its prompt as not holding the answer",
     "reply_score": "the answer adapter found its “not found” reply likely for the passage in its prompt",
-    "reader": "the reader said so from the passages in its prompt",
+    "reader": "the reader itself answered so",
 }
 
 

@@ -31,8 +31,9 @@ class AnswerabilityProbe:
     bias: float
 
     def features(self, captured: dict[int, torch.Tensor]) -> torch.Tensor:
-        """The probe's input from capture_hidden's states [1, n, d] of its layers: [len(layers) * d]."""
-        return torch.cat([captured[i][0, -1].float() for i in self.layers])
+        """The probe's input from capture_hidden's states [1, n, d] of its layers: [len(layers) * d], in float32 on
+        the CPU where the probe's weight is (whatever the backbone's device and dtype)."""
+        return torch.cat([captured[i][0, -1].float().cpu() for i in self.layers])
 
     def score(self, captured: dict[int, torch.Tensor]) -> float:
         return float(self.features(captured) @ self.weight + self.bias)
