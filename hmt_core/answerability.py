@@ -1,10 +1,10 @@
 """Whether the passages in the re-read prompt hold the answer, read off the backbone's hidden states.
 
 SQuAD 2.0's unanswerable questions were written against a paragraph to look answerable by it, so recall is as sure
-of them as of answerable ones, and the answer adapter seldom says "not found" to them: how likely it finds that
-reply tells them apart hardly better than chance (AUC 0.54 on the development articles). A linear probe on the
-hidden states of a few decoder layers at the prompt's last position (where the answer's first token is predicted),
-with the adapter on, does better (AUC about 0.73 there, fitted on other training articles): the middle and upper
+of them as of answerable ones, and the answer adapter seldom says "not found" to them: how likely it finds the
+first token of that reply tells them apart hardly better than chance (AUC 0.54 on the development articles). A linear
+probe on the hidden states of a few decoder layers at the prompt's last position (where the answer's first token is
+predicted), with the adapter on, does better (AUC 0.77 there, fitted on other training articles): the middle and upper
 layers hold more of "this passage does not say" than the output head lets through. The probe is fitted by
 hmt_core.training.train_answerability and saved beside the adapter it reads; its threshold is fitted on the
 development articles by hmt_core.training.fit_not_found.
