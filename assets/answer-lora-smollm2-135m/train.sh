@@ -22,7 +22,7 @@ python -m hmt_core.training.train_answer --out assets/answer-lora-smollm2-135m \
 # answering.json's "quote" (answers kept quotes of the passage, hmt_core.quoting) was chosen on the same development
 # questions: bench/results/qa_dev_quoted.* against qa_dev_adapter3.*, re-read F1 0.460 against 0.437.
 # The answerability probe beside it (answerability.safetensors; hmt_core.answerability), fitted on the training
-# articles less the two development ones, from 1,500 answerable and 1,500 SQuAD 2.0 unanswerable prompts (~40 min
+# articles less the two development ones, from 1,500 answerable and 1,500 SQuAD 2.0 unanswerable prompts (45 min
 # here, features only: the adapter is not changed); its log is answerability_log.jsonl:
 python -m hmt_core.training.train_answerability --answer-adapter assets/answer-lora-smollm2-135m --per-kind 1500
 # Its threshold (answering.json's probe_above) is fitted on the development articles, the app's way (HMT recall,
