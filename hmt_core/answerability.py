@@ -30,13 +30,14 @@ class AnswerabilityProbe:
     weight: torch.Tensor  # [len(layers) * d]
     bias: float
 
-    def features(self, captured: dict[int, torch.Tensor]) -> torch.Tensor:
-        """The probe's input from capture_hidden's states [1, n, d] of its layers: [len(layers) * d], in float32 on
-        the CPU where the probe's weight is (whatever the backbone's device and dtype)."""
-        return torch.cat([captured[i][0, -1].float().cpu() for i in self.layers])
-
     def score(self, captured: dict[int, torch.Tensor]) -> float:
-        return float(self.features(captured) @ self.weight + self.bias)
+        return float(last_states(captured, self.layers) @ self.weight + self.bias)
+
+
+def last_states(captured: dict[int, torch.Tensor], layers: list[int]) -> torch.Tensor:
+    """A probe's input from capture_hidden's states [1, n, d]: those of `layers` at the last position, joined,
+    [len(layers) * d], in float32 on the CPU where the probe's weight is (whatever the backbone's device and dtype)."""
+    return torch.cat([captured[i][0, -1].float().cpu() for i in layers])
 
 
 def fit_probe(features: torch.Tensor, unanswerable: torch.Tensor, layers: list[int],

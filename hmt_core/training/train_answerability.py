@@ -24,7 +24,7 @@ import torch
 
 from ..answer import chat_ids, reread_messages
 from ..answer_adapter import load_answer_adapter
-from ..answerability import auc, fit_probe, save_probe
+from ..answerability import auc, fit_probe, last_states, save_probe
 from ..backbone import DEFAULT_BACKBONE, capture_hidden, final_hidden_states, load_backbone
 from .corpora import fetch, load_squad
 from .train_answer import DEV_ARTICLES, passages_for, segment_at, text_state
@@ -54,7 +54,7 @@ def features(backbone, tokenizer, adapter, layers: list[int], items: list[tuple]
                                                      adapter.prompt))
         with adapter.on(), capture_hidden(backbone, layers) as captured:
             final_hidden_states(backbone, backbone.get_input_embeddings()(torch.tensor([prompt])))
-        rows.append(torch.cat([captured[i][0, -1].float() for i in layers]))
+        rows.append(last_states(captured, layers))
         if (n + 1) % 200 == 0:
             print(json.dumps({"stage": label, "done": n + 1, "of": len(items),
                               "seconds": round(time.time() - started)}), flush=True)
