@@ -300,8 +300,8 @@ class Handlers:
         """What each citation shows when clicked: 'evidence' (the answer's evidence) and each document passage by
         its number (views.documents_first), with the passage's own best sentence marked, or before the answer
         is done the whole passage; inside the answer's evidence, where the answer (empty after a 'not found')
-        stands in it word for word (views.answer_spans, the first place)."""
-        quoted = views.answer_spans(evidence[0].text, answer) if evidence and answer else []
+        stands in it word for word (views.answer_in)."""
+        quoted = views.answer_in(evidence[0], answer) if evidence and answer else None
         targets = {}
         for n, passage in enumerate(views.documents_first(passages), 1):
             if passage.source == CHAT_SOURCE:
@@ -309,7 +309,7 @@ class Handlers:
             best = views.evidence_in(passage, evidence)
             start, end = (best.char_start, best.char_end) if best else (passage.char_start, passage.char_end)
             page = best.page if best else passage.page_start
-            inside = (start + quoted[0][0], start + quoted[0][1]) if quoted and best is evidence[0] else (None, None)
+            inside = quoted if quoted and best is evidence[0] else (None, None)
             targets[str(n)] = Cited(passage.source, page, start, end, passage.char_start, passage.char_end, *inside)
             if evidence and best is evidence[0]:
                 targets["evidence"] = targets[str(n)]

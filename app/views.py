@@ -220,6 +220,13 @@ def answer_spans(text: str, answer: str) -> list[Span]:
     return [m.span() for m in pattern.finditer(text)]
 
 
+def answer_in(evidence: Evidence, answer: str) -> tuple[int, int] | None:
+    """The first place where the answer stands word for word in the evidence (answer_spans), as a span of the
+    source's text; None where it does not."""
+    spans = answer_spans(evidence.text, answer)
+    return (evidence.char_start + spans[0][0], evidence.char_start + spans[0][1]) if spans else None
+
+
 def evidence_in(passage: Passage, evidence: list[Evidence]) -> Evidence | None:
     """The best evidence that lies in this passage, if any (evidence: strongest first, as rank_evidence gives it)."""
     return next((e for e in evidence if e.source == passage.source
@@ -323,8 +330,8 @@ def evidence_data(evidence: list[Evidence], passages: list[Passage], found: bool
     best = evidence[0]
     cited = documents_first(passages)
     inside = next((n for n, p in enumerate(cited, 1) if evidence_in(p, [best]) is best), None)
-    spans = answer_spans(best.text, answer) if found else []
-    quoted = [best.char_start + spans[0][0], best.char_start + spans[0][1]] if spans else None
+    span = answer_in(best, answer) if found else None
+    quoted = list(span) if span else None
     return {"text": best.text, "source": best.source, "page": best.page, "page_end": best.page_end,
             "char_start": best.char_start, "char_end": best.char_end, "score": best.score, "citation": inside,
             "supports_answer": found, "not_found_by": None if found else not_found_by, "answer_span": quoted}
