@@ -20,7 +20,6 @@ from hmt_core.answer import NotFoundRule, load_not_found
 from hmt_core.answer_adapter import AdapterError, AnswerAdapter, load_answer_adapter
 from hmt_core.backbone import backbone_identity, cache_root
 from hmt_core.embedder import SentenceEmbedder, load_embedder
-from hmt_core.evidence_ranker import EvidenceRanker, RankerError, load_ranker
 from hmt_core.quantize import QUANTIZATIONS, quantize_int8
 from hmt_core.reader import read_step
 
@@ -29,7 +28,6 @@ logger = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = PROJECT_ROOT / "assets" / "hmt-smollm2-135m"
 DEFAULT_ADAPTER = PROJECT_ROOT / "assets" / "answer-lora-smollm2-135m"
-DEFAULT_RANKER = PROJECT_ROOT / "assets" / "evidence-ranker-minilm"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MEMORY_SEGMENTS = 4096  # cached memories kept per session: about a million tokens, so whole books stay recallable
 # Segments whose summary passes run as one batch while reading (Reader's summary_batch; bench.ingest measured 8).
@@ -143,12 +141,11 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
 @gpu
 def _answer(model: MemoryModel, tokenizer, state: MemoryState, question: str, mode: str, max_new_tokens: int,
             temperature: float, channels: tuple[str, ...] | None, adapter: AnswerAdapter | None,
-            not_found: NotFoundRule | None, embedder: SentenceEmbedder | None = None,
-            ranker: EvidenceRanker | None = None) -> Iterator[AnswerEvent]:
+            not_found: NotFoundRule | None, embedder: SentenceEmbedder | None = None) -> Iterator[AnswerEvent]:
     """stream_answer with its recall weights and per-channel scores on the CPU."""
     for event in stream_answer(model, tokenizer, state, question, mode=mode, max_new_tokens=max_new_tokens,
                                temperature=temperature, channels=channels, adapter=adapter,
-                               not_found=not_found, embedder=embedder, ranker=ranker):
+                               not_found=not_found, embedder=embedder):
         if event.weights is not None:
             event.weights = _cpu(event.weights)
         if event.recall is not None:
@@ -201,7 +198,6 @@ class Engine:
         self.adapter_note = ""
         self.not_found: NotFoundRule | None = None  # when answers say 'not found' (fitted with the weights)
         self.embedder: SentenceEmbedder | None = None  # helps choose the evidence sentence (load_embedder)
-        self.ranker: EvidenceRanker | None = None  # so does the evidence ranker (DEFAULT_RANKER)
 
     @property
     def loaded(self) -> bool:
@@ -236,25 +232,20 @@ class Engine:
         except (BackboneError, ValueError, OSError, RuntimeError) as err:
             logger.warning("could not load the backbone %r: %s", backbone, err)
             raise EngineError(f"Could not load the backbone {backbone!r}: {without_paths(str(err))}") from err
-        self._load_evidence_models()
+        self._load_embedder()
         with self.turns.turn(READ):
             self.attach(model, tokenizer, weights, backbone, device, quantize)
         return self.describe_model()
 
-    def _load_evidence_models(self) -> None:
-        """The evidence's sentence embedder and its ranker (DEFAULT_RANKER), each once (neither depends on the
-        backbone); without one (offline with neither the encoder's wheel nor the hub, or no ranker shipped),
-        evidence is chosen by what is left: the overlap and the backbone's likelihood at least."""
-        if self.embedder is None:
-            try:
-                self.embedder = load_embedder()
-            except BackboneError as err:
-                logger.warning("evidence chosen without the sentence embedder: %s", err)
-        if self.ranker is None and (DEFAULT_RANKER / "evidence_ranker.json").exists():
-            try:
-                self.ranker = load_ranker(DEFAULT_RANKER)
-            except (BackboneError, RankerError, OSError) as err:
-                logger.warning("evidence chosen without its ranker: %s", err)
+    def _load_embedder(self) -> None:
+        """The evidence's sentence embedder, once (it does not depend on the backbone); without it (offline with
+        neither its wheel nor the hub), evidence is chosen by the overlap and the backbone's likelihood alone."""
+        if self.embedder is not None:
+            return
+        try:
+            self.embedder = load_embedder()
+        except BackboneError as err:
+            logger.warning("evidence chosen without the sentence embedder: %s", err)
 
     def attach(self, backbone_model: torch.nn.Module, tokenizer, weights: str | Path | None, name: str,
                device: str = "auto", quantize: str = "none") -> None:
@@ -398,7 +389,7 @@ class Engine:
             adapter = self.adapter if use_adapter else None
             rule = self.not_found if not_found else None
             steps = _answer(self.model, self.tokenizer, state, question, mode, max_new_tokens, temperature,
-                            channels, adapter, rule, self.embedder, self.ranker)
+                            channels, adapter, rule, self.embedder)
         while True:
             with self.turns.turn(ANSWER):
                 self._check(fingerprint)

@@ -51,17 +51,14 @@ from hmt_core.answer import CHAT_SOURCE, Passage, evidence_answer
 from hmt_core.answer_adapter import load_answer_adapter
 from hmt_core.backbone import load_backbone
 from hmt_core.embedder import load_embedder
-from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, RELEVANCE_WEIGHT, SHORTLIST,
-                               SIMILARITY_WEIGHT, rank_evidence, sentence_spans, shortlist_weighers)
-from hmt_core.evidence_ranker import load_ranker
+from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, SHORTLIST, SIMILARITY_WEIGHT,
+                               rank_evidence, sentence_spans, shortlist_weighers)
 from hmt_core.state import MemoryState, SourceText
 from hmt_core.training.train_answer import DEV_ARTICLES
 
-RULES = ("app", "without_ranker", "without_similarity", "without_likelihood", "lexical", "question_only",
-         "answer_only", "first_sentence")
+RULES = ("app", "without_similarity", "without_likelihood", "lexical", "question_only", "answer_only",
+         "first_sentence")
 WEIGHT_GRID = ((1.0, 0.0), (1.0, 0.1), (1.0, 0.25), (1.0, 0.5), (1.0, 1.0))  # (question, answer) for --rescore
-RELEVANCE_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # the evidence ranker's weight beside the app's others, for --rescore
-DEFAULT_RANKER = Path("assets/evidence-ranker-minilm")
 
 
 def holds(text: str | None, answers: list[str]) -> bool:
@@ -79,10 +76,9 @@ def first_sentence(text: str) -> str:
 
 
 def evidence_row(state, passages, question: str, answers: list[str], answer: str, evidence, likelihood=None,
-                 similarity=None, relevance=None) -> dict | None:
+                 similarity=None) -> dict | None:
     """One question's evidence under every rule, or None when no recalled document passage holds a gold answer.
-    `likelihood`, `similarity` and `relevance` are the app's (rank_evidence's), for the rules that leave one of them
-    out."""
+    `likelihood` and `similarity` are the app's (rank_evidence's), for the rules that leave one of them out."""
     documents = [p for p in passages if p.source != CHAT_SOURCE]
     if not any(holds(p.text, answers) for p in documents):
         return None
@@ -96,9 +92,8 @@ def evidence_row(state, passages, question: str, answers: list[str], answer: str
 
     strongest = max(documents, key=lambda p: p.weight)
     texts = {"app": evidence[0].text if evidence else None,
-             "without_ranker": rule(likelihood=likelihood, similarity=similarity),
-             "without_similarity": rule(likelihood=likelihood, relevance=relevance),
-             "without_likelihood": rule(similarity=similarity, relevance=relevance),
+             "without_similarity": rule(likelihood=likelihood),
+             "without_likelihood": rule(similarity=similarity),
              "lexical": rule(),
              "question_only": by_question[0].text if by_question else None,
              "answer_only": by_answer[0].text if by_answer else None,
@@ -125,14 +120,13 @@ def remembered(weighers: dict, question: str, memo: dict) -> dict:
 
 
 def rescore(rows: list[dict], question_weight: float, answer_weight: float, backbone=None,
-            tokenizer=None, embedder=None, memo: dict | None = None, ranker=None,
-            relevance_weight: float = RELEVANCE_WEIGHT) -> list[bool]:
+            tokenizer=None, embedder=None, memo: dict | None = None) -> list[bool]:
     """Per saved row: whether the evidence these weights choose among its passages holds a gold answer (the
     passages' text stands in for the document; after a 'not found' answer, the sentence closest to the question, as
     the app shows it; a withheld answer has no evidence). With a backbone and its tokenizer, the shortlist is
-    weighed by its likelihood of the question as in the app, with an embedder by the sentence similarity too, and
-    with the evidence ranker by its scores at `relevance_weight`; without, the lexical overlap alone (no model).
-    `memo`, shared across calls, keeps the models' values (remembered)."""
+    weighed by its likelihood of the question as in the app, and with an embedder by the sentence similarity too;
+    without, the lexical overlap alone (no model). `memo`, shared across calls, keeps the models' values
+    (remembered)."""
     hits = []
     for row in rows:
         state, text, passages = MemoryState("hmt", torch.zeros(0, 1)), "", []
@@ -142,22 +136,21 @@ def rescore(rows: list[dict], question_weight: float, answer_weight: float, back
             passages.append(Passage([], "passages", None, None, start, start + len(p["text"]), p["text"], p["weight"]))
         state.sources["passages"] = SourceText("passages", text)
         said = evidence_answer(row["answer"])  # as the app shows it
-        weighers = shortlist_weighers(backbone, tokenizer, row["question"], embedder, ranker)
+        weighers = shortlist_weighers(backbone, tokenizer, row["question"], embedder)
         if memo is not None:
             weighers = remembered(weighers, row["question"], memo)
         best = [] if said is None else rank_evidence(state, passages, row["question"], said, question_weight,
-                                                     answer_weight, relevance_weight=relevance_weight, **weighers)
+                                                     answer_weight, **weighers)
         hits.append(holds(best[0].text if best else None, row["answers"]))
     return hits
 
 
 def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=None, model_name: str = "",
-                    embedder=None, ranker=None) -> None:
+                    embedder=None) -> None:
     """The --rescore table: every WEIGHT_GRID pair on the rows of `files` pooled, against the app's lexical
     weights; with a backbone, also the app's weights with the shortlist weighed by its likelihood, and with the
-    embedder too every WEIGHT_GRID pair beside both: how much the answer should weigh depends on how often the
-    reader's answers are wrong. With the evidence ranker as well, the app's weights beside it at every
-    RELEVANCE_GRID weight (the app's rule among them)."""
+    embedder too every WEIGHT_GRID pair beside both (the app's rule among them): how much the answer should weigh
+    depends on how often the reader's answers are wrong."""
     rows, sources = [], []
     for file in files:
         run = json.loads(file.read_text())
@@ -166,56 +159,38 @@ def compare_weights(files: list[Path], folder: Path, backbone=None, tokenizer=No
         rows += run["rows"]
         sources.append({"file": file.name, "split": run.get("split"), "answer_adapter": run.get("answer_adapter"),
                         "questions": len(run["rows"])})
-    grid = {(qw, aw, 0.0, 0.0, 0.0): [float(h) for h in rescore(rows, qw, aw)] for qw, aw in WEIGHT_GRID}
-    if (QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0, 0.0) not in grid:  # in the grid unless the app's weights change
-        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0, 0.0)] = [
+    grid = {(qw, aw, 0.0, 0.0): [float(h) for h in rescore(rows, qw, aw)] for qw, aw in WEIGHT_GRID}
+    if (QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0) not in grid:  # the app's weights are in the grid unless they change
+        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0)] = [
             float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT)]
-    app = grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0, 0.0)]
+    app = grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, 0.0, 0.0)]
     memo: dict = {}  # the models' values, shared by the passes below
     if backbone is not None:
-        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, 0.0, 0.0)] = [
+        grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, 0.0)] = [
             float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT, backbone, tokenizer, memo=memo)]
     if backbone is not None and embedder is not None:
         for qw, aw in dict.fromkeys((*WEIGHT_GRID, (QUESTION_WEIGHT, ANSWER_WEIGHT))):
-            grid[(qw, aw, LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT, 0.0)] = [
+            grid[(qw, aw, LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT)] = [
                 float(h) for h in rescore(rows, qw, aw, backbone, tokenizer, embedder, memo)]
-    if backbone is not None and embedder is not None and ranker is not None:
-        for rw in dict.fromkeys((*RELEVANCE_GRID, RELEVANCE_WEIGHT)):
-            grid[(QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT, rw)] = [
-                float(h) for h in rescore(rows, QUESTION_WEIGHT, ANSWER_WEIGHT, backbone, tokenizer, embedder, memo,
-                                          ranker, rw)]
-    before = grid.get((QUESTION_WEIGHT, ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT, 0.0))  # no ranker
-    ranked = ranker is not None and before is not None
     results = []
-    for (qw, aw, lw, sw, rw), hits in grid.items():
-        results.append({"question": qw, "answer": aw, "likelihood": lw, "similarity": sw, "relevance": rw,
-                        "hit": sum(hits) / len(hits), "hit_ci": bootstrap(hits),
-                        "minus_app": (sum(hits) - sum(app)) / len(hits),
+    for (qw, aw, lw, sw), hits in grid.items():
+        results.append({"question": qw, "answer": aw, "likelihood": lw, "similarity": sw, "hit": sum(hits) / len(hits),
+                        "hit_ci": bootstrap(hits), "minus_app": (sum(hits) - sum(app)) / len(hits),
                         "minus_app_ci": bootstrap([h - a for h, a in zip(hits, app)])})
-        if ranked:
-            results[-1].update({"minus_without_ranker": (sum(hits) - sum(before)) / len(hits),
-                                "minus_without_ranker_ci": bootstrap([h - b for h, b in zip(hits, before)])})
     model = (f"likelihood from {model_name or 'the backbone'} on the {SHORTLIST} lexically best sentences"
              + (", and their sentence similarity (all-MiniLM-L6-v2)" if embedder is not None else "")
-             + (", and the evidence ranker's scores" if embedder is not None and ranker is not None else "")
              if backbone is not None else "no model")
     lines = [f"Evidence weights scored again on {len(rows)} saved questions ({', '.join(s['file'] for s in sources)}; "
              f"{model}). A hit: the evidence holds a gold answer (after a 'not found', the sentence closest to the "
              "question, as the app shows it). Brackets: "
-             f"95% bootstrap intervals; the differences are paired, against the app's lexical weights "
-             f"({QUESTION_WEIGHT:g}, {ANSWER_WEIGHT:g}) alone"
-             + (" and against the app's rule without the ranker" if ranked else "") + ".", "",
+             f"95% bootstrap intervals; the difference is paired, against the app's lexical weights "
+             f"({QUESTION_WEIGHT:g}, {ANSWER_WEIGHT:g}) alone.", "",
              *table_head("question weight", "answer weight", "likelihood weight", "similarity weight",
-                         "ranker weight", "holds the gold answer", "minus the app's lexical",
-                         *(["minus the rule without the ranker"] if ranked else []))]
-
-    def difference(r: dict, key: str) -> str:
-        return f"{r[key]:+.3f} [{r[key + '_ci'][0]:+.3f}, {r[key + '_ci'][1]:+.3f}]" if key in r else ""
-
+                         "holds the gold answer", "minus the app's lexical")]
     for r in results:
         lines.append(table_row(f"{r['question']:g}", f"{r['answer']:g}", f"{r['likelihood']:g}", f"{r['similarity']:g}",
-                               f"{r['relevance']:g}", with_interval(r, "hit"), difference(r, "minus_app"),
-                               *([difference(r, "minus_without_ranker")] if ranked else [])))
+                               with_interval(r, "hit"),
+                               f"{r['minus_app']:+.3f} [{r['minus_app_ci'][0]:+.3f}, {r['minus_app_ci'][1]:+.3f}]"))
     write_results("evidence_weights", {"sources": sources, "results": results}, "\n".join(lines) + "\n", folder)
 
 
@@ -235,23 +210,16 @@ def main() -> None:
                         help="score the rows of these runs' JSON again under WEIGHT_GRID (no model)")
     parser.add_argument("--likelihood", action="store_true",
                         help="with --rescore: also the app's rule, the backbone (--model) weighing the shortlist")
-    parser.add_argument("--evidence-ranker", type=Path,
-                        default=DEFAULT_RANKER if (DEFAULT_RANKER / "evidence_ranker.json").exists() else None,
-                        help=f"the evidence ranker, as the app loads it (default {DEFAULT_RANKER} where it exists)")
-    parser.add_argument("--no-evidence-ranker", dest="evidence_ranker", action="store_const", const=None,
-                        help="choose the evidence without the ranker (the rule before it)")
     args = parser.parse_args()
     if args.rescore:
         backbone, tokenizer = load_backbone(args.model, device="cpu", dtype="float32") if args.likelihood else (None,
                                                                                                             None)
         embedder = load_embedder() if args.likelihood else None
-        ranker = load_ranker(args.evidence_ranker) if args.likelihood and args.evidence_ranker else None
-        compare_weights(args.rescore, args.results, backbone, tokenizer, args.model, embedder, ranker)
+        compare_weights(args.rescore, args.results, backbone, tokenizer, args.model, embedder)
         return
     model, tokenizer = load_model(args)
     adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
     embedder = load_embedder()  # as the app weighs its evidence
-    ranker = load_ranker(args.evidence_ranker) if args.evidence_ranker else None
     articles = squad_articles("eval" if args.split == "eval" else "train")
     if args.split != "eval":  # dev: only the articles the adapter never saw; train: never those
         articles = [a for a in articles if (a["title"] in DEV_ARTICLES) == (args.split == "dev")]
@@ -262,11 +230,10 @@ def main() -> None:
         for q in article["questions"][args.first_question:args.first_question + args.questions_per_article]:
             asked += 1
             events = list(stream_answer(model, tokenizer, state, q["question"], mode="reread",
-                                        max_new_tokens=args.max_new_tokens, adapter=adapter, embedder=embedder,
-                                        ranker=ranker))
+                                        max_new_tokens=args.max_new_tokens, adapter=adapter, embedder=embedder))
             done = events[-1]
             row = evidence_row(state, events[0].passages, q["question"], q["answers"], done.text, done.evidence,
-                               **shortlist_weighers(model.backbone, tokenizer, q["question"], embedder, ranker))
+                               **shortlist_weighers(model.backbone, tokenizer, q["question"], embedder))
             if row is not None:
                 rows.append({"article": article["title"], **row})
                 print(len(rows), asked, {r: int(v) for r, v in row["hits"].items()}, flush=True)
@@ -278,10 +245,8 @@ def main() -> None:
         hits = [float(r["hits"][rule]) for r in rows]
         scores[rule] = {"hit": sum(hits) / n, "hit_ci": bootstrap(hits)}
     result = {"model": args.model, "hmt_weights": args.hmt_weights, "answer_adapter": args.answer_adapter,
-              "evidence_ranker": str(args.evidence_ranker) if ranker else None,
               "weights": {"question": QUESTION_WEIGHT, "answer": ANSWER_WEIGHT, "likelihood": LIKELIHOOD_WEIGHT,
-                          "similarity": SIMILARITY_WEIGHT, "relevance": RELEVANCE_WEIGHT if ranker else 0.0,
-                          "shortlist": SHORTLIST},
+                          "similarity": SIMILARITY_WEIGHT, "shortlist": SHORTLIST},
               "split": args.split, "machine": machine(),
               "asked": asked,
               "questions": n, "wall_seconds": time.time() - started, "scores": scores,
@@ -301,9 +266,7 @@ def main() -> None:
              *table_head("evidence rule", "holds the gold answer")]
     names = {"app": f"**the app's: idf-weighted overlap with the question (x{QUESTION_WEIGHT:g}) and the answer "
                     f"(x{ANSWER_WEIGHT:g}), its {SHORTLIST} best weighed by the backbone's likelihood of the question "
-                    f"(x{LIKELIHOOD_WEIGHT:g}), their sentence similarity to it (x{SIMILARITY_WEIGHT:g})"
-                    + (f" and the evidence ranker's score (x{RELEVANCE_WEIGHT:g})**" if ranker else "**"),
-             "without_ranker": "the app's without the evidence ranker" + ("" if ranker else " (none loaded: the same)"),
+                    f"(x{LIKELIHOOD_WEIGHT:g}) and their sentence similarity to it (x{SIMILARITY_WEIGHT:g})**",
              "without_similarity": "the app's without the sentence similarity",
              "without_likelihood": "the app's without the likelihood",
              "lexical": "the app's overlap alone (neither)",

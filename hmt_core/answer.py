@@ -21,7 +21,6 @@ import torch
 from .answer_adapter import AnswerAdapter
 from .backbone import capture_hidden, final_hidden_states, lm_logits
 from .embedder import SentenceEmbedder
-from .evidence_ranker import EvidenceRanker
 from .evidence import Evidence, rank_evidence, shortlist_weighers
 from .memory_model import MemoryModel
 from .quoting import QuoteGuard
@@ -352,7 +351,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
                   adapter: AnswerAdapter | None = None, system: str | None = None,
                   not_found: NotFoundRule | None = None, prompt_passages: int | None = None,
                   score_not_found: bool = False, embedder: SentenceEmbedder | None = None,
-                  quote: bool | None = None, ranker: EvidenceRanker | None = None) -> Iterator[AnswerEvent]:
+                  quote: bool | None = None) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The question recalls with the channels asked for (default: every channel the model's config weighs; memory
@@ -363,8 +362,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     the loop, marked with ' …'. An answer that starts to repeat the system prompt stops there and 'done' carries
     WITHHELD instead (discloses_instructions); the token that completed the quote is not streamed. 'done' also
     names the answer's evidence among the recalled document passages (rank_evidence, its shortlist weighed by the
-    plain backbone's question_likelihoods and, with an `embedder`, by its sentences' similarity to the question, with
-    a `ranker` (hmt_core.evidence_ranker) by its scores of them; none
+    plain backbone's question_likelihoods and, with an `embedder`, by its sentences' similarity to the question; none
     for a withheld answer or without passages; after a 'not found', the sentences closest to the question). `ranking`
     (non-negative scores over every segment) picks the re-read passages instead of the recall weights, to compare
     retrievers under the same prompt and decoding.
@@ -402,7 +400,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     def evidence_for(said: str) -> list[Evidence]:  # the recalled document passages' best sentences for `said`
         documents = [p for p in passages if p.source != CHAT_SOURCE]
         return rank_evidence(work, documents, question, said,  # the plain backbone: the adapter is off here
-                             **shortlist_weighers(model.backbone, tokenizer, question, embedder, ranker))
+                             **shortlist_weighers(model.backbone, tokenizer, question, embedder))
 
     question_ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query, as in QA training
     L = model.segment_length

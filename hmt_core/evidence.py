@@ -55,7 +55,6 @@ LIKELIHOOD_WEIGHT = 0.2  # per nat of the question's mean log-probability per to
 LIKELIHOOD_PROMPT = "Passage: {sentence}\nA question this passage answers:"
 JOIN_SHARE = 0.25  # least share of the answer's weight a neighbouring sentence must add to join the best one
 SIMILARITY_WEIGHT = 3.0  # per unit of cosine between the question and a shortlisted sentence (a sentence embedder)
-RELEVANCE_WEIGHT = 1.0  # per unit of the evidence ranker's logit (hmt_core.evidence_ranker) for a shortlisted sentence
 # a sentence opening with one of these points back to the one before: 'It includes large public works, …'
 _REFERS_BACK = re.compile(r"(?:It|Its|They|Their|Them|This|These|Those|He|His|She|Her|Such)\b")
 LONG_SENTENCE = 400  # characters; a longer "sentence" (a list, a table) is also cut at line ends and semicolons
@@ -155,24 +154,20 @@ def question_likelihoods(backbone: nn.Module, tokenizer, question: str, sentence
     return chosen.mean(-1).tolist()
 
 
-def shortlist_weighers(backbone: nn.Module | None, tokenizer, question: str, embedder=None, ranker=None
+def shortlist_weighers(backbone: nn.Module | None, tokenizer, question: str, embedder=None
                        ) -> dict[str, Callable[[list[str]], list[float]] | None]:
-    """rank_evidence's `likelihood`, `similarity` and `relevance` for one question, as the app weighs its
-    shortlist: the backbone's question_likelihoods (switch an answer adapter off first), the embedder's
-    (hmt_core.embedder) similarities and the evidence ranker's (hmt_core.evidence_ranker) scores; None for what is
-    not given."""
+    """rank_evidence's `likelihood` and `similarity` for one question, as the app weighs its shortlist: the
+    backbone's question_likelihoods (switch an answer adapter off first) and the embedder's (hmt_core.embedder)
+    similarities; None for what is not given."""
     return {"likelihood": None if backbone is None else (
                 lambda sentences: question_likelihoods(backbone, tokenizer, question, sentences)),
-            "similarity": None if embedder is None else (lambda sentences: embedder.similarities(question, sentences)),
-            "relevance": None if ranker is None else (lambda sentences: ranker.scores(question, sentences))}
+            "similarity": None if embedder is None else (lambda sentences: embedder.similarities(question, sentences))}
 
 
 def rank_evidence(state: MemoryState, passages: list[Passage], question: str, answer: str,
                   question_weight: float = QUESTION_WEIGHT, answer_weight: float = ANSWER_WEIGHT,
                   likelihood: Callable[[list[str]], list[float]] | None = None,
-                  similarity: Callable[[list[str]], list[float]] | None = None,
-                  relevance: Callable[[list[str]], list[float]] | None = None,
-                  relevance_weight: float = RELEVANCE_WEIGHT) -> list[Evidence]:
+                  similarity: Callable[[list[str]], list[float]] | None = None) -> list[Evidence]:
     """For each passage, its best sentence (joined by the neighbour that adds most of the answer's words, where that
     adds JOIN_SHARE), strongest first; passages with no sentence sharing a term with the question or the answer are
     left out. The first is the answer's evidence. Give document passages only: a recalled chat turn is what was
@@ -180,8 +175,7 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
     `likelihood` maps sentence texts to question_likelihoods (the question fixed); with it, the SHORTLIST lexically
     best sentences also get LIKELIHOOD_WEIGHT times theirs, counted from the lowest among them, so that a sentence
     off the shortlist (no bonus) never overtakes one on it; `similarity` (sentence texts to their cosines with the
-    question, hmt_core.embedder) adds SIMILARITY_WEIGHT times theirs to the same shortlist, counted the same way, and
-    `relevance` (the evidence ranker's scores, hmt_core.evidence_ranker) `relevance_weight` times theirs. A
+    question, hmt_core.embedder) adds SIMILARITY_WEIGHT times theirs to the same shortlist, counted the same way. A
     best sentence that opens with a pronoun ('It includes …') is shown with the sentence before it, which names what
     it means."""
     sentences: list[_Sentence] = []
@@ -209,8 +203,7 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
     places = sorted((s for s in sentences if alone[(s.passage, s.order)] > 0),
                     key=lambda s: (-alone[(s.passage, s.order)], -s.weight, s.passage, s.order))[:SHORTLIST]
     source_texts = [state.sources[passages[s.passage].source].text[s.start:s.end] for s in places]
-    for weigh, weight in ((likelihood, LIKELIHOOD_WEIGHT), (similarity, SIMILARITY_WEIGHT),
-                          (relevance, relevance_weight)):
+    for weigh, weight in ((likelihood, LIKELIHOOD_WEIGHT), (similarity, SIMILARITY_WEIGHT)):
         if weigh is not None and places:
             values = weigh(source_texts)
             for s, v in zip(places, values):

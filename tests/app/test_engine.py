@@ -379,14 +379,13 @@ def test_the_sentence_embedder_is_loaded_once_and_its_absence_is_no_error(tokeni
         raise BackboneError("no wheel, no hub")
 
     monkeypatch.setattr(engine_module, "load_embedder", unavailable)
-    monkeypatch.setattr(engine_module, "DEFAULT_RANKER", Path("/nonexistent"))
-    engine._load_evidence_models()
+    engine._load_embedder()
     assert engine.embedder is None and calls == [1]
     embedder = SentenceEmbedder(tiny_bert(), tokenizer)
     monkeypatch.setattr(engine_module, "load_embedder", lambda: embedder)
-    engine._load_evidence_models()
-    engine._load_evidence_models()
-    assert engine.embedder is embedder and engine.ranker is None
+    engine._load_embedder()
+    engine._load_embedder()
+    assert engine.embedder is embedder
     session = Session()
     list(ingest(session, engine, None, [Upload("keeper.txt", text="The keeper counted nine ships. " * 40)]))
     asked = []
@@ -394,35 +393,3 @@ def test_the_sentence_embedder_is_loaded_once_and_its_absence_is_no_error(tokeni
     monkeypatch.setattr(embedder, "similarities", lambda q, s: asked.append(q) or real(q, s))
     done = list(engine.answer(session.memory, "How many ships?", session.fingerprint, max_new_tokens=4))[-1]
     assert done.kind == "done" and asked == ["How many ships?"]
-
-
-def test_the_shipped_evidence_ranker_is_loaded_once_and_weighs_every_answers_evidence(tokenizer, monkeypatch,
-                                                                                      tmp_path):
-    """With a ranker at DEFAULT_RANKER the engine loads it once and every answer's evidence asks it; a broken one
-    is left out with a warning, and answers go on."""
-    from hmt_core.embedder import SentenceEmbedder
-    from hmt_core.evidence_ranker import new_ranker, save_ranker
-
-    encoder = tmp_path / "encoder"
-    tiny_bert().save_pretrained(encoder)
-    tokenizer.save_pretrained(encoder)
-    save_ranker(new_ranker(rank=2, encoder=str(encoder)), tmp_path / "ranker", {"questions": 0})
-    monkeypatch.setattr(engine_module, "load_embedder", lambda: SentenceEmbedder(tiny_bert(), tokenizer))
-    monkeypatch.setattr(engine_module, "DEFAULT_RANKER", tmp_path / "ranker")
-    engine = tiny_engine(tokenizer)
-    engine._load_evidence_models()
-    ranker = engine.ranker
-    engine._load_evidence_models()
-    assert ranker is not None and engine.ranker is ranker
-    session = Session()
-    list(ingest(session, engine, None, [Upload("keeper.txt", text="The keeper counted nine ships. " * 40)]))
-    asked = []
-    real = ranker.scores
-    monkeypatch.setattr(ranker, "scores", lambda q, s: asked.append(q) or real(q, s))
-    done = list(engine.answer(session.memory, "How many ships?", session.fingerprint, max_new_tokens=4))[-1]
-    assert done.kind == "done" and asked == ["How many ships?"]
-    (tmp_path / "ranker" / "evidence_ranker.safetensors").write_bytes(b"not tensors")
-    broken = tiny_engine(tokenizer)
-    broken._load_evidence_models()
-    assert broken.ranker is None and broken.embedder is not None
-

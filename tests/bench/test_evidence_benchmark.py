@@ -7,14 +7,13 @@ import pytest
 import torch
 from tiny_models import tiny_bert
 
-from bench.evidence import (RELEVANCE_GRID, WEIGHT_GRID, compare_weights, evidence_row, first_sentence, holds,
-                            remembered, rescore)
+from bench.evidence import (WEIGHT_GRID, compare_weights, evidence_row, first_sentence, holds, remembered,
+                            rescore)
 from bench.render import middle_sentence
 from hmt_core.answer import NOT_FOUND, WITHHELD, Passage
 from hmt_core.embedder import SentenceEmbedder
-from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, RELEVANCE_WEIGHT,
-                               SIMILARITY_WEIGHT, rank_evidence)
-from hmt_core.evidence_ranker import new_ranker
+from hmt_core.evidence import (ANSWER_WEIGHT, LIKELIHOOD_WEIGHT, QUESTION_WEIGHT, SIMILARITY_WEIGHT,
+                               rank_evidence)
 from hmt_core.state import MemoryState, SourceText
 
 TEXT = ("The Normans were the people who gave their name to Normandy. They descended from Norse raiders. "
@@ -38,15 +37,13 @@ def test_a_row_scores_every_rule_on_the_same_passages_and_skips_answers_not_reca
     question, answer = "To whom did Rollo swear fealty?", "Rollo swore fealty to the king."
     evidence = rank_evidence(state, passages, question, answer)
     row = evidence_row(state, passages, question, ["King Charles III"], answer, evidence)
-    assert row["hits"] == {"app": True, "without_ranker": True, "without_similarity": True,
-                           "without_likelihood": True, "lexical": True, "question_only": True, "answer_only": True,
-                           "first_sentence": False}
+    assert row["hits"] == {"app": True, "without_similarity": True, "without_likelihood": True, "lexical": True,
+                           "question_only": True, "answer_only": True, "first_sentence": False}
     sentences = []  # what the app's models are asked to weigh: the shortlist
     weighed = evidence_row(state, passages, question, ["King Charles III"], answer, evidence,
                            likelihood=lambda texts: sentences.append(texts) or [0.0] * len(texts),
-                           similarity=lambda texts: sentences.append(texts) or [0.0] * len(texts),
-                           relevance=lambda texts: sentences.append(texts) or [0.0] * len(texts))
-    assert weighed["hits"] == row["hits"] and len(sentences) == 6  # each rule leaves one of the three models out
+                           similarity=lambda texts: sentences.append(texts) or [0.0] * len(texts))
+    assert weighed["hits"] == row["hits"] and len(sentences) == 2  # each rule leaves one model out
     assert row["evidence"]["app"] == evidence[0].text and row["passages"] == [{"text": TEXT, "weight": 0.9}]
     assert evidence_row(state, passages, question, ["Paris"], answer, evidence) is None  # not in what was recalled
     missing = evidence_row(state, passages, question, ["King Charles III"], answer, [])
@@ -81,18 +78,12 @@ def test_with_the_models_every_answer_weight_is_scored_beside_the_likelihood_and
            "answer": "the people of Normandy", "passages": [{"text": TEXT, "weight": 0.9}]}
     run = tmp_path / "evidence_dev_adapter.json"
     run.write_text(json.dumps({"split": "dev", "rows": [row]}))
-    encoder = tmp_path / "encoder"
-    tiny_bert().save_pretrained(encoder)
-    tokenizer.save_pretrained(encoder)
-    compare_weights([run], tmp_path, backbone, tokenizer, "tiny", SentenceEmbedder(tiny_bert(), tokenizer),
-                    new_ranker(rank=2, encoder=str(encoder)))
+    compare_weights([run], tmp_path, backbone, tokenizer, "tiny", SentenceEmbedder(tiny_bert(), tokenizer))
     results = json.loads((tmp_path / "evidence_weights.json").read_text())["results"]
     full = {(r["question"], r["answer"]) for r in results
-            if (r["likelihood"], r["similarity"], r["relevance"]) == (LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT, 0.0)}
+            if (r["likelihood"], r["similarity"]) == (LIKELIHOOD_WEIGHT, SIMILARITY_WEIGHT)}
     assert full == set(WEIGHT_GRID) | {(QUESTION_WEIGHT, ANSWER_WEIGHT)}
     assert any((r["likelihood"], r["similarity"]) == (LIKELIHOOD_WEIGHT, 0.0) for r in results)
-    ranked = {r["relevance"] for r in results if r["relevance"] > 0}
-    assert ranked == set(RELEVANCE_GRID) | {RELEVANCE_WEIGHT}  # the ranker at each weight beside the app's others
     weighed = []  # each shortlist is weighed once across passes, with the same values as without the memo
     likelihood = lambda sentences: weighed.append(sentences) or [float(len(s)) for s in sentences]  # noqa: E731
     memo: dict = {}

@@ -13,8 +13,8 @@ from tiny_models import CORPUS
 
 from hmt_core import HMT, HMTConfig, read_text, stream_answer
 from hmt_core.answer import WITHHELD, Passage
-from hmt_core.evidence import (LIKELIHOOD_PROMPT, LIKELIHOOD_WEIGHT, RELEVANCE_WEIGHT, SHORTLIST, Evidence,
-                               question_likelihoods, rank_evidence, sentence_spans, shortlist_weighers)
+from hmt_core.evidence import (LIKELIHOOD_PROMPT, LIKELIHOOD_WEIGHT, SHORTLIST, Evidence, question_likelihoods,
+                               rank_evidence, sentence_spans)
 from hmt_core.state import MemoryState, SourceText
 
 GUILD = ("The Guild\n\nThe keepers of the northern lights formed a guild in 1902. The secret password of the "
@@ -225,30 +225,3 @@ def test_the_similarity_reorders_the_shortlist_beside_the_likelihood():
     assert best.text.startswith("The guild's ledger 1 ") and len(asked[-1]) == SHORTLIST
     alone = rank_evidence(state, [passage(state, "a.txt")], question, "", similarity=similar)[0]
     assert alone.text == best.text  # it needs no likelihood
-
-
-def test_the_rankers_scores_weigh_the_shortlist_beside_the_others():
-    """The evidence ranker's scores join the likelihood and the similarity on the same shortlist, RELEVANCE_WEIGHT
-    per unit: a sentence it scores highest by a margin wins even where the similarity prefers another."""
-    facts = [f"The guild's ledger {n} lists the keeper of lamp {n}." for n in range(SHORTLIST + 3)]
-    text = " ".join(["The keeper of the lamp wrote the guild's ledger at dusk."] + facts)
-    state = state_of({"a.txt": (text, [0], [1])})
-    question = "Who wrote the guild's ledger at dusk?"
-    similar = lambda sentences: [1.0 if "ledger 1 " in s else 0.0 for s in sentences]  # noqa: E731
-    margin = 4.0 / RELEVANCE_WEIGHT  # worth more than the similarity's SIMILARITY_WEIGHT (3) for a cosine of 1
-    relevant = lambda sentences: [margin if "ledger 2 " in s else 0.0 for s in sentences]  # noqa: E731
-    best = rank_evidence(state, [passage(state, "a.txt")], question, "", similarity=similar, relevance=relevant)[0]
-    assert best.text.startswith("The guild's ledger 2 ")
-    without = rank_evidence(state, [passage(state, "a.txt")], question, "", similarity=similar)[0]
-    assert without.text.startswith("The guild's ledger 1 ")
-
-
-def test_shortlist_weighers_give_what_they_are_given():
-    class Ranker:
-        def scores(self, question: str, sentences: list[str]) -> list[float]:
-            return [float(len(s)) for s in sentences]
-
-    weighers = shortlist_weighers(None, None, "Who?", None, Ranker())
-    assert weighers["likelihood"] is None and weighers["similarity"] is None
-    assert weighers["relevance"](["ab", "abc"]) == [2.0, 3.0]
-    assert shortlist_weighers(None, None, "Who?")["relevance"] is None
