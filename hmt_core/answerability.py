@@ -31,7 +31,12 @@ class AnswerabilityProbe:
     bias: float
 
     def score(self, captured: dict[int, torch.Tensor]) -> float:
-        return float(last_states(captured, self.layers) @ self.weight + self.bias)
+        """The score of one prompt, from capture_hidden's states of its backbone call."""
+        return float(self.scores(last_states(captured, self.layers)))
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """The scores of prompts' features ([..., len(layers) * d], as last_states gives them): [...]."""
+        return features @ self.weight + self.bias
 
 
 def last_states(captured: dict[int, torch.Tensor], layers: list[int]) -> torch.Tensor:

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     probe = fit_probe(*sets["train"], args.layers, args.l2)
     scores = {}
     for name, (x, y) in sets.items():
-        s = x @ probe.weight + probe.bias
+        s = probe.scores(x)
         scores[name] = {"auc": round(auc(s[y == 1], s[y == 0]), 4), "answerable": int((y == 0).sum()),
                         "unanswerable": int((y == 1).sum())}
     record = {"layers": args.layers, "l2": args.l2, "seed": args.seed, "passages": adapter.passages,
