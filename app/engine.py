@@ -257,7 +257,7 @@ class Engine:
         model = None
         if (folder / "memory_config.json").exists():
             try:
-                model = load_checkpoint(folder, backbone_model)
+                model = load_checkpoint(folder, backbone_model, embedder=self.embedder)
                 trained, note = True, f"Trained HMT weights {folder.name}"
             except CheckpointError as err:
                 logger.warning("HMT weights in %s not used: %s", folder, err)

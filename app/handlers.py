@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 MAX_QUESTION_CHARS = 2000
 TEXT_VIEW_CHARS = 6000  # most of a text page shown around the evidence (an EPUB chapter can be far longer)
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "pride_and_prejudice_ch1-7.pdf"
-CHANNEL_CHOICES = [("HMT memory", "memory"), ("Words (lexical index)", "lexical"), ("Token keys", "token")]
+CHANNEL_CHOICES = [("HMT memory", "memory"), ("Words (lexical index)", "lexical"), ("Token keys", "token"),
+                   ("Sentences (sentence embeddings)", "sentence")]
 Update = dict[str, Any]
 ADMIN_OFF = ("Switching the model is turned off on this server. An operator turns it on by starting the app with "
              "`--admin-secret` (or the `HMT_ADMIN_SECRET` environment variable), or with `--local-admin` when it "

@@ -33,7 +33,8 @@ NOT_FOUND_LABEL = "Say “not found” when unsure"
 NOT_FOUND_INFO = ("When no passage seems to hold the answer (recall is unsure, or the answer adapter's probe reads "
                   "that its passage does not say), say so and show the closest passages instead of guessing.")
 CHANNEL_COLORS = {views.CHANNEL_NAMES["memory"]: "#6366f1", views.CHANNEL_NAMES["lexical"]: "#f59e0b",
-                  views.CHANNEL_NAMES["token"]: "#0ea5e9"}  # words and token keys as their marks in the passages
+                  views.CHANNEL_NAMES["token"]: "#0ea5e9",  # words and token keys as their marks in the passages
+                  views.CHANNEL_NAMES["sentence"]: "#a855f7"}  # as its dotted line under the closest sentence
 
 CSS = """
 .hmt-progress { margin: 4px 0 8px; }
@@ -50,6 +51,7 @@ CSS = """
 .hmt-passages mark.hmt-token { background: #e0f2fe; text-decoration: underline 2px #0ea5e9;
   text-underline-offset: 3px; }
 .hmt-passages mark.hmt-word { background: #fde68a; padding: 0 1px; border-radius: 2px; }
+.hmt-passages mark.hmt-sentence { border-bottom: 2px dotted #a855f7; }
 .hmt-legend { font-size: .85em; color: var(--body-text-color-subdued); margin: 4px 0 8px; }
 .hmt-memory th { text-align: left; padding-right: 12px; vertical-align: top; white-space: nowrap; }
 .hmt-memory code { white-space: pre-wrap; word-break: break-word; }

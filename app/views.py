@@ -22,7 +22,8 @@ from hmt_core.recall.lexical import LexicalIndex
 
 Span = tuple[int, int]
 
-CHANNEL_NAMES = {"memory": "memory", "lexical": "words", "token": "token keys"}  # as the page names them
+CHANNEL_NAMES = {"memory": "memory", "lexical": "words", "token": "token keys",
+                 "sentence": "sentences"}  # as the page names them
 CHART_COLUMNS = ["segment", "channel", "weight", "recall", "document", "pages"]
 _MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
 
@@ -153,11 +154,13 @@ def whole_words(spans: list[Span], text: str) -> list[Span]:
     return widened
 
 
-def marked(text: str, words: list[Span], windows: list[Span], evidence: list[Span] = ()) -> str:
+def marked(text: str, words: list[Span], windows: list[Span], evidence: list[Span] = (),
+           sentences: list[Span] = ()) -> str:
     """HTML-escaped text with <mark class="hmt-word"> over the word spans, <mark class="hmt-token"> over the
-    token-window spans and <mark class="hmt-evidence"> over the evidence; where they overlap, one mark has each
-    class."""
-    return marks(text, {"hmt-word": words, "hmt-token": windows, "hmt-evidence": list(evidence)})
+    token-window spans, <mark class="hmt-sentence"> over the sentences closest to the question and
+    <mark class="hmt-evidence"> over the evidence; where they overlap, one mark has each class."""
+    return marks(text, {"hmt-word": words, "hmt-token": windows, "hmt-sentence": list(sentences),
+                        "hmt-evidence": list(evidence)})
 
 
 def marks(text: str, spans_by_class: dict[str, list[Span]]) -> str:
@@ -195,19 +198,22 @@ def reasons(passage: Passage) -> str:
 
 
 def passage_body(state: MemoryState, passage: Passage, question: str, evidence: Evidence | None = None) -> str:
-    """A passage's text as HTML, reflowed, with the words the question's terms match (LexicalIndex.matches), its
-    token windows (Passage.token_windows, spans in the source's text; widened to whole words) and the evidence in it
-    marked. The marks are placed on the raw text and moved through the reflow, so the text reads exactly as
-    reflow() gives it."""
+    """A passage's text as HTML, reflowed, with the words the question's terms match (LexicalIndex.matches), its token
+    windows (Passage.token_windows, spans in the source's text; widened to whole words), its sentences closest to
+    the question (Passage.sentences) and the evidence in it marked. The marks are placed on the raw text and moved
+    through the reflow, so the text reads exactly as reflow() gives it."""
     raw = state.sources[passage.source].text[passage.char_start:passage.char_end]
     start = passage.char_start + len(raw) - len(raw.lstrip())  # passage.text is the stripped span
     n = len(passage.text)
     spans = [(max(a - start, 0), min(b - start, n)) for a, b in passage.token_windows]
     spans = whole_words([s for s in spans if s[0] < s[1]], passage.text)
+    closest = [(max(a - start, 0), min(b - start, n)) for a, b in passage.sentences]
+    closest = [s for s in closest if s[0] < s[1]]
     found = [(max(evidence.char_start - start, 0), min(evidence.char_end - start, n))] if evidence else []
     shown = reflow(passage.text)
     words = move_spans(LexicalIndex.matches(question, passage.text), passage.text, shown)
-    return marked(shown, words, move_spans(spans, passage.text, shown), move_spans(found, passage.text, shown))
+    return marked(shown, words, move_spans(spans, passage.text, shown), move_spans(found, passage.text, shown),
+                  move_spans(closest, passage.text, shown))
 
 
 def answer_spans(text: str, answer: str) -> list[Span]:
@@ -247,6 +253,9 @@ def legend(channels: list[str], evidence: bool = False, found: bool = True) -> s
     shown = [f'<mark class="hmt-word">words</mark> of the question {matched}']
     if "token" in channels:
         shown.append('<mark class="hmt-token">token windows</mark> whose token keys matched the question best')
+    if "sentence" in channels:
+        shown.append('<mark class="hmt-sentence">the sentence</mark> of each segment closest to the question in '
+                     'meaning')
     if evidence and found:
         shown.append('<mark class="hmt-evidence">the evidence</mark>: the sentence sharing the most rare words with '
                      'the question and the answer, among those the model finds most likely to prompt the question '
@@ -436,8 +445,8 @@ def size_label(nbytes: int) -> str:
 
 def memory_html(session: Session, sensory_text: str, describe_model: str) -> str:
     """The memory hierarchy, one row per level with its size: sensory memory (decoded), the newest memory
-    embedding, the long-term cache of memory embeddings, the token keys and the word index; then the segments and
-    documents, under a line naming the model."""
+    embedding, the long-term cache of memory embeddings, the token keys, the word index and the sentence vectors;
+    then the segments and documents, under a line naming the model."""
     model = f'<div class="hmt-model">{html.escape(describe_model)}</div>'
     state = session.memory
     if state is None:
@@ -463,6 +472,11 @@ def memory_html(session: Session, sensory_text: str, describe_model: str) -> str
                                    f"{size_label(keys.numel() * keys.element_size())}"))
     rows.append(("Word index", f"{len(state.lexical)} segments indexed, {state.lexical.num_terms:,} distinct terms "
                                "(BM25)"))
+    sentences = state.sentences
+    if sentences.vectors.numel():
+        rows.append(("Sentence vectors", f"{sentences.vectors.shape[0]:,} sentences of {len(sentences)} segments × "
+                                         f"{sentences.vectors.shape[-1]} dims, "
+                                         f"{size_label(sentences.vectors.numel() * sentences.vectors.element_size())}"))
     chat = sum(1 for s in state.segments if s.source == CHAT_SOURCE)
     rows.append(("Segments read", f"{state.num_segments} ({state.num_segments - chat} from documents, "
                                   f"{chat} from the chat)"))

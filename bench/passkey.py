@@ -28,7 +28,8 @@ from bench.common import (KEEP, PASSKEY_QUESTION, RESULTS, Haystack, add_model_a
                           table_head, table_row, training_steps, write_results)
 from hmt_core import HMT, MemoryState, stream_answer
 from hmt_core.answer import ANSWER_MODES, chat_ids
-from hmt_core.recall import channel_scores
+from hmt_core.config import RECALL_CHANNELS as CHANNELS
+from hmt_core.recall import available_channels, channel_scores
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +73,7 @@ def run_trial(model: HMT, tokenizer: PreTrainedTokenizerBase, length: int, trial
         answer, weights = hmt_answer(model, tokenizer, state, mode, max_new_tokens)
         hmt[mode] = {"answer": answer, "pass": str(haystack.key) in answer, "needle_rank": rank_of(weights, segment)}
     rank = hmt["reread" if "reread" in hmt else modes[0]]["needle_rank"]
-    channels = ("memory", "lexical", "token") if state.token_keys is not None else ("memory", "lexical")
+    channels = tuple(c for c in CHANNELS if c in available_channels(model, state, CHANNELS) or c == "lexical")
     query = chat_ids(tokenizer, [{"role": "user", "content": PASSKEY_QUESTION}])
     scores = channel_scores(model, tokenizer, state, PASSKEY_QUESTION, query, channels)
     channel_ranks = {c: rank_of(s, segment) for c, s in scores.items()}
@@ -118,7 +119,7 @@ def summarize(trials: list[dict]) -> list[dict]:
         ranks = [t["needle_rank"] for t in group if t["needle_rank"] is not None]
         row["mean_needle_rank"] = sum(ranks) / len(ranks) if ranks else None
         row["needle_first"] = [sum(r == 1 for r in ranks), len(ranks)]
-        for channel in ("memory", "lexical", "token"):
+        for channel in CHANNELS:
             first = [t["channel_ranks"][channel] == 1 for t in group if channel in t.get("channel_ranks", {})]
             row[f"first_{channel}"] = [sum(first), len(first)]
         rows.append(row)
@@ -143,7 +144,8 @@ def markdown(data: dict) -> str:
               f"greedy, {s['max_new_tokens']} new tokens, seed {s['seed']}; wall time {data['wall_seconds']:.0f} s "
               f"summed over trials; {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads.")
     columns = ("tokens (target / mean)", "trials", "segments", "HMT reread", "HMT faithful", "plain backbone",
-               "mean needle rank", "needle first (recall)", "first: memory", "first: lexical", "first: token keys")
+               "mean needle rank", "needle first (recall)", "first: memory", "first: lexical", "first: token keys",
+               "first: sentences")
     lines = [header, "", *table_head(*columns)]
     for r in data["summary"]:
         rank = f"{r['mean_needle_rank']:.1f} of {r['segments']:.0f}" if r["mean_needle_rank"] is not None else "-"
@@ -151,7 +153,8 @@ def markdown(data: dict) -> str:
                                accuracy_cell(*r["hmt_reread"], "-"), accuracy_cell(*r["hmt_faithful"], "-"),
                                accuracy_cell(*r["plain"], "does not fit"), rank,
                                *(accuracy_cell(*r.get(k, [0, 0]), "-") for k in
-                                 ("needle_first", "first_memory", "first_lexical", "first_token"))))
+                                 ("needle_first", "first_memory", "first_lexical", "first_token",
+                                  "first_sentence"))))
     return "\n".join(lines) + "\n"
 
 

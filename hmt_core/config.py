@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 # Memory vectors are final hidden states: on SmolLM2-135M their norm is about 55 against about 3.2 for a token
 # embedding, so fed back as they are they drown the tokens around them (reading got worse than with no memory).
 MEMORY_INPUT_NORMS = ("embedding", "none")
-RECALL_CHANNELS = ("memory", "lexical", "token")
+RECALL_CHANNELS = ("memory", "lexical", "token", "sentence")
 
 
 def check_memory_input_norm(value: str) -> None:
@@ -61,8 +61,8 @@ class HMTConfig:
 
     @property
     def channels(self) -> tuple[str, ...]:
-        """The recall channels this config can use: memory always; lexical and token where fusion weighs them
-        (token also needs token keys)."""
+        """The recall channels this config can use: memory always; lexical, token and sentence where fusion weighs
+        them (token also needs token keys; sentence also needs the model's sentence embedder)."""
         fusion = self.recall_fusion or {}
         return tuple(c for c in RECALL_CHANNELS if c == "memory" or (c in fusion and (c != "token" or
                                                                                      self.token_key_layer)))

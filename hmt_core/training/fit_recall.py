@@ -6,8 +6,9 @@ Starting from trained HMT weights, this
 2. scores questions against each article on its own and against all of them as one long document (what a manual
    looks like), and reads --passkeys windows of the --texts prose with a passkey needle hidden in them (the
    training passkeys of hmt_core.training.data, never the benchmark's filler);
-3. scores every question with each channel (memory, lexical, token) and fits the fusion weights and temperature by
-   the listwise softmax likelihood of the segment that holds the answer (the recall attention itself, raw logits);
+3. scores every question with each channel (memory, lexical, token, sentence) and fits the fusion weights and
+   temperature by the listwise softmax likelihood of the segment that holds the answer (the recall attention
+   itself, raw logits);
 4. saves the checkpoint with the fitted channels in its config and the fit's numbers in its metadata.
 
     python -m hmt_core.training.fit_recall --init assets/hmt-smollm2-135m --squad data/squad \\
@@ -32,6 +33,7 @@ from ..answer import chat_ids
 from ..backbone import DEFAULT_BACKBONE, decoder_layers, load_backbone
 from ..checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from ..config import RECALL_CHANNELS, HMTConfig
+from ..embedder import load_embedder
 from ..hmt import HMT
 from ..reader import Reader
 from ..recall import channel_scores, standardize
@@ -209,11 +211,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    texts = read_text_files(args.texts)  # first: a missing file fails before the long reading, not after it
     started = time.time()
     rng = random.Random(args.seed)
     backbone, tokenizer = load_backbone(args.model, device="cpu")
     base = load_checkpoint(args.init, backbone)
     model = with_token_keys(base, args.token_key_layer, args.token_key_width, args.token_keys).eval()
+    model.embedder = load_embedder()  # the sentence channel: documents read here embed their sentences
     split = json.loads((args.squad / "split.json").read_text())
     train = set(split["train"])
     articles = [a for a in map(json.loads, (args.squad / "articles.jsonl").read_text().splitlines())
@@ -245,7 +249,6 @@ def main(argv: list[str] | None = None) -> None:
         # the context offsets of SourceText are per article, so gold segments come from the article's own state
         gold = sorted(g + offsets[a] for g in gold_segments(states[a], q))
         sets["all_articles"].append((features(model, tokenizer, pooled, q["question"]), gold))
-    texts = read_text_files(args.texts)
     for text, at, key in passkey_documents(texts, args.passkeys, args.passkey_chars, rng):
         state = read_document(model, tokenizer, [text], "prose")
         end = at + len(PasskeyQA.NEEDLE.format(key=key))
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     model.config.recall_fusion, model.config.recall_temperature = fusion, 1.0 / total
     report = {"fusion": fusion, "temperature": 1.0 / total, "theta": theta.tolist(), "seconds": time.time() - started}
     alone = {c: torch.eye(len(RECALL_CHANNELS))[i] for i, c in enumerate(RECALL_CHANNELS)}
-    memory_only = theta * torch.tensor([1.0 if c != "lexical" else 0.0 for c in RECALL_CHANNELS])
+    memory_only = theta * torch.tensor([1.0 if c in ("memory", "token") else 0.0 for c in RECALL_CHANNELS])
     for name, groups in sets.items():
         report[name] = {"fused": metrics(groups, theta), "memory+token": metrics(groups, memory_only),
                         **{c: metrics(groups, v) for c, v in alone.items()}}

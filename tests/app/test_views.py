@@ -58,3 +58,28 @@ def test_a_not_found_answer_says_what_said_it():
         assert line.startswith("Why “not found”: ") and line.endswith(".") and views.NOT_FOUND_WHY[by] in line
     assert "probe" in views.not_found_line("probe") and "recall" in views.not_found_line("recall")
     assert views.not_found_line(None) == "" and views.not_found_line("bm25") == ""
+
+
+def test_the_sentence_closest_to_the_question_is_marked_and_explained():
+    state = MemoryState("hmt", torch.zeros(0, 1))
+    text = "The harbour froze early.\nShips waited outside for weeks. Salt grew dear."
+    state.sources["book"] = SourceText("book", text)
+    passage = Passage([0], "book", None, None, 0, len(text), text, 1.0, {"sentence": 0.5}, {"sentence": 1.2},
+                      sentences=[(25, 57)])
+    shown = views.passages_html(state, [passage], "How long did the boats stay?")
+    assert '<mark class="hmt-sentence">Ships waited outside for weeks.</mark>' in shown  # reflowed: same text
+    assert "closest to the question in meaning" in shown and "sentences +1.20" in shown
+
+
+def test_the_memory_panel_shows_the_sentence_vectors():
+    from app.session import Session
+    from hmt_core.recall.sentences import SentenceIndex
+
+    session = Session()
+    session.memory = MemoryState("hmt", torch.zeros(0, 4))
+    session.memory.sources["book"] = SourceText("book", "One. Two.")
+    assert "Sentence vectors" not in views.memory_html(session, "", "model")
+    session.memory.sentences = SentenceIndex(torch.zeros(5, 384, dtype=torch.float16), torch.tensor([0, 0, 1, 1, 1]),
+                                             2)
+    assert "Sentence vectors</th><td>5 sentences of 2 segments × 384 dims, 3.8 KB" in views.memory_html(
+        session, "", "model")

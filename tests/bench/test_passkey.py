@@ -100,7 +100,7 @@ def test_a_rerun_skips_finished_trials_and_renders_the_table(model, tokenizer, t
     table = (tmp_path / "passkey_untrained.md").read_text().splitlines()
     assert table[0].startswith("Passkey retrieval") and "segment L 32, cache N 300, sensory k 4" in table[0]
     assert common.PASSKEY_QUESTION in table[0] and "HMT weights untrained" in table[0]
-    assert table[2].startswith("| tokens") and table[3] == "|---" * 11 + "|"
+    assert table[2].startswith("| tokens") and table[3] == "|---" * 12 + "|"
     assert len(table) == 5 and table[4].startswith("| 300 / ") and table[4].count("(") == 6  # 3 answers, 3 ranks
     assert "300 tokens, trial 2/2:" in capsys.readouterr().out
 
