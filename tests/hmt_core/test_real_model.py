@@ -39,26 +39,27 @@ def test_reads_a_few_thousand_tokens_and_answers(smollm2):
             assert all(1 <= p.page_start <= p.page_end <= 12 for p in recall.passages)
 
 
-def test_the_shipped_weights_fuse_three_channels_and_find_a_needle(smollm2):
-    """The shipped checkpoint recalls with memory, words and token keys; the fused recall and the word and token-key
-    channels each rank first the segment of a passkey hidden in real prose, and the re-read answer quotes it."""
+def test_the_shipped_weights_fuse_four_channels_and_find_a_needle(smollm2):
+    """The shipped checkpoint recalls with memory, words, token keys and sentences (its embedder attached); the fused
+    recall and the word, token-key and sentence channels each rank first the segment of a passkey hidden in real
+    prose, whose sentences reading embedded, and the re-read answer quotes it."""
     from hmt_core import load_checkpoint, read_text
     from hmt_core.answer import chat_ids
     from hmt_core.recall import recall
 
     backbone, tokenizer = smollm2
     model = load_checkpoint(Path(__file__).resolve().parents[2] / "assets" / "hmt-smollm2-135m", backbone)
-    assert model.config.channels == ("memory", "lexical", "token")
+    assert model.config.channels == ("memory", "lexical", "token", "sentence") and model.embedder is not None
     prose = " ".join(page.extract_text() for page in PdfReader(EXAMPLE).pages[:6])
     cut = prose.index(". ", len(prose) // 2) + 2
     text = prose[:cut] + "The pass key is 48213. Remember it. 48213 is the pass key. " + prose[cut:]
     state = read_text(model, tokenizer, text, source="book", state=model.new_state(keep=1000))
-    assert state.token_keys.shape == (state.num_segments, 64, 256)
+    assert state.token_keys.shape == (state.num_segments, 64, 256) and len(state.sentences) == state.num_segments
     needle = max(s.index for s in state.segments if s.char_start <= cut)
     question = "What is the pass key?"
     detail = recall(model, tokenizer, state, question, chat_ids(tokenizer, [{"role": "user", "content": question}]))
     assert int(detail.weights.argmax()) == needle
-    for channel in ("lexical", "token"):
+    for channel in ("lexical", "token", "sentence"):
         assert int(detail.scores[channel].argmax()) == needle, channel
     events = list(stream_answer(model, tokenizer, state, question, max_new_tokens=12))
     assert "48213" in events[-1].text
