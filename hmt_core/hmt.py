@@ -164,8 +164,9 @@ class HMT(nn.Module):
 
     @property
     def recall_channels(self) -> tuple[str, ...]:
-        """The recall channels this model's config weighs: memory always, lexical and token where fitted."""
-        return tuple(self.config.channels)
+        """The recall channels this model's config weighs and it can use: memory always, lexical and token where
+        fitted, sentence where fitted and its sentence embedder is attached."""
+        return tuple(c for c in self.config.channels if c != "sentence" or self.embedder is not None)
 
     @property
     def device(self) -> torch.device:

@@ -133,6 +133,7 @@ def test_a_checkpoint_weighing_sentences_gets_an_embedder_or_recalls_without(mod
     monkeypatch.setattr(checkpoint, "load_embedder", offline)
     loaded = load_checkpoint(tmp_path / "ckpt", make_backbone("llama"))
     assert loaded.embedder is None and loaded.config.channels == ("memory", "lexical", "token", "sentence")
+    assert loaded.recall_channels == ("memory", "lexical", "token")  # what Settings offers
     empty = loaded.new_state(keep=10)
     assert "sentence" not in available_channels(loaded, empty)
 
