@@ -20,9 +20,9 @@ python -m hmt_core.training.train --stage 2 --init "$RUNS/stage1/final" --texts 
 # Multi-channel recall: token keys (layer, width and count chosen by bench.token_keys on training articles), then
 # the fusion weights and temperature of the four channels (memory, lexical, token, sentence) fitted on the training
 # articles and on passkeys hidden in the training prose. The shipped fusion comes from this command run again with
-# --init assets/hmt-smollm2-135m when the sentence channel came (9 min on a 2-core Xeon, alone); its whitening equalled
-# the shipped one up to the sign of one of 256 columns and 0.008 of eigenvector noise (an SVD on another CPU), so
-# memory_params.safetensors was kept and memory_config.json and recall_fit.json were taken from that run.
+# --init assets/hmt-smollm2-135m when the sentence channel came (9 min on a 2-core Xeon, alone); its whitening
+# equalled the shipped one up to the sign of one of 256 columns and 0.008 of eigenvector noise (an eigendecomposition
+# on another CPU), so memory_params.safetensors was kept and memory_config.json and recall_fit.json were taken from it.
 python -m hmt_core.training.fit_recall --init "$RUNS/stage2/final" --squad data/squad --texts $TEXTS \
     --out "$RUNS/recall" --token-key-layer 4 --token-key-width 256 --token-keys 64 --articles 14 --questions-per-article 30 --passkeys 16
 mkdir -p assets/hmt-smollm2-135m
