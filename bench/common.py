@@ -27,7 +27,10 @@ import torch
 from hmt_core import DEFAULT_BACKBONE, HMT, HMTConfig, MemoryState, load_backbone, load_checkpoint, read_text
 from hmt_core.answer import SYSTEM_PROMPT, chat_ids
 from hmt_core.backbone import cache_argument
+from hmt_core.config import RECALL_CHANNELS
+from hmt_core.embedder import SentenceEmbedder, load_embedder
 from hmt_core.quantize import QUANTIZATIONS, quantize_int8
+from hmt_core.recall import available_channels
 from hmt_core.training.fit_recall import read_document
 
 if TYPE_CHECKING:
@@ -233,6 +236,19 @@ def needle_segment(state: MemoryState, char: int) -> int:
 def rank_of(weights: torch.Tensor, index: int) -> int:
     """1-based rank of segment `index` under recall weights (ties counted in its favour)."""
     return int((weights > weights[index]).sum()) + 1
+
+
+def scored_channels(model, state: MemoryState) -> tuple[str, ...]:
+    """The recall channels a benchmark scores alone, in RECALL_CHANNELS order: those the model and the state can use,
+    and always the lexical one (the state's word index needs no fitted weight)."""
+    usable = available_channels(model, state, RECALL_CHANNELS)
+    return tuple(c for c in RECALL_CHANNELS if c in usable or c == "lexical")
+
+
+def sentence_embedder(model) -> SentenceEmbedder:
+    """The sentence embedder the model's recall already holds (the sentence channel's), else the default loaded now:
+    one copy of all-MiniLM-L6-v2 per benchmark, not two."""
+    return getattr(model, "embedder", None) or load_embedder()
 
 
 def rank_of_gold(scores: torch.Tensor, gold: set[int]) -> int:

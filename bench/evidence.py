@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 
 from bench.common import (RESULTS, add_model_arguments, bootstrap, describe_weights, load_model, machine,
-                          read_article, squad_articles, table_head, table_row, with_interval, write_results)
+                          read_article, sentence_embedder, squad_articles, table_head, table_row, with_interval,
+                          write_results)
 from bench.qa import normalize
 from hmt_core import stream_answer
 from hmt_core.answer import CHAT_SOURCE, Passage, evidence_answer
@@ -219,7 +220,7 @@ def main() -> None:
         return
     model, tokenizer = load_model(args)
     adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
-    embedder = load_embedder()  # as the app weighs its evidence
+    embedder = sentence_embedder(model)  # as the app weighs its evidence
     articles = squad_articles("eval" if args.split == "eval" else "train")
     if args.split != "eval":  # dev: only the articles the adapter never saw; train: never those
         articles = [a for a in articles if (a["title"] in DEV_ARTICLES) == (args.split == "dev")]

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 
 from bench.common import (KEEP, PASSKEY_QUESTION, RESULTS, Haystack, add_model_arguments, full_context_messages,
                           load_model, machine, make_haystack, needle_segment, plain_answer, rank_of, read_haystack,
-                          table_head, table_row, training_steps, write_results)
+                          scored_channels, table_head, table_row, training_steps, write_results)
 from hmt_core import HMT, MemoryState, stream_answer
 from hmt_core.answer import ANSWER_MODES, chat_ids
-from hmt_core.config import RECALL_CHANNELS as CHANNELS
-from hmt_core.recall import available_channels, channel_scores
+from hmt_core.config import RECALL_CHANNELS
+from hmt_core.recall import channel_scores
 
 if TYPE_CHECKING:
     import torch
@@ -73,9 +73,8 @@ def run_trial(model: HMT, tokenizer: PreTrainedTokenizerBase, length: int, trial
         answer, weights = hmt_answer(model, tokenizer, state, mode, max_new_tokens)
         hmt[mode] = {"answer": answer, "pass": str(haystack.key) in answer, "needle_rank": rank_of(weights, segment)}
     rank = hmt["reread" if "reread" in hmt else modes[0]]["needle_rank"]
-    channels = tuple(c for c in CHANNELS if c in available_channels(model, state, CHANNELS) or c == "lexical")
     query = chat_ids(tokenizer, [{"role": "user", "content": PASSKEY_QUESTION}])
-    scores = channel_scores(model, tokenizer, state, PASSKEY_QUESTION, query, channels)
+    scores = channel_scores(model, tokenizer, state, PASSKEY_QUESTION, query, scored_channels(model, state))
     channel_ranks = {c: rank_of(s, segment) for c, s in scores.items()}
     return {"length": length, "trial": trial, "tokens": haystack.tokens, "key": haystack.key,
             "needle_char": haystack.needle_start, "depth": haystack.needle_start / len(haystack.text),
@@ -119,7 +118,7 @@ def summarize(trials: list[dict]) -> list[dict]:
         ranks = [t["needle_rank"] for t in group if t["needle_rank"] is not None]
         row["mean_needle_rank"] = sum(ranks) / len(ranks) if ranks else None
         row["needle_first"] = [sum(r == 1 for r in ranks), len(ranks)]
-        for channel in CHANNELS:
+        for channel in RECALL_CHANNELS:
             first = [t["channel_ranks"][channel] == 1 for t in group if channel in t.get("channel_ranks", {})]
             row[f"first_{channel}"] = [sum(first), len(first)]
         rows.append(row)

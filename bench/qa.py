@@ -31,11 +31,10 @@ import torch
 
 from bench.common import (add_model_arguments, bm25_scores, bootstrap, describe_weights, full_context_messages,
                           load_model, machine, needle_segment, plain_answer, read_article, squad_articles,
-                          squad_unanswerable, table_head, table_row, write_results)
+                          sentence_embedder, squad_unanswerable, table_head, table_row, write_results)
 from hmt_core import stream_answer
 from hmt_core.answer import ANSWER_PROMPT, SYSTEM_PROMPT, chat_ids, load_not_found
 from hmt_core.answer_adapter import load_answer_adapter
-from hmt_core.embedder import load_embedder
 from hmt_core.training.train_answer import DEV_ARTICLES
 from hmt_core.backbone import cache_argument
 
@@ -189,7 +188,7 @@ def main() -> None:
                           if v == ("recall", adapter.passages, "short", True, adapter.quote))
     backbone = model.backbone
     window = backbone.config.max_position_embeddings
-    minilm = load_embedder() if "minilm_reread" in methods else None
+    minilm = sentence_embedder(model) if "minilm_reread" in methods else None
     part = "eval" if args.articles == "eval" else "train"
     articles = [a for a in squad_articles(part) if args.articles == "eval" or a["title"] in DEV_ARTICLES]
     unanswerable = {a["title"]: a["questions"] for a in squad_unanswerable(part)}

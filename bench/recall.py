@@ -21,11 +21,11 @@ import time
 import torch
 
 from bench.common import (add_model_arguments, bm25_scores, bootstrap, describe_weights, load_model, machine,
-                          rank_of_gold, read_article, squad_articles, table_head, table_row, with_interval,
-                          write_results)
+                          rank_of_gold, read_article, scored_channels, sentence_embedder, squad_articles, table_head,
+                          table_row, with_interval, write_results)
 from hmt_core import MemoryState
 from hmt_core.answer import chat_ids
-from hmt_core.embedder import load_embedder
+from hmt_core.config import RECALL_CHANNELS
 from hmt_core.recall import available_channels, channel_scores, fuse
 from hmt_core.training.fit_recall import gold_segments
 
@@ -40,8 +40,7 @@ def summary(ranks: list[int]) -> dict:
     return out
 
 
-CHANNELS = ("memory", "lexical", "token", "sentence")
-RANKINGS = (*CHANNELS, "memory+token", "fused", "bm25", "minilm", "random")
+RANKINGS = (*RECALL_CHANNELS, "memory+token", "fused", "bm25", "minilm", "random")
 LABELS = {"memory": "memory channel alone (HMT's own recall)", "lexical": "lexical channel alone (bm25s, stemmed)",
           "token": "token-key channel alone", "sentence": "sentence channel alone (MiniLM, best sentence)",
           "memory+token": "memory-only channels fused (memory + token keys)",
@@ -56,8 +55,7 @@ def question_ranks(model, tokenizer, state: MemoryState, texts: list[str], seg_e
     question = q["question"]
     ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query stream_answer uses
     channels = available_channels(model, state, None)
-    have = tuple(c for c in CHANNELS if c in available_channels(model, state, CHANNELS) or c == "lexical")
-    scores = channel_scores(model, tokenizer, state, question, ids, have)
+    scores = channel_scores(model, tokenizer, state, question, ids, scored_channels(model, state))
     fusion, temperature = model.config.recall_fusion, model.config.recall_temperature
     ranked = dict(scores)
     memory_only = tuple(c for c in channels if c in ("memory", "token"))
@@ -76,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     articles = squad_articles("eval")
     model, tokenizer = load_model(args)
-    minilm = load_embedder()
+    minilm = sentence_embedder(model)
     started = time.time()
     generator = torch.Generator().manual_seed(0)
     separate = [read_article(model, tokenizer, a) for a in articles]
