@@ -174,6 +174,9 @@ def main() -> None:
                              "of the next held-out article, answered as the app does (the adapter's row with as many "
                              "passages as the adapter's answering.json says, or hmt_reread without an adapter), to "
                              "measure 'not found'")
+    parser.add_argument("--end-bias", type=float, default=None,
+                        help="nats taken from the end of a quoted answer (hmt_core.quoting), instead of the adapter's "
+                             "answering.json end_bias")
     parser.add_argument("--results", default=None, help="the results' file name (default: from the options)")
     args = parser.parse_args()
     methods = args.methods or list(ADAPTER_METHODS if args.answer_adapter else DEFAULT_METHODS)
@@ -181,6 +184,8 @@ def main() -> None:
         parser.error("the adapter rows need --answer-adapter")
     model, tokenizer = load_model(args)
     adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
+    if adapter is not None and args.end_bias is not None:
+        adapter.end_bias = args.end_bias
     rule = load_not_found(args.hmt_weights) if args.hmt_weights else None
     app_method = "hmt_reread"
     if adapter is not None:
@@ -236,6 +241,7 @@ def main() -> None:
     result = summarize(args, model, methods, rows, negatives, rule, app_method, truncated, window, started)
     result["adapter_not_found_above"] = adapter.not_found_above if adapter is not None else None
     result["adapter_probe_above"] = adapter.probe_above if adapter is not None else None
+    result["end_bias"] = adapter.end_bias if adapter is not None else None
     name = "qa" if args.hmt_weights else "qa_untrained"
     name += ("_reader" if adapter is not None else "") + ("_dev" if args.articles == "dev" else "")
     write_results(args.results or name, result, report(result, methods))

@@ -357,7 +357,7 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
                   adapter: AnswerAdapter | None = None, system: str | None = None,
                   not_found: NotFoundRule | None = None, prompt_passages: int | None = None,
                   score_not_found: bool = False, embedder: SentenceEmbedder | None = None,
-                  quote: bool | None = None) -> Iterator[AnswerEvent]:
+                  quote: bool | None = None, end_bias: float | None = None) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
     The question recalls with the channels asked for (default: every channel the model's config weighs; memory
@@ -386,7 +386,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
     evidence (for a person to check the 'not found'). The not_found_score (one short backbone call before the
     first token) is computed only when that threshold is in use, or with score_not_found (to fit it). With `quote`
     (default: the adapter's `quote`; off without an adapter), the re-read answer is kept a verbatim quote of the
-    passages in its prompt, or the not-found reply (hmt_core.quoting).
+    passages in its prompt, or the not-found reply (hmt_core.quoting), its end `end_bias` nats less likely
+    (default: the adapter's `end_bias`; 0 without an adapter).
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"mode must be one of {ANSWER_MODES}")
@@ -429,8 +430,9 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         segment = None  # no rollover: the prompt is longer than a segment, so generation stays in one backbone call
         quoted = quote if quote is not None else (use is not None and use.quote)
         if quoted:
+            bias = end_bias if end_bias is not None else (use.end_bias if use is not None else 0.0)
             guard = QuoteGuard(tokenizer, [p.text for p in read], use.not_found if use is not None else NOT_FOUND,
-                               stops)
+                               stops, end_bias=bias)
     else:
         prompt = question_ids
         reader = Reader(model, tokenizer, work)

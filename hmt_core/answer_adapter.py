@@ -39,8 +39,9 @@ class AnswerAdapter:
     From ANSWERING_FILE when the folder has one: `passages`, how many of the recalled passages its prompt holds (the
     rest are still shown), and `not_found_above`, the mean log-probability per token of answering `not_found` above
     which the answer is "not found" (hmt_core.answer.not_found_score), `quote`, whether answers are kept verbatim
-    quotes of the passages (hmt_core.quoting), and `probe_above`, the answerability probe's score above which the
-    answer is "not found"; without the file, 3 passages, no such thresholds and no quoting. `probe` is the
+    quotes of the passages (hmt_core.quoting), `end_bias`, the nats taken from the end of such a quote
+    (hmt_core.quoting.QuoteGuard), and `probe_above`, the answerability probe's score above which the answer is
+    "not found"; without the file, 3 passages, no such thresholds, no quoting and no end bias. `probe` is the
     answerability probe saved beside the adapter (hmt_core.answerability), if any."""
 
     def __init__(self, backbone: nn.Module, folder: Path, settings: dict) -> None:
@@ -55,6 +56,7 @@ class AnswerAdapter:
         above = answering.get("not_found_above")
         self.not_found_above: float | None = None if above is None else float(above)
         self.quote: bool = bool(answering.get("quote", False))
+        self.end_bias: float = float(answering.get("end_bias", 0.0))
         self.probe: AnswerabilityProbe | None = load_probe(folder)
         probe_above = answering.get("probe_above") if self.probe is not None else None
         self.probe_above: float | None = None if probe_above is None else float(probe_above)

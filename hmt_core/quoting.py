@@ -34,13 +34,16 @@ def _flat(text: str) -> str:
 
 class QuoteGuard:
     """Masks a step's logits to the tokens that keep an answer a quote of `passages` or a prefix of `reply`. One
-    guard per answer: once released, it leaves the rest of that answer free."""
+    guard per answer: once released, it leaves the rest of that answer free. `end_bias` (nats, >= 0) is taken from
+    the end of a quote (not of the reply), so that the quote goes on where a token that keeps it is within that
+    much of the end: a longer stretch of the passage instead of a part of the phrase the question asks for."""
 
-    def __init__(self, tokenizer, passages: list[str], reply: str, stops: set[int]) -> None:
+    def __init__(self, tokenizer, passages: list[str], reply: str, stops: set[int], end_bias: float = 0.0) -> None:
         self.tokenizer = tokenizer
         self.passages = [_flat(p) for p in passages if p.strip()]
         self.reply = _flat(reply)
         self.stops = sorted(stops)
+        self.end_bias = end_bias
         self.released = False
 
     def quotes(self, text: str) -> bool:
@@ -79,7 +82,10 @@ class QuoteGuard:
         if not going_on:  # nothing likely enough goes on quoting: the rest of the answer is the reader's own
             self.released = True
             return logits
-        allowed = going_on + (self.stops if self.can_end(before) else [])
+        ends = self.stops if self.can_end(before) else []
         masked = torch.full_like(logits, float("-inf"))
-        masked[allowed] = logits[allowed]
+        masked[going_on] = logits[going_on]
+        if ends:
+            bias = 0.0 if _flat(before).strip() == self.reply else self.end_bias
+            masked[ends] = logits[ends] - bias
         return masked

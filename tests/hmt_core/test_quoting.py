@@ -78,3 +78,23 @@ def test_a_token_that_keeps_the_quote_is_chosen_only_within_the_margin_of_the_li
     logits[astray], logits[go_on] = 5.0 + MARGIN + 0.5, 5.0
     guard = _guard(tokenizer)
     assert torch.equal(guard.restrict(logits, so_far), logits) and guard.released  # a far miss is the reader's own
+
+
+def test_an_end_bias_lets_a_quote_go_on_where_going_on_is_nearly_as_likely_as_ending(tokenizer):
+    so_far = tokenizer("quick", add_special_tokens=False)["input_ids"]
+    go_on = tokenizer("quick brown", add_special_tokens=False)["input_ids"][len(so_far)]
+    logits = torch.zeros(len(tokenizer))
+    logits[0], logits[go_on] = 6.0, 5.0  # ending (token 0) is one nat likelier than going on
+    assert int(_guard(tokenizer).restrict(logits, so_far).argmax()) == 0
+    biased = QuoteGuard(tokenizer, [PASSAGE], NOT_FOUND, {0}, end_bias=2.0).restrict(logits, so_far)
+    assert int(biased.argmax()) == go_on and biased[0] == 4.0
+
+
+def test_the_end_bias_never_keeps_the_not_found_reply_going(tokenizer):
+    reply = tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"]
+    guard = QuoteGuard(tokenizer, [PASSAGE + " " + NOT_FOUND + " Then more."], NOT_FOUND, {0}, end_bias=2.0)
+    then = tokenizer(NOT_FOUND + " Then", add_special_tokens=False)["input_ids"][len(reply)]
+    logits = torch.zeros(len(tokenizer))
+    logits[0], logits[then] = 6.0, 5.0
+    masked = guard.restrict(logits, reply)
+    assert int(masked.argmax()) == 0 and masked[0] == 6.0  # the whole reply ends as likely as the reader says
