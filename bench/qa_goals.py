@@ -3,7 +3,8 @@
 
 The reader's goals are ratios between two runs: the adapter given the gold segment against the untuned reader given
 the same segment (its `oracle` rows, bench/results/qa_reader.json), and the app's re-read against its own oracle (the
-gold segment read the same way: the same adapter, prompt and quoting).
+gold segment read the same way: the same adapter, prompt and quoting). With --probe-above, the run is scored as if the
+answerability probe's threshold had been that (every answer and probe score is in the run).
 Greedy decoding makes each answer the same in any run, so the runs pair up question by question; a ratio's interval
 resamples the questions (both sides of each pair together). With --before, the same run of an earlier adapter gives
 paired differences. No model is loaded.
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.common import bootstrap, table_head, table_row, write_results
-from bench.qa import VARIANTS, said_not_found
+from bench.qa import VARIANTS, rate, said_not_found
 
 SAMPLES = 2000
 
@@ -59,6 +60,24 @@ def oracle_of(app: str) -> str:
 def by_question(run: dict) -> dict[tuple[str, str], dict]:
     """A run's rows by (article, question)."""
     return {(r["article"], r["question"]): r for r in run["rows"]}
+
+
+def with_probe_threshold(run: dict, above: float) -> dict:
+    """The run as the app would have answered with its answerability probe's threshold at `above`: each app answer's
+    and each negative's probe decision taken again from its saved score (bench.qa generates every answer whatever the
+    probe says, so nothing else changes), and the 'not found' rates counted again."""
+    app = run["app_method"]
+
+    def decided(r: dict) -> dict:
+        score = r.get("unanswerable_score")
+        return {**r, "probe_above": score is not None and score > above}
+
+    rows = [{**r, app: decided(r[app])} for r in run["rows"]]
+    negatives = [decided(n) for n in run["negatives"]]
+    not_found = {kind: {"app": rate([float(said_not_found(n)) for n in negatives if n["kind"] == kind])}
+                 for kind in ("squad2", "other_article")}
+    not_found["answerable"] = {"app": rate([float(said_not_found(r[app])) for r in rows])}
+    return {**run, "rows": rows, "negatives": negatives, "not_found": not_found, "probe_above": above}
 
 
 def goals(run: dict, untuned: dict, before: dict | None = None, before_name: str = "") -> dict:
@@ -125,11 +144,17 @@ def main() -> None:
     parser.add_argument("--untuned", type=Path, default=Path("bench/results/qa_reader.json"),
                         help="a bench.qa run with the untuned reader's oracle rows on the same questions")
     parser.add_argument("--before", type=Path, default=None, help="the same run with an earlier adapter")
+    parser.add_argument("--probe-above", type=float, default=None,
+                        help="score the run as if the answerability probe's threshold had been this (from its saved "
+                             "scores); --before is then the same run as made")
     parser.add_argument("--results", default="qa_goals")
     args = parser.parse_args()
     load = lambda path: json.loads(path.read_text())  # noqa: E731
-    g = goals(load(args.run), load(args.untuned), load(args.before) if args.before else None, str(args.before))
-    write_results(args.results, {"run": str(args.run), "untuned": str(args.untuned),
+    run = load(args.run)
+    if args.probe_above is not None:
+        run = with_probe_threshold(run, args.probe_above)
+    g = goals(run, load(args.untuned), load(args.before) if args.before else None, str(args.before))
+    write_results(args.results, {"run": str(args.run), "untuned": str(args.untuned), "probe_above": args.probe_above,
                                  "before": str(args.before) if args.before else None, **g}, report(g))
 
 

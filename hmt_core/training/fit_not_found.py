@@ -16,7 +16,9 @@ only with `--use-reader-threshold`: on the first adapter it caught twice as many
 answerable ones (0.08 against 0.04) for a quarter more time to the first token (1.27x in bench.qa), too little
 to pay; on the third (shipped) one, 0.11 against 0.04 on the development articles. When the adapter has an
 answerability probe (hmt_core.answerability), its threshold is fitted the same way (`--probe-miss`), written as
-`fitted_probe_above`, and used (`probe_above`) with `--use-probe-threshold`.
+`fitted_probe_above`, and used (`probe_above`) with `--use-probe-threshold`, raised to `--probe-at-least` when that
+is higher: the same rule fitted on a development manual (bench.manual), where the probe, fitted on Wikipedia prose,
+told over half of the answerable questions "not found" at the SQuAD threshold.
 
     python -m hmt_core.training.fit_not_found --hmt-weights assets/hmt-smollm2-135m \
         [--answer-adapter assets/answer-lora-smollm2-135m --passages 1]
@@ -120,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-miss", type=float, default=0.03,
                         help="further share of answerable development questions the probe's threshold may tell "
                              "'not found'")
+    parser.add_argument("--probe-at-least", type=float, default=None,
+                        help="the probe's threshold is at least this: the same rule fitted on other development "
+                             "text (bench.manual --probe off on the development manual), so that neither kind of "
+                             "text loses more than its share of answerable questions to the probe")
     args = parser.parse_args(argv)
     data = Path(args.data)
     fetch(data, ["squad"])
@@ -161,8 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         probe = {}
         if adapter.probe is not None:
             probe_above, probe_rates = choose_reader(dev, best, below, args.probe_miss, "probe")
-            probe = {"probe_above": probe_above if args.use_probe_threshold else None,
-                     "fitted_probe_above": probe_above, "probe_miss": args.probe_miss,
+            used = probe_above if args.probe_at_least is None else max(probe_above, args.probe_at_least)
+            probe = {"probe_above": used if args.use_probe_threshold else None,
+                     "fitted_probe_above": probe_above, "probe_at_least": args.probe_at_least,
+                     "probe_miss": args.probe_miss,
                      "probe_not_found_rate": probe_rates}
         answering = {**kept, "passages": args.passages, "not_found_above": above if args.use_reader_threshold else None,
                      "fitted_not_found_above": above, "reader_miss": args.reader_miss, **probe,
