@@ -4,7 +4,8 @@ The PDF is opened and read as the app reads it (app.extract, app.ingest.pieces_o
 summary batch, its sentences embedded when it is finished), then each question goes through the engine as the chat
 sends it (every recall channel fused, the answer adapter with quoted answers, "not found", evidence). The questions
 (bench/data/, see its README) name the page that answers them; they were written from the extracted text before any
-run and nothing is fitted or chosen on them.
+run. Nothing is fitted or chosen on the evaluation manuals' questions; the development manual's (dev_*.jsonl) are
+where an answering setting may be fitted (the answerability probe's threshold was: fit_probe_above).
 
 Per answerable question:
 - recall: the rank of the best segment that holds the answer on its page (its span covers the answer's place in the
@@ -21,7 +22,8 @@ Intervals are 95% bootstrap intervals over questions.
         --questions bench/data/r_intro_questions.jsonl --results manual_r_intro
 
 With --probe off the answerability probe never says "not found", every answer is generated with the probe's score
-kept, and the table also scores the same answers at the shipped threshold (and at any --probe-at).
+kept, and the table also scores the same answers at the shipped threshold (and at any --probe-at); --rescore scores a
+saved run of that kind at further --probe-at thresholds without the model.
 
 Writes bench/results/<results>.json and .md.
 """
