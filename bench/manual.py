@@ -41,9 +41,9 @@ import torch
 from app.engine import Engine
 from app.extract import Document, open_document
 from app.ingest import pieces_of
-from bench.common import (bm25_scores, bootstrap, machine, rank_of_gold, scored_channels, table_head, table_row,
-                          write_results)
+from bench.common import bm25_scores, machine, rank_of_gold, scored_channels, table_head, table_row, write_results
 from bench.qa import normalize, token_f1
+from bench.qa import rate as qa_rate
 from bench.recall import summary
 from hmt_core import MemoryState
 from hmt_core.answer import chat_ids
@@ -157,7 +157,8 @@ def ask(engine: Engine, state: MemoryState, question: str) -> dict:
 
 
 def rate(values: list[float]) -> dict:
-    return {"mean": sum(values) / len(values), "ci": bootstrap(values), "n": len(values)} if values else {}
+    """bench.qa's mean with its interval, or {} for no questions."""
+    return qa_rate(values) if values else {}
 
 
 def cell(r: dict) -> str:
