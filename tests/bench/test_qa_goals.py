@@ -1,6 +1,6 @@
 """bench.qa_goals pairs saved bench.qa runs question by question and reads the goals off them."""
 
-from bench.qa_goals import goals, oracle_of, ratio, report
+from bench.qa_goals import goals, oracle_of, ratio, report, with_probe_threshold
 
 
 def answer(f1: float, contains: float, found: bool = True, below: bool = False) -> dict:
@@ -45,3 +45,19 @@ def test_the_oracle_of_a_quoted_reread_is_the_quoted_oracle():
     assert oracle_of("reread_adapter_1") == "oracle_adapter"
     assert oracle_of("reread_adapter_1_quoted") == "oracle_adapter_quoted"
     assert oracle_of("reread_1") == "oracle"
+
+
+def test_a_run_is_scored_again_at_another_probe_threshold_from_its_saved_scores():
+    def probed(score: float, found: bool = True) -> dict:
+        return {**answer(1.0, 1.0, found=found), "unanswerable_score": score, "probe_above": score > 0.5}
+
+    run = {"app_method": "reread_adapter_1",
+           "rows": [{"article": "A", "question": "q1", "reread_adapter_1": probed(0.9)},
+                    {"article": "A", "question": "q2", "reread_adapter_1": probed(0.2)}],
+           "negatives": [{**probed(0.7), "kind": "squad2"}, {**probed(0.1, found=False), "kind": "other_article"}]}
+    higher = with_probe_threshold(run, 1.0)
+    assert higher["not_found"]["answerable"]["app"]["mean"] == 0.0  # the probe no longer fires on q1
+    assert higher["not_found"]["squad2"]["app"]["mean"] == 0.0
+    assert higher["not_found"]["other_article"]["app"]["mean"] == 1.0  # the reader said so itself
+    assert with_probe_threshold(run, 0.5)["not_found"]["answerable"]["app"]["mean"] == 0.5
+    assert run["rows"][0]["reread_adapter_1"]["probe_above"]  # the saved run is left as it was
