@@ -1,4 +1,4 @@
-"""A real manual (README, 'A real manual'): questions written by hand about a PDF manual, asked as a person asks them.
+"""A real manual (README, 'A real manual'): questions written about a PDF manual, asked as a person asks them.
 
 The PDF is opened and read as the app reads it (app.extract, app.ingest.pieces_of, the engine's reader with its
 summary batch, its sentences embedded when it is finished), then each question goes through the engine as the chat
