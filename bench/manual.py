@@ -48,6 +48,7 @@ from bench.recall import summary
 from hmt_core import MemoryState
 from hmt_core.answer import chat_ids
 from hmt_core.recall import available_channels, channel_scores, fuse
+from hmt_core.training.fit_not_found import above_for_miss
 
 PROBE_MISS = 0.03  # as the shipped probe's threshold was fitted (answering.json's probe_miss)
 RANKINGS = ("memory", "lexical", "token", "sentence", "fused", "bm25")
@@ -219,9 +220,9 @@ def fit_probe_above(rows: list[dict], miss: float = PROBE_MISS) -> float | None:
     with the probe off: of those the recall rule let through, the probe score above which `miss` of all of them
     lie. Fitted on the development manual only; on an evaluation manual it is reported, never used."""
     answerable = [r for r in rows if not r["unanswerable"]]
-    passed = sorted((r["unanswerable_score"] for r in answerable
-                     if r["not_found_by"] != "recall" and r["unanswerable_score"] is not None), reverse=True)
-    return passed[min(int(miss * len(answerable)), len(passed) - 1)] if passed else None
+    passed = [r["unanswerable_score"] for r in answerable
+              if r["not_found_by"] != "recall" and r["unanswerable_score"] is not None]
+    return above_for_miss(passed, len(answerable), miss) if passed else None
 
 
 def at_thresholds(rows: list[dict], thresholds: list[float], shipped: float | None) -> dict[str, dict]:
@@ -306,8 +307,7 @@ def main() -> None:
     if args.probe == "off":
         thresholds = ([shipped] if shipped is not None else []) + args.probe_at
         result["fitted_probe_above"] = fit_probe_above(result["rows"])
-        result["at_probe_threshold"] = {f"probe above {t:.3f}" + (" (shipped)" if t == shipped else ""):
-                                        shares(with_probe(result["rows"], t)) for t in thresholds}
+        result["at_probe_threshold"] = at_thresholds(result["rows"], thresholds, shipped)
     write_results(args.results, result, report(result))
 
 

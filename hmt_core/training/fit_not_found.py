@@ -81,6 +81,13 @@ def choose(samples: list[dict], miss: float) -> tuple[str, float, dict]:
     return best, candidates[best]["below"], candidates
 
 
+def above_for_miss(passed: list[float], answerable: int, miss: float) -> float:
+    """The score above which about `miss` of `answerable` questions lie, from the scores of those the recall rule let
+    through (`passed`, not empty): the threshold of the adapter's and its probe's 'not found'."""
+    ranked = sorted(passed, reverse=True)
+    return ranked[min(int(miss * answerable), len(ranked) - 1)]
+
+
 def choose_reader(samples: list[dict], confidence: str, below: float, miss: float,
                   key: str = "reader") -> tuple[float, dict]:
     """(threshold, rates): the adapter's score `key` (its not_found_score, "reader", or its answerability probe's,
@@ -88,8 +95,7 @@ def choose_reader(samples: list[dict], confidence: str, below: float, miss: floa
     (`confidence` below `below`) lets through are above it, and the share of each kind then told "not found" by
     either rule."""
     answerable = [s for s in samples if s["kind"] == "answerable"]
-    passed = sorted((s[key] for s in answerable if s[confidence] >= below), reverse=True)
-    above = passed[min(int(miss * len(answerable)), len(passed) - 1)]
+    above = above_for_miss([s[key] for s in answerable if s[confidence] >= below], len(answerable), miss)
     rates = {}
     for k in KINDS:
         group = [s for s in samples if s["kind"] == k]
