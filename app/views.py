@@ -234,9 +234,10 @@ def answer_in(evidence: Evidence, answer: str) -> tuple[int, int] | None:
 
 
 def evidence_in(passage: Passage, evidence: list[Evidence]) -> Evidence | None:
-    """The best evidence that lies in this passage, if any (evidence: strongest first, as rank_evidence gives it)."""
+    """The best evidence that lies in this passage, if any (evidence: strongest first, as rank_evidence gives it); a
+    sentence the passage's edge cuts is evidence whole, so it may reach past the passage on either side."""
     return next((e for e in evidence if e.source == passage.source
-                 and passage.char_start <= e.char_start < passage.char_end), None)
+                 and e.char_start < passage.char_end and passage.char_start < e.char_end), None)
 
 
 def evidence_where(evidence: Evidence) -> str:

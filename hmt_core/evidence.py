@@ -81,8 +81,9 @@ class Evidence:
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """The sentences of text as (start, end) spans, stripped of surrounding whitespace: cut after '.', '!' or '?'
     followed by space (closing quotes and brackets stay with their sentence) and at blank lines, but not after a
-    common abbreviation or an initial; a sentence longer than LONG_SENTENCE is also cut at line ends and
-    semicolons."""
+    common abbreviation or an initial; a sentence longer than LONG_SENTENCE (prose running into code lines, a list,
+    a table) is also cut at semicolons and at line ends, but not before a line that opens with a lowercase letter
+    (a hard-wrapped sentence going on, as PDF text is), and a part still longer than that at every line end."""
     pieces, start = [], 0
     for cut in _BOUNDARY.finditer(text):
         end = cut.start(1) if cut.group(1) else cut.start()
@@ -95,9 +96,8 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     for start, end in pieces:
         parts = [(start, end)]
         if end - start > LONG_SENTENCE:
-            cuts = [m for m in _LONG_BOUNDARY.finditer(text, start, end)]
-            bounds = [start] + [x for m in cuts for x in (m.start(), m.end())] + [end]
-            parts = list(zip(bounds[::2], bounds[1::2]))
+            parts = [part for a, b in _cut_long(text, start, end, keep_wraps=True)
+                     for part in (_cut_long(text, a, b, keep_wraps=False) if b - a > LONG_SENTENCE else [(a, b)])]
         for a, b in parts:
             while a < b and text[a].isspace():
                 a += 1
@@ -106,6 +106,42 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
             if b > a:
                 spans.append((a, b))
     return spans
+
+
+def _cut_long(text: str, start: int, end: int, keep_wraps: bool) -> list[tuple[int, int]]:
+    """text[start:end] cut at semicolons and line ends (_LONG_BOUNDARY); with keep_wraps, not at a line end whose
+    next line opens with a lowercase letter."""
+    bounds = [start]
+    for cut in _LONG_BOUNDARY.finditer(text, start, end):
+        if keep_wraps and cut.group() == "\n" and text[cut.end():min(end, cut.end() + 16)].lstrip(" \t")[:1].islower():
+            continue
+        bounds += [cut.start(), cut.end()]
+    bounds.append(end)
+    return list(zip(bounds[::2], bounds[1::2]))
+
+
+def passage_sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The sentences (spans in text) that overlap text[start:end], whole: split in the passage's text widened by up
+    to LONG_SENTENCE characters each way, so that a sentence a passage's edge cuts ('The official way to coerce an
+    array back to a simple') is shown as the document has it. A sentence the window's own edge cuts is clipped to
+    the passage."""
+    lo, hi = max(0, start - LONG_SENTENCE), min(len(text), end + LONG_SENTENCE)
+    spans = [(lo + a, lo + b) for a, b in sentence_spans(text[lo:hi])]
+    kept = []
+    for n, (a, b) in enumerate(spans):
+        if b <= start or a >= end:
+            continue
+        if n == 0 and lo > 0:
+            a = max(a, start)
+        if n == len(spans) - 1 and hi < len(text):
+            b = min(b, end)
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if b > a:
+            kept.append((a, b))
+    return kept
 
 
 @dataclass
@@ -169,21 +205,20 @@ def rank_evidence(state: MemoryState, passages: list[Passage], question: str, an
                   likelihood: Callable[[list[str]], list[float]] | None = None,
                   similarity: Callable[[list[str]], list[float]] | None = None) -> list[Evidence]:
     """For each passage, its best sentence (joined by the neighbour that adds most of the answer's words, where that
-    adds JOIN_SHARE), strongest first; passages with no sentence sharing a term with the question or the answer are
-    left out. The first is the answer's evidence. Give document passages only: a recalled chat turn is what was
-    said, never evidence. The weights are the app's unless given (bench.evidence --rescore compares others).
-    `likelihood` maps sentence texts to question_likelihoods (the question fixed); with it, the SHORTLIST lexically
-    best sentences also get LIKELIHOOD_WEIGHT times theirs, counted from the lowest among them, so that a sentence
-    off the shortlist (no bonus) never overtakes one on it; `similarity` (sentence texts to their cosines with the
-    question, hmt_core.embedder) adds SIMILARITY_WEIGHT times theirs to the same shortlist, counted the same way. A
-    best sentence that opens with a pronoun ('It includes …') is shown with the sentence before it, which names what
-    it means."""
+    adds JOIN_SHARE; whole where the passage's edge cuts it, passage_sentences), strongest first; passages with no
+    sentence sharing a term with the question or the answer are left out. The first is the answer's evidence. Give
+    document passages only: a recalled chat turn is what was said, never evidence. The weights are the app's unless
+    given (bench.evidence --rescore compares others). `likelihood` maps sentence texts to question_likelihoods (the
+    question fixed); with it, the SHORTLIST lexically best sentences also get LIKELIHOOD_WEIGHT times theirs,
+    counted from the lowest among them, so that a sentence off the shortlist (no bonus) never overtakes one on it;
+    `similarity` (sentence texts to their cosines with the question, hmt_core.embedder) adds SIMILARITY_WEIGHT times
+    theirs to the same shortlist, counted the same way. A best sentence that opens with a pronoun ('It includes …')
+    is shown with the sentence before it, which names what it means."""
     sentences: list[_Sentence] = []
     for n, passage in enumerate(passages):
-        text = state.sources[passage.source].text[passage.char_start:passage.char_end]
-        for order, (a, b) in enumerate(sentence_spans(text)):
-            sentences.append(_Sentence(n, order, passage.char_start + a, passage.char_start + b,
-                                       frozenset(terms(text[a:b])), passage.weight))
+        text = state.sources[passage.source].text
+        for order, (a, b) in enumerate(passage_sentences(text, passage.char_start, passage.char_end)):
+            sentences.append(_Sentence(n, order, a, b, frozenset(terms(text[a:b])), passage.weight))
     if not sentences:
         return []
     df: dict[str, int] = {}

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .recall.lexical import LexicalIndex
-from .recall.sentences import SentenceIndex
+from .recall.sentences import SPLITTING, SentenceIndex
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class MemoryState:
             "format": STATE_FORMAT, "kind": self.kind, "cache_segments": self.cache_segments,
             "sensory_ids": self.sensory_ids, "segments": [asdict(s) for s in self.segments],
             "sources": [asdict(s) for s in self.sources.values()], "capacity": self.capacity,
-            "sentence_segments": self.sentences.segments,
+            "sentence_segments": self.sentences.segments, "sentence_splitting": SPLITTING,
         }
         (tmp / "state.json").write_text(json.dumps(data), encoding="utf-8")
         if folder.exists():
@@ -254,7 +254,9 @@ class MemoryState:
         state.token_keys = keys.cpu() if keys is not None else None
         vectors, owners = tensors.get("sentence_vectors"), tensors.get("sentence_owners")
         covered = min(int(data.get("sentence_segments", 0)), state.num_segments)
-        if vectors is None and owners is None:  # none saved: older states, or no segment had a sentence
+        if data.get("sentence_splitting", 1) != SPLITTING and vectors is not None:
+            state.notes.append("The sentences were split by an older rule; they are embedded again.")
+        elif vectors is None and owners is None:  # none saved: older states, or no segment had a sentence
             state.sentences = SentenceIndex(segments=covered)
         elif vectors is not None and owners is not None and len(owners) == len(vectors) and int(owners.max()) < covered:
             state.sentences = SentenceIndex(vectors.cpu(), owners.cpu().long(), covered)

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from ..embedder import SentenceEmbedder
 
 
+# The version of hmt_core.evidence.sentence_spans' rule that the stored vectors were split by: a saved state whose
+# vectors were split by another has them embedded again on load (their order would not match the spans). 2: long
+# pieces keep their hard-wrapped lines together.
+SPLITTING = 2
+
+
 def segment_sentence_spans(text: str) -> list[tuple[int, int]]:
     """The (start, end) spans of one segment's sentences as the channel embeds them (hmt_core.evidence's sentences,
     pieces of three characters or fewer left out)."""

@@ -13,8 +13,8 @@ from tiny_models import CORPUS
 
 from hmt_core import HMT, HMTConfig, read_text, stream_answer
 from hmt_core.answer import WITHHELD, Passage
-from hmt_core.evidence import (LIKELIHOOD_PROMPT, LIKELIHOOD_WEIGHT, SHORTLIST, Evidence, question_likelihoods,
-                               rank_evidence, sentence_spans)
+from hmt_core.evidence import (LIKELIHOOD_PROMPT, LIKELIHOOD_WEIGHT, LONG_SENTENCE, SHORTLIST, Evidence,
+                               passage_sentences, question_likelihoods, rank_evidence, sentence_spans)
 from hmt_core.state import MemoryState, SourceText
 
 GUILD = ("The Guild\n\nThe keepers of the northern lights formed a guild in 1902. The secret password of the "
@@ -55,6 +55,35 @@ def test_a_long_run_without_stops_is_cut_at_line_ends_and_semicolons():
     parts = texts(items + "; the end")
     assert len(parts) == 13 and parts[0] == "item 0: a part of the machine and its number"
     assert all(len(p) < 60 for p in parts)
+
+
+def test_a_long_run_keeps_its_hard_wrapped_sentences_whole_and_cuts_before_code_and_headings():
+    # PDF text as a manual has it: prose wrapped at line ends, running into code lines with no full stop between
+    prose = ("For large\nmatrices it is better to avoid computing the eigenvectors if they are not needed by using\n"
+             "the expression\n> evals <- eigen(Sm, only.values = TRUE)$values\n5.7.4 Singular value decomposition\n"
+             "The function svd(M) takes an arbitrary matrix argument, M, and calculates the singular\nvalue "
+             "decomposition of M, a matrix of orthonormal columns U with the same column space as M,\nand a second "
+             "matrix of orthonormal columns V whose column space is the row space of M")
+    assert len(prose) > LONG_SENTENCE
+    assert texts(prose) == [
+        "For large\nmatrices it is better to avoid computing the eigenvectors if they are not needed by using\n"
+        "the expression", "> evals <- eigen(Sm, only.values = TRUE)$values", "5.7.4 Singular value decomposition",
+        prose[prose.index("The function svd"):]]
+    short = "Comments start with a hashmark, everything to the\nend of the line is a comment."
+    assert texts(short) == [short]  # a sentence under LONG_SENTENCE is never cut at its line ends
+
+
+def test_a_sentence_cut_by_the_passage_edge_is_evidence_whole():
+    text = ("Arrays are kept with their dims. The official way to coerce an array back to a simple\nvector object "
+            "is to use as.vector(). Gulls nest on the rocks.")
+    state = state_of({"m.pdf": (text, [0], [9])})
+    cut = text.index("a simple") + len("a simple")  # the passage (a segment) ends mid-sentence
+    assert passage_sentences(text, 0, cut) == [(0, 32), (33, text.index(" Gulls"))]
+    best = rank_evidence(state, [passage(state, "m.pdf", 0, cut)], "How do I turn an array into a vector?",
+                         "as.vector()")[0]
+    assert best.text.startswith("The official way") and best.text.endswith("as.vector().")
+    run = "x " * 3 * LONG_SENTENCE  # a run longer than the widened window on both sides is clipped to the passage
+    assert passage_sentences(run, 1000, 1100) == [(1000, 1099)]
 
 
 def test_the_sentence_the_question_points_to_with_its_span_in_the_source():

@@ -15,7 +15,7 @@ from hmt_core.backbone import BackboneError
 from hmt_core.embedder import SentenceEmbedder
 from hmt_core.recall import available_channels, matched_sentence, recall, standardize
 from hmt_core.recall.lexical import terms
-from hmt_core.recall.sentences import SentenceIndex, segment_sentences
+from hmt_core.recall.sentences import SPLITTING, SentenceIndex, segment_sentences
 
 FUSION = {"memory": 0.2, "lexical": 0.3, "token": 0.2, "sentence": 0.3}
 TEXT = "".join(f"Page {n}. " + CORPUS[n % 4] + "\n" for n in range(12))
@@ -120,6 +120,16 @@ def test_vectors_that_do_not_match_the_segments_are_embedded_again(model, state,
     assert loaded.notes and "sentence vectors" in loaded.notes[0] and len(loaded.sentences) == 0
     data = json.loads((tmp_path / "mem" / "state.json").read_text())
     assert data["sentence_segments"] == state.num_segments
+
+
+def test_vectors_split_by_an_older_rule_are_embedded_again(state, tmp_path):
+    state.save(tmp_path / "mem")
+    data = json.loads((tmp_path / "mem" / "state.json").read_text())
+    assert data["sentence_splitting"] == SPLITTING
+    del data["sentence_splitting"]  # as states saved before the rule had a version
+    (tmp_path / "mem" / "state.json").write_text(json.dumps(data))
+    loaded = MemoryState.load(tmp_path / "mem")
+    assert loaded.notes and "older rule" in loaded.notes[0] and len(loaded.sentences) == 0
 
 
 def test_a_checkpoint_weighing_sentences_gets_an_embedder_or_recalls_without(model, embedder, tmp_path,
