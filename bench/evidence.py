@@ -16,8 +16,9 @@ Goal: >= 90% for the app's rule. Brackets: 95% bootstrap intervals over question
 
 --split train runs the same on training articles (evidence_train.*); --split dev on the two training articles the
 answer adapter never saw (evidence_dev.*), where a rule for the adapter's answers is to be chosen. --answer-adapter
-answers as the app does by default (the adapter on, its own prompt and passage count; the results' names end in
-_adapter); without it, the plain reader answers from three passages.
+answers as the app does by default (the adapter on, its own prompt and passage count, and its "not found": the recall
+rule fitted with --hmt-weights and the adapter's answerability probe, after which the sentence closest to the question
+is the evidence; the results' names end in _adapter); without it, the plain reader answers from three passages.
 
     python -m bench.evidence --hmt-weights assets/hmt-smollm2-135m \
         --answer-adapter assets/answer-lora-smollm2-135m --questions-per-article 30     # the app as shipped
@@ -39,6 +40,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -48,7 +50,7 @@ from bench.common import (RESULTS, add_model_arguments, bootstrap, describe_weig
                           write_results)
 from bench.qa import normalize
 from hmt_core import stream_answer
-from hmt_core.answer import CHAT_SOURCE, Passage, evidence_answer
+from hmt_core.answer import CHAT_SOURCE, Passage, evidence_answer, load_not_found, says_not_found
 from hmt_core.answer_adapter import load_answer_adapter
 from hmt_core.backbone import load_backbone
 from hmt_core.embedder import load_embedder
@@ -221,6 +223,9 @@ def main() -> None:
     model, tokenizer = load_model(args)
     adapter = load_answer_adapter(model.backbone, args.answer_adapter) if args.answer_adapter else None
     embedder = sentence_embedder(model)  # as the app weighs its evidence
+    # as the app says 'not found' (the recall rule fitted with the weights, the adapter's probe): its evidence is then
+    # the sentence closest to the question
+    not_found = load_not_found(args.hmt_weights) if adapter is not None and args.hmt_weights else None
     articles = squad_articles("eval" if args.split == "eval" else "train")
     if args.split != "eval":  # dev: only the articles the adapter never saw; train: never those
         articles = [a for a in articles if (a["title"] in DEV_ARTICLES) == (args.split == "dev")]
@@ -231,7 +236,8 @@ def main() -> None:
         for q in article["questions"][args.first_question:args.first_question + args.questions_per_article]:
             asked += 1
             events = list(stream_answer(model, tokenizer, state, q["question"], mode="reread",
-                                        max_new_tokens=args.max_new_tokens, adapter=adapter, embedder=embedder))
+                                        max_new_tokens=args.max_new_tokens, adapter=adapter, not_found=not_found,
+                                        embedder=embedder))
             done = events[-1]
             row = evidence_row(state, events[0].passages, q["question"], q["answers"], done.text, done.evidence,
                                **shortlist_weighers(model.backbone, tokenizer, q["question"], embedder))
@@ -251,6 +257,9 @@ def main() -> None:
               "split": args.split, "machine": machine(),
               "asked": asked,
               "questions": n, "wall_seconds": time.time() - started, "scores": scores,
+              "not_found_rule": None if not_found is None else {"recall": asdict(not_found),
+                                                                 "probe_above": adapter.probe_above},
+              "not_found_answers": sum(says_not_found(r["answer"]) for r in rows),
               "two_sentences": sum(r["sentences"] > 1 for r in rows) / n,
               "median_chars": statistics.median(r["chars"] for r in rows), "goal": 0.9, "rows": rows}
     m = result["machine"]
