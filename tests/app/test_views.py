@@ -24,6 +24,14 @@ def test_the_answer_is_found_word_for_word_in_its_evidence():
     assert views.answer_spans(text, "Santa Fe") == [] and views.answer_spans(text, "  ") == []
 
 
+def test_evidence_that_a_passage_edge_cuts_still_belongs_to_that_passage():
+    passage = Passage([0], "m.pdf", 1, 1, 100, 200, "x" * 100, 0.5)
+    whole = Evidence("a sentence begun before the passage", "m.pdf", 1, 1, 80, 140, 1.0)
+    elsewhere = Evidence("a sentence after it", "m.pdf", 1, 1, 200, 240, 2.0)
+    assert views.evidence_in(passage, [elsewhere, whole]) is whole
+    assert views.evidence_in(passage, [elsewhere]) is None
+
+
 def test_the_evidence_box_marks_the_answer_in_the_evidence_but_not_after_a_not_found():
     state = MemoryState("hmt", torch.zeros(0, 1))
     text = "The Spanish renamed the fort San Mateo. The French left."
