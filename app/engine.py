@@ -22,6 +22,7 @@ from hmt_core.backbone import backbone_identity, cache_root
 from hmt_core.embedder import SentenceEmbedder, load_embedder
 from hmt_core.quantize import QUANTIZATIONS, quantize_int8
 from hmt_core.reader import read_step
+from hmt_core.recall.fusion import embed_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -364,6 +365,14 @@ class Engine:
         with self.turns.turn(READ):
             self._check(fingerprint)
             return _finish(reader)
+
+    def embed_sentences(self, state: MemoryState, fingerprint: str) -> None:
+        """Embed the sentences that a memory's sentence index does not cover yet (one from the cache, saved before
+        the sentence channel or split by an older rule: MemoryState.load drops those), so that its questions do not
+        each embed them again (an answer works on a copy of the memory, which grows on its own)."""
+        with self.turns.turn(READ):
+            self._check(fingerprint)
+            embed_sentences(self.model, state)
 
     def count_tokens(self, text: str) -> int:
         """Tokens in text, to size the reading work before it starts."""

@@ -141,6 +141,8 @@ def ingest(session: Session, engine: Engine, cache: MemoryCache | None, uploads:
             hit = _cached(cache, key, expect, upload.name, report) if key and resumes is None else None
             if hit is not None:
                 state, info = hit
+                if len(state.sentences) < state.num_segments:
+                    engine.embed_sentences(state, fingerprint)
                 record = DocumentRecord(session.unique_name(upload.name), opened.digest, info.get("kind", "?"),
                                         info.get("pages", 0), 0, 0, info.get("tokens", 0), from_cache=True)
                 session.add(state, record, engine.memory_segments)

@@ -12,14 +12,18 @@ from dataclasses import replace
 
 import pytest
 import torch
-from apptools import FACTS, run
+from apptools import FACTS, FUSION, run
 from safetensors.torch import load_file, save_file
+from tiny_models import make_backbone, tiny_bert
 
 from app.cache import ENTRY_FILE, STATE_DIR, TMP_MARK, CacheDamaged, MemoryCache, entry_key
+from app.engine import Engine
 from app.extract import MB, open_document, text_digest
+from app.handlers import Handlers
 from app.session import Session
 from app.views import unescape
-from hmt_core import read_text
+from hmt_core import HMT, HMTConfig, read_text, save_checkpoint
+from hmt_core.embedder import SentenceEmbedder
 
 
 @pytest.fixture
@@ -268,3 +272,30 @@ def test_a_wrong_entry_is_read_again_and_the_session_still_answers(handlers, pdf
     assert answer["ask_status"] == "" and answer["result"]["citations"]
     assert handlers.cache.get(next(p.name for p in handlers.cache.root.iterdir()),
                               handlers.engine.expected_memory()) is not None  # stored again, whole
+
+
+def test_a_hit_whose_sentences_were_split_by_an_older_rule_is_embedded_once_on_loading(tokenizer, cache, pdf,
+                                                                                        tmp_path):
+    torch.manual_seed(0)
+    config = HMTConfig(segment_length=32, sensory_size=4, token_key_layer=1, token_key_width=8,
+                       token_keys_per_segment=4, recall_fusion={**FUSION, "sentence": 0.2})
+    save_checkpoint(HMT(make_backbone("llama"), config), tmp_path / "weights")
+    engine = Engine()
+    engine.attach(make_backbone("llama"), tokenizer, tmp_path / "weights", "tiny-sentences")
+    engine.model.embedder = SentenceEmbedder(tiny_bert(), tokenizer)
+    handlers = Handlers(engine, cache, max_file_mb=1.0)
+    first = Session()
+    run(handlers.ingest([str(pdf)], "", "", first))
+    assert len(first.memory.sentences) == first.memory.num_segments > 0
+    (folder,) = [p for p in cache.root.iterdir() if p.is_dir()]
+    saved = folder / STATE_DIR / "state.json"
+    data = json.loads(saved.read_text())
+    del data["sentence_splitting"]  # as memories cached before the splitting had a version
+    saved.write_text(json.dumps(data))
+    rewrite(folder)  # a manifest that matches
+    second = Session()
+    run(handlers.ingest([str(pdf)], "", "", second))
+    assert second.documents[0].from_cache
+    # embedded into the session's memory now, not again on each question's copy of it
+    assert len(second.memory.sentences) == second.memory.num_segments
+    assert torch.equal(second.memory.sentences.vectors, first.memory.sentences.vectors)
