@@ -98,14 +98,17 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         if end - start > LONG_SENTENCE:
             parts = [part for a, b in _cut_long(text, start, end, keep_wraps=True)
                      for part in (_cut_long(text, a, b, keep_wraps=False) if b - a > LONG_SENTENCE else [(a, b)])]
-        for a, b in parts:
-            while a < b and text[a].isspace():
-                a += 1
-            while b > a and text[b - 1].isspace():
-                b -= 1
-            if b > a:
-                spans.append((a, b))
+        spans += [span for a, b in parts if (span := _stripped(text, a, b))]
     return spans
+
+
+def _stripped(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """[start, end) without the white space at either end; None when nothing else is left."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end) if end > start else None
 
 
 def _cut_long(text: str, start: int, end: int, keep_wraps: bool) -> list[tuple[int, int]]:
@@ -135,12 +138,8 @@ def passage_sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
             a = max(a, start)
         if n == len(spans) - 1 and hi < len(text):
             b = min(b, end)
-        while a < b and text[a].isspace():
-            a += 1
-        while b > a and text[b - 1].isspace():
-            b -= 1
-        if b > a:
-            kept.append((a, b))
+        if span := _stripped(text, a, b):
+            kept.append(span)
     return kept
 
 
