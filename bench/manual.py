@@ -36,18 +36,16 @@ import re
 import time
 from pathlib import Path
 
-import torch
 
 from app.engine import Engine
 from app.extract import Document, open_document
 from app.ingest import pieces_of
-from bench.common import bm25_scores, machine, rank_of_gold, scored_channels, table_head, table_row, write_results
+from bench.common import machine, rank_of_gold, table_head, table_row, write_results
 from bench.qa import normalize, token_f1
 from bench.qa import rate as qa_rate
-from bench.recall import summary
+from bench.recall import app_rankings, summary
 from hmt_core import MemoryState
-from hmt_core.answer import chat_ids
-from hmt_core.recall import available_channels, channel_scores, fuse
+from hmt_core.recall import available_channels
 from hmt_core.training.fit_not_found import above_for_miss
 
 PROBE_MISS = 0.03  # as the shipped probe's threshold was fitted (answering.json's probe_miss)
@@ -128,14 +126,7 @@ def read_pdf(engine: Engine, path: Path) -> tuple[MemoryState, Document]:
 
 def ranks(engine: Engine, state: MemoryState, texts: list[str], question: str, gold: set[int]) -> dict[str, int]:
     """The best gold segment's rank under each ranking."""
-    model, tokenizer = engine.model, engine.tokenizer
-    ids = chat_ids(tokenizer, [{"role": "user", "content": question}])
-    scores = channel_scores(model, tokenizer, state, question, ids, scored_channels(model, state))
-    channels = available_channels(model, state, None)
-    ranked = dict(scores)
-    ranked["fused"] = fuse({c: scores[c] for c in channels}, model.config.recall_fusion,
-                           model.config.recall_temperature)[0]
-    ranked["bm25"] = torch.tensor(bm25_scores(question, texts))
+    ranked = app_rankings(engine.model, engine.tokenizer, state, texts, question)
     return {name: rank_of_gold(ranked[name].float(), gold) for name in RANKINGS if name in ranked}
 
 

@@ -48,11 +48,10 @@ LABELS = {"memory": "memory channel alone (HMT's own recall)", "lexical": "lexic
           "minilm": "MiniLM over whole segments (all-MiniLM-L6-v2)", "random": "random"}
 
 
-def question_ranks(model, tokenizer, state: MemoryState, texts: list[str], seg_emb: torch.Tensor, q: dict,
-                   q_emb: torch.Tensor, gold: set[int], generator: torch.Generator) -> dict[str, int]:
-    """The gold segment's rank under every ranking, for one question against one state (a channel the model does
-    not have is left out)."""
-    question = q["question"]
+def app_rankings(model, tokenizer, state: MemoryState, texts: list[str], question: str) -> dict[str, torch.Tensor]:
+    """Scores [S] over the state's segments for one question: each recall channel alone (those the model and state
+    have), the memory-only channels fused ("memory+token"), every channel fused as the app ranks ("fused"), and the
+    BM25 baseline over the segments' plain words (texts)."""
     ids = chat_ids(tokenizer, [{"role": "user", "content": question}])  # the query stream_answer uses
     channels = available_channels(model, state, None)
     scores = channel_scores(model, tokenizer, state, question, ids, scored_channels(model, state))
@@ -62,6 +61,14 @@ def question_ranks(model, tokenizer, state: MemoryState, texts: list[str], seg_e
     ranked["memory+token"] = fuse({c: scores[c] for c in memory_only}, fusion, temperature)[0]
     ranked["fused"] = fuse({c: scores[c] for c in channels}, fusion, temperature)[0]
     ranked["bm25"] = torch.tensor(bm25_scores(question, texts))
+    return ranked
+
+
+def question_ranks(model, tokenizer, state: MemoryState, texts: list[str], seg_emb: torch.Tensor, q: dict,
+                   q_emb: torch.Tensor, gold: set[int], generator: torch.Generator) -> dict[str, int]:
+    """The gold segment's rank under every ranking, for one question against one state (a channel the model does
+    not have is left out)."""
+    ranked = app_rankings(model, tokenizer, state, texts, q["question"])
     ranked["minilm"] = seg_emb @ q_emb
     ranked["random"] = torch.rand(len(texts), generator=generator)
     return {name: rank_of_gold(ranked[name].float(), gold) for name in RANKINGS if name in ranked}
