@@ -62,6 +62,9 @@ _BOUNDARY = re.compile(r"[.!?][\"'”’)\]]*(\s+)|\n\s*\n")  # group 1: the spa
 _LONG_BOUNDARY = re.compile(r"\n|(?<=;)\s+")
 # a sentence end after these is not one: 'Mr. Bingley', 'e.g. this', 'J. Smith'
 _ABBREVIATION = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Prof|Sr|Jr|vs|etc|No|Fig|Vol|pp?|e\.g|i\.e|cf)|\b[A-Z])\.$")
+# nor is a dot inside a URL that a line end cuts ('(https://CRAN.' / 'R-project.org/package=DBI)'): the word before
+# it a URL, the dot right after a letter or digit
+_URL_BEFORE_DOT = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)\S*[A-Za-z0-9]\.$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,14 @@ class Evidence:
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """The sentences of text as (start, end) spans, stripped of surrounding whitespace: cut after '.', '!' or '?'
     followed by space (closing quotes and brackets stay with their sentence) and at blank lines, but not after a
-    common abbreviation or an initial; a sentence longer than LONG_SENTENCE (prose running into code lines, a list,
-    a table) is also cut at semicolons and at line ends, but not before a line that opens with a lowercase letter
-    (a hard-wrapped sentence going on, as PDF text is), and a part still longer than that at every line end."""
+    common abbreviation or an initial, nor at a URL's dot where a line end cuts the URL (_wrapped_url); a sentence
+    longer than LONG_SENTENCE (prose running into code lines, a list, a table) is also cut at semicolons and at line
+    ends, but not before a line that opens with a lowercase letter (a hard-wrapped sentence going on, as PDF text
+    is), and a part still longer than that at every line end."""
     pieces, start = [], 0
     for cut in _BOUNDARY.finditer(text):
         end = cut.start(1) if cut.group(1) else cut.start()
-        if _ABBREVIATION.search(text[start:end]):
+        if _ABBREVIATION.search(text[start:end]) or _wrapped_url(text, start, cut):
             continue
         pieces.append((start, end))
         start = cut.end()
@@ -100,6 +104,21 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
                      for part in (_cut_long(text, a, b, keep_wraps=False) if b - a > LONG_SENTENCE else [(a, b)])]
         spans += [span for a, b in parts if (span := _stripped(text, a, b))]
     return spans
+
+
+def _wrapped_url(text: str, start: int, cut: re.Match) -> bool:
+    """Whether the sentence end `cut` (a _BOUNDARY match; the sentence began at start) is a URL's dot at a line end
+    with the URL going on on the next line: nothing but the dot before the space, the space one line end, the word
+    before the dot a URL (_URL_BEFORE_DOT) and the next line's first word one that goes on like a URL (opens with a
+    letter and holds a '.' or a '/', or has no capital: 'R-project.org/package=XML)', 'com);', 'html and').
+    'gengcnotes.html.' before '1.8 Serialization' or before 'Another interface' still ends its sentence."""
+    space = cut.group(1)
+    if not space or cut.start(1) - cut.start() != 1 or space.strip(" \t") != "\n":
+        return False
+    if not _URL_BEFORE_DOT.search(text, start, cut.start() + 1):
+        return False
+    word = text[cut.end():cut.end() + 80].split(maxsplit=1)
+    return bool(word) and word[0][0].isalpha() and ("." in word[0] or "/" in word[0] or word[0] == word[0].lower())
 
 
 def _stripped(text: str, start: int, end: int) -> tuple[int, int] | None:

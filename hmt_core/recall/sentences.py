@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 # The version of hmt_core.evidence.sentence_spans' rule that the stored vectors were split by: a saved state whose
 # vectors were split by another has them embedded again on load (their order would not match the spans). 2: long
-# pieces keep their hard-wrapped lines together.
-SPLITTING = 2
+# pieces keep their hard-wrapped lines together; 3: a URL's dot at a line end does not end a sentence.
+SPLITTING = 3
 
 
 def segment_sentence_spans(text: str) -> list[tuple[int, int]]:

@@ -73,6 +73,22 @@ def test_a_long_run_keeps_its_hard_wrapped_sentences_whole_and_cuts_before_code_
     assert texts(short) == [short]  # a sentence under LONG_SENTENCE is never cut at its line ends
 
 
+
+def test_a_url_cut_at_its_dot_by_a_line_end_does_not_end_the_sentence():
+    # as R's manuals come out of a PDF: the line ends inside the URL, right after one of its dots
+    assert texts("The back-ends are ROracle (https://CRAN.\nR-project.org/package=ROracle) and\nRSQLite. Next.") == [
+        "The back-ends are ROracle (https://CRAN.\nR-project.org/package=ROracle) and\nRSQLite.", "Next."]
+    assert texts("Oracle (https://www.oracle.\ncom); Sybase. It ran on www.apple.\ncom too.") == [
+        "Oracle (https://www.oracle.\ncom); Sybase.", "It ran on www.apple.\ncom too."]
+    # a URL that ends its sentence still does: before a capital word, a number, a blank line, or after a bracket
+    assert texts("See https://mariadb.org.\nThe notes follow.") == ["See https://mariadb.org.", "The notes follow."]
+    assert texts("See https://example.org/notes.html.\n1.8 Serialization") == [
+        "See https://example.org/notes.html.", "1.8 Serialization"]
+    assert texts("See https://example.\n\ncom is next.") == ["See https://example.", "com is next."]
+    assert texts("Use xml2 (https://CRAN.R-project.org/package=xml2).\nread.table reads it.") == [
+        "Use xml2 (https://CRAN.R-project.org/package=xml2).", "read.table reads it."]
+    assert texts("It costs 5.\nmore later.") == ["It costs 5.", "more later."]  # not a URL: an end as before
+
 def test_a_sentence_cut_by_the_passage_edge_is_evidence_whole():
     text = ("Arrays are kept with their dims. The official way to coerce an array back to a simple\nvector object "
             "is to use as.vector(). Gulls nest on the rocks.")
