@@ -36,7 +36,6 @@ import re
 import time
 from pathlib import Path
 
-
 from app.engine import Engine
 from app.extract import Document, open_document
 from app.ingest import pieces_of

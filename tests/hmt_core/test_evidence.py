@@ -73,7 +73,6 @@ def test_a_long_run_keeps_its_hard_wrapped_sentences_whole_and_cuts_before_code_
     assert texts(short) == [short]  # a sentence under LONG_SENTENCE is never cut at its line ends
 
 
-
 def test_a_url_cut_at_its_dot_by_a_line_end_does_not_end_the_sentence():
     # as R's manuals come out of a PDF: the line ends inside the URL, right after one of its dots
     assert texts("The back-ends are ROracle (https://CRAN.\nR-project.org/package=ROracle) and\nRSQLite. Next.") == [
@@ -88,6 +87,7 @@ def test_a_url_cut_at_its_dot_by_a_line_end_does_not_end_the_sentence():
     assert texts("Use xml2 (https://CRAN.R-project.org/package=xml2).\nread.table reads it.") == [
         "Use xml2 (https://CRAN.R-project.org/package=xml2).", "read.table reads it."]
     assert texts("It costs 5.\nmore later.") == ["It costs 5.", "more later."]  # not a URL: an end as before
+
 
 def test_a_sentence_cut_by_the_passage_edge_is_evidence_whole():
     text = ("Arrays are kept with their dims. The official way to coerce an array back to a simple\nvector object "
