@@ -368,8 +368,8 @@ class Engine:
 
     def embed_sentences(self, state: MemoryState, fingerprint: str) -> None:
         """Embed the sentences that a memory's sentence index does not cover yet (one from the cache, saved before
-        the sentence channel or split by an older rule: MemoryState.load drops those), so that its questions do not
-        each embed them again (an answer works on a copy of the memory, which grows on its own)."""
+        the sentence channel or split by an older rule: MemoryState.load drops those) while it is being loaded, under
+        the loading's progress, rather than in the first question's answer (stream_answer would do it there)."""
         with self.turns.turn(READ):
             self._check(fingerprint)
             embed_sentences(self.model, state)

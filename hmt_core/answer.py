@@ -25,7 +25,7 @@ from .evidence import Evidence, rank_evidence, shortlist_weighers
 from .memory_model import MemoryModel
 from .quoting import QuoteGuard
 from .reader import Reader
-from .recall import Recall, matched_sentence, matched_windows, recall
+from .recall import Recall, available_channels, embed_sentences, matched_sentence, matched_windows, recall
 from .state import MemoryState
 
 ANSWER_MODES = ("reread", "faithful")  # stream_answer(mode=...): recall and re-read, or faithful HMT
@@ -360,18 +360,21 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
                   quote: bool | None = None, end_bias: float | None = None) -> Iterator[AnswerEvent]:
     """Answer a question from memory, yielding a 'recall' event, then 'token' events, then 'done'.
 
-    The question recalls with the channels asked for (default: every channel the model's config weighs; memory
-    only is HMT's own recall); in both modes the fused weights rank the passages, and in faithful mode they also mix
-    P. The state is not changed (a copy takes any segments written while answering); write the turn into memory with
-    remember_turn(). A model without recall (RMT) answers in faithful mode only. With cut_loops, generation stops
-    when the answer starts to repeat itself (cut_repetition), and 'done' carries the answer up to the first round of
-    the loop, marked with ' …'. An answer that starts to repeat the system prompt stops there and 'done' carries
-    WITHHELD instead (discloses_instructions); the token that completed the quote is not streamed. 'done' also
-    names the answer's evidence among the recalled document passages (rank_evidence, its shortlist weighed by the
-    plain backbone's question_likelihoods and, with an `embedder`, by its sentences' similarity to the question; none
-    for a withheld answer or without passages; after a 'not found', the sentences closest to the question). `ranking`
-    (non-negative scores over every segment) picks the re-read passages instead of the recall weights, to compare
-    retrievers under the same prompt and decoding.
+    The question recalls with the channels asked for (default: every channel the model's config weighs; memory only
+    is HMT's own recall); in both modes the fused weights rank the passages, and in faithful mode they also mix P.
+    The state is not changed (a copy takes any segments written while answering), but for its sentence index, which
+    is derived from its own text: with the sentence channel in use, the sentences it does not cover yet (a state
+    saved without them, or split by an older rule) are embedded into it first, so that the next question does not
+    embed them again on its copy. Write the turn into memory with remember_turn(). A model without recall (RMT)
+    answers in faithful mode only. With cut_loops, generation stops when the answer starts to repeat itself
+    (cut_repetition), and 'done' carries the answer up to the first round of the loop, marked with ' …'. An answer
+    that starts to repeat the system prompt stops there and 'done' carries WITHHELD instead
+    (discloses_instructions); the token that completed the quote is not streamed. 'done' also names the answer's
+    evidence among the recalled document passages (rank_evidence, its shortlist weighed by the plain backbone's
+    question_likelihoods and, with an `embedder`, by its sentences' similarity to the question; none for a withheld
+    answer or without passages; after a 'not found', the sentences closest to the question). `ranking` (non-negative
+    scores over every segment) picks the re-read passages instead of the recall weights, to compare retrievers under
+    the same prompt and decoding.
 
     In reread mode, an `adapter` (hmt_core.answer_adapter) is switched on around each backbone call that generates
     the answer, and never across a yield, so that reading done between two answer steps sees the plain backbone;
@@ -395,6 +398,8 @@ def stream_answer(model: MemoryModel, tokenizer, state: MemoryState, question: s
         raise ValueError("the question is empty")
     if mode == "reread" and (state.num_segments == 0 or not model.has_recall):
         raise ValueError("recall-and-re-read needs a model with recall (HMT) and at least one segment read")
+    if model.has_recall and "sentence" in available_channels(model, state, channels):
+        embed_sentences(model, state)  # derived from the state's own text: once here, not again on every copy below
     work = state.copy()
     passages: list[Passage] = []
     guard = None  # QuoteGuard, when the answer is to quote the passages

@@ -9,7 +9,7 @@ import torch
 from tiny_models import CORPUS, make_backbone, make_tokenizer, tiny_bert
 
 import hmt_core.checkpoint as checkpoint
-from hmt_core import HMT, HMTConfig, MemoryState, load_checkpoint, read_text, save_checkpoint
+from hmt_core import HMT, HMTConfig, MemoryState, load_checkpoint, read_text, save_checkpoint, stream_answer
 from hmt_core.answer import chat_ids, mark_matches, recall_passages
 from hmt_core.backbone import BackboneError
 from hmt_core.embedder import SentenceEmbedder
@@ -93,6 +93,29 @@ def test_a_state_without_vectors_is_embedded_on_its_first_question_and_copies_gr
     assert len(work.sentences) == state.num_segments and torch.equal(work.sentences.owners, full.owners)
     assert torch.allclose(work.sentences.vectors.float(), full.vectors.float(), atol=1e-3)
     assert len(state.sentences) == 0  # the copy grew, the original did not
+
+
+def test_an_answer_embeds_a_state_without_vectors_into_the_state_once(model, state, tokenizer, monkeypatch):
+    full = state.sentences
+    state.sentences = SentenceIndex()  # as MemoryState.load leaves a state split by an older rule
+    embedded = []  # (first segment, end) of every update that embeds, on the state or on an answer's copy of it
+    update = SentenceIndex.update
+
+    def counted(index, segment_text, num_segments, embedder):
+        if index.segments < num_segments:
+            embedded.append((index.segments, num_segments))
+        update(index, segment_text, num_segments, embedder)
+
+    monkeypatch.setattr(SentenceIndex, "update", counted)
+    list(stream_answer(model, tokenizer, state, "call me Ishmael", mode="reread", max_new_tokens=2,
+                       channels=["memory", "lexical"]))
+    assert embedded == [] and len(state.sentences) == 0  # a recall without the channel embeds nothing
+    list(stream_answer(model, tokenizer, state, "call me Ishmael", mode="reread", max_new_tokens=2))
+    assert embedded == [(0, state.num_segments)]  # into the caller's state, which the copy then shares
+    assert torch.equal(state.sentences.owners, full.owners)
+    assert torch.allclose(state.sentences.vectors.float(), full.vectors.float(), atol=1e-3)
+    list(stream_answer(model, tokenizer, state, "who jumps over the lazy dog?", mode="reread", max_new_tokens=2))
+    assert embedded == [(0, state.num_segments)]  # the next question embeds nothing again
 
 
 def test_the_vectors_round_trip_and_follow_extend_and_without(model, state, tokenizer, tmp_path):
