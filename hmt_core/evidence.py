@@ -113,7 +113,7 @@ def _wrapped_url(text: str, start: int, cut: re.Match) -> bool:
     letter and holds a '.' or a '/', or has no capital: 'R-project.org/package=XML)', 'com);', 'html and').
     'gengcnotes.html.' before '1.8 Serialization' or before 'Another interface' still ends its sentence."""
     space = cut.group(1)
-    if not space or cut.start(1) - cut.start() != 1 or space.strip(" \t") != "\n":
+    if not space or cut.start(1) - cut.start() != 1 or space.strip(" \t\r") != "\n":
         return False
     if not _URL_BEFORE_DOT.search(text, start, cut.start() + 1):
         return False
