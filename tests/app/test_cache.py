@@ -296,6 +296,6 @@ def test_a_hit_whose_sentences_were_split_by_an_older_rule_is_embedded_once_on_l
     second = Session()
     run(handlers.ingest([str(pdf)], "", "", second))
     assert second.documents[0].from_cache
-    # embedded into the session's memory now, not again on each question's copy of it
+    # embedded into the session's memory while it loads (under the loading's progress), not in the first answer
     assert len(second.memory.sentences) == second.memory.num_segments
     assert torch.equal(second.memory.sentences.vectors, first.memory.sentences.vectors)
